@@ -1,0 +1,2 @@
+//! Benchmark: lands in the next commit.
+fn main() {}

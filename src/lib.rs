@@ -1,0 +1,9 @@
+//! spfmilter: SPF (RFC 7208) checks for Postfix, with policyd-spf semantics.
+//!
+//! The layers, each usable alone (see README "Design"):
+//! [`spf`] evaluates SPF and knows only [`dns::Lookup`]; [`dns`] answers the
+//! five DNS questions SPF asks.
+
+pub mod dns;
+pub mod policy;
+pub mod spf;

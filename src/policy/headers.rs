@@ -1,0 +1,235 @@
+//! Trace header text: Received-SPF (RFC 7208 §9.1). Pure formatting; the
+//! milter decides where the header goes.
+
+use std::fmt::Write as _;
+use std::net::IpAddr;
+
+use crate::spf::{SpfOutcome, SpfResult};
+
+/// The comment policyd-spf writes for each result (spec §4), used when the
+/// outcome carries no explanation or problem of its own.
+pub fn result_comment(outcome: &SpfOutcome) -> String {
+    match outcome.result {
+        SpfResult::Pass => "sender SPF authorized".to_owned(),
+        SpfResult::Fail => outcome
+            .explanation
+            .clone()
+            .unwrap_or_else(|| "SPF fail - not authorized".to_owned()),
+        SpfResult::SoftFail => "domain owner discourages use of this host".to_owned(),
+        SpfResult::Neutral => "access neither permitted nor denied".to_owned(),
+        SpfResult::None => "no SPF record".to_owned(),
+        SpfResult::PermError => format!(
+            "SPF Permanent Error: {}",
+            outcome.problem.as_deref().unwrap_or("unknown")
+        ),
+        SpfResult::TempError => format!(
+            "SPF Temporary Error: {}",
+            outcome.problem.as_deref().unwrap_or("unknown")
+        ),
+    }
+}
+
+/// The details of the SMTP transaction that go into the header.
+#[derive(Debug, Clone, Copy)]
+pub struct Transaction<'a> {
+    pub client_ip: IpAddr,
+    pub helo: &'a str,
+    /// MAIL FROM without brackets; empty for `<>`.
+    pub envelope_from: &'a str,
+    pub receiver: &'a str,
+}
+
+/// The value of a Received-SPF header field (everything after
+/// `Received-SPF:`), unfolded:
+/// `pass (comment) identity=mailfrom; client-ip=…; helo=…; envelope-from=…;
+/// receiver=…; mechanism=…` (or `problem=…` for errors).
+pub fn received_spf_value(outcome: &SpfOutcome, tx: &Transaction<'_>) -> String {
+    let mut v = String::with_capacity(200);
+    v.push_str(outcome.result.capitalized());
+    v.push_str(" (");
+    push_comment(&mut v, &result_comment(outcome));
+    v.push_str(") identity=");
+    v.push_str(outcome.identity.as_str());
+    let _ = write!(v, "; client-ip={}", tx.client_ip);
+    v.push_str("; helo=");
+    push_value(&mut v, tx.helo);
+    v.push_str("; envelope-from=");
+    if tx.envelope_from.is_empty() {
+        v.push_str("<>");
+    } else {
+        push_value(&mut v, tx.envelope_from);
+    }
+    v.push_str("; receiver=");
+    push_value(&mut v, tx.receiver);
+    match (&outcome.problem, &outcome.mechanism) {
+        (Some(problem), _) => {
+            v.push_str("; problem=");
+            push_quoted(&mut v, problem);
+        }
+        (None, Some(mechanism)) => {
+            v.push_str("; mechanism=");
+            push_value(&mut v, mechanism);
+        }
+        (None, None) => {}
+    }
+    v
+}
+
+/// RFC 5322 atext (§3.2.3).
+fn is_atext(c: char) -> bool {
+    c.is_ascii_alphanumeric() || "!#$%&'*+-/=?^_`{|}~".contains(c)
+}
+
+/// dot-atom-text: atext runs separated by single dots.
+fn is_dot_atom(s: &str) -> bool {
+    !s.is_empty()
+        && s.split('.')
+            .all(|part| !part.is_empty() && part.chars().all(is_atext))
+}
+
+/// An address is written as is when it is `dot-atom@dot-atom`.
+fn is_plain_address(s: &str) -> bool {
+    match s.rsplit_once('@') {
+        Some((local, domain)) => is_dot_atom(local) && is_dot_atom(domain),
+        None => false,
+    }
+}
+
+/// A key-value value (RFC 7208 §9.1): dot-atom or address as is, anything
+/// else as a quoted-string.
+fn push_value(out: &mut String, value: &str) {
+    if is_dot_atom(value) || is_plain_address(value) {
+        out.push_str(value);
+    } else {
+        push_quoted(out, value);
+    }
+}
+
+/// A quoted-string (RFC 5322 §3.2.4): `"` and `\` escaped; characters a
+/// header may not carry (controls, non-ASCII) replaced by `?` so a sender
+/// cannot inject header lines.
+fn push_quoted(out: &mut String, value: &str) {
+    out.push('"');
+    for c in value.chars() {
+        match c {
+            '"' | '\\' => {
+                out.push('\\');
+                out.push(c);
+            }
+            ' '..='~' => out.push(c),
+            _ => out.push('?'),
+        }
+    }
+    out.push('"');
+}
+
+/// Comment text (RFC 5322 ctext): parentheses and backslashes escaped,
+/// controls replaced.
+fn push_comment(out: &mut String, text: &str) {
+    for c in text.chars() {
+        match c {
+            '(' | ')' | '\\' => {
+                out.push('\\');
+                out.push(c);
+            }
+            ' '..='~' => out.push(c),
+            _ => out.push('?'),
+        }
+    }
+}
+
+/// Folds a header value for the milter protocol: lines of at most `width`
+/// columns (counting `name: ` on the first), broken at spaces with a bare
+/// LF followed by a TAB (the MTA adds the CRs). Words longer than a line
+/// stay whole.
+pub fn fold(name: &str, value: &str, width: usize) -> String {
+    let mut out = String::with_capacity(value.len() + 16);
+    let mut column = name.len() + 2;
+    for (i, word) in value.split(' ').enumerate() {
+        if i > 0 {
+            if column + 1 + word.len() > width {
+                out.push_str("\n\t");
+                column = 8;
+            } else {
+                out.push(' ');
+                column += 1;
+            }
+        }
+        out.push_str(word);
+        column += word.len();
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spf::Identity;
+
+    fn outcome(result: SpfResult) -> SpfOutcome {
+        SpfOutcome {
+            identity: Identity::MailFrom,
+            result,
+            mechanism: Some("+ip4:192.0.2.0/24".into()),
+            problem: None,
+            explanation: None,
+            domain: "pass.test".into(),
+            sender: "a@pass.test".into(),
+            dns_lookups: 0,
+            void_lookups: 0,
+        }
+    }
+
+    fn tx() -> Transaction<'static> {
+        Transaction {
+            client_ip: "192.0.2.1".parse().unwrap(),
+            helo: "mx.pass.test",
+            envelope_from: "a@pass.test",
+            receiver: "rcpt.example",
+        }
+    }
+
+    #[test]
+    fn received_spf_for_a_pass() {
+        assert_eq!(
+            received_spf_value(&outcome(SpfResult::Pass), &tx()),
+            "Pass (sender SPF authorized) identity=mailfrom; client-ip=192.0.2.1; \
+             helo=mx.pass.test; envelope-from=a@pass.test; receiver=rcpt.example; \
+             mechanism=\"+ip4:192.0.2.0/24\""
+        );
+    }
+
+    #[test]
+    fn errors_carry_a_quoted_problem_and_hostile_text_is_neutralised() {
+        let mut o = outcome(SpfResult::PermError);
+        o.problem = Some("bad \"record\"\r\nX-Injected: yes".into());
+        let mut t = tx();
+        t.envelope_from = "";
+        t.helo = "[192.0.2.1]";
+        let v = received_spf_value(&o, &t);
+        assert!(
+            v.contains("problem=\"bad \\\"record\\\"??X-Injected: yes\""),
+            "{v}"
+        );
+        assert!(v.contains("envelope-from=<>"), "{v}");
+        assert!(v.contains("helo=\"[192.0.2.1]\""), "{v}");
+        assert!(!v.contains('\n') && !v.contains('\r'));
+        assert!(
+            v.contains("(SPF Permanent Error: bad \"record\"??X-Injected: yes)"),
+            "{v}"
+        );
+    }
+
+    #[test]
+    fn folding_keeps_lines_within_width() {
+        let v = received_spf_value(&outcome(SpfResult::Pass), &tx());
+        let folded = fold("Received-SPF", &v, 78);
+        let first = folded.lines().next().unwrap();
+        assert!(first.len() + "Received-SPF: ".len() <= 78);
+        for line in folded.lines().skip(1) {
+            assert!(line.starts_with('\t'));
+            assert!(line.len() + 7 <= 78, "{line:?}");
+        }
+        assert_eq!(folded.replace("\n\t", " "), v);
+    }
+}

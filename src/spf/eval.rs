@@ -1,0 +1,785 @@
+//! check_host() (RFC 7208 §4–§6) with the processing limits of §4.6.4.
+
+use std::future::Future;
+use std::net::IpAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use crate::dns::{DnsError, Lookup};
+
+use super::identity::{self, SenderParts};
+use super::macros::{MacroContext, MacroString, MacroSyntax};
+use super::outcome::{Identity, SpfOutcome, SpfResult};
+use super::record::{DomainSpec, DualCidr, Mechanism, Qualifier, Record, is_spf1};
+use super::record_cache::RecordCache;
+
+/// Processing limits. The defaults are the RFC's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    /// §4.6.4: DNS-querying terms per evaluation (include, a, mx, ptr,
+    /// exists, redirect).
+    pub dns_lookups: u32,
+    /// §4.6.4: "void lookups" (empty answer or NXDOMAIN) per evaluation.
+    /// policyd-spf's `Void_Limit`.
+    pub void_lookups: u32,
+    /// §4.6.4: MX records looked at per `mx` (more is permerror).
+    pub mx_names: usize,
+    /// §4.6.4: PTR names looked at per `ptr` or `%{p}` (the rest ignored).
+    pub ptr_names: usize,
+    /// Wall-clock limit for one whole evaluation (policyd-spf
+    /// `Lookup_Time`); exceeding it is temperror and cancels queries still
+    /// in flight.
+    pub time: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            dns_lookups: 10,
+            void_lookups: 2,
+            mx_names: 10,
+            ptr_names: 10,
+            time: Duration::from_secs(20),
+        }
+    }
+}
+
+/// pyspf's (and so policyd-spf's) default explanation for `fail`.
+pub const DEFAULT_EXPLANATION: &str = "SPF fail - not authorized";
+
+/// The inputs of one check (RFC 7208 §4.1).
+#[derive(Debug, Clone, Copy)]
+pub struct Request<'a> {
+    /// The SMTP client's address. IPv4-mapped IPv6 addresses are evaluated
+    /// as IPv4 (what the client really is).
+    pub ip: IpAddr,
+    /// The HELO/EHLO argument (may be empty).
+    pub helo: &'a str,
+    /// The MAIL FROM address without angle brackets; empty for `<>`.
+    pub sender: &'a str,
+    /// The receiving domain for `%{r}`; "unknown" when `None`.
+    pub receiver: Option<&'a str>,
+}
+
+/// One line of `--trace` output.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TraceStep {
+    /// Nesting through include/redirect.
+    pub depth: usize,
+    pub text: String,
+}
+
+/// The SPF evaluator: a DNS source, limits, the default explanation and a
+/// cache of parsed records. Holds no per-message state; clones share the
+/// record cache.
+#[derive(Debug, Clone)]
+pub struct Evaluator<L> {
+    lookup: L,
+    limits: Limits,
+    default_explanation: String,
+    records: Arc<RecordCache>,
+}
+
+impl<L: Lookup> Evaluator<L> {
+    pub fn new(lookup: L) -> Self {
+        Self {
+            lookup,
+            limits: Limits::default(),
+            default_explanation: DEFAULT_EXPLANATION.to_owned(),
+            records: Arc::new(RecordCache::default()),
+        }
+    }
+
+    /// Shares a parsed-record cache (e.g. across configuration reloads).
+    pub fn with_record_cache(mut self, records: Arc<RecordCache>) -> Self {
+        self.records = records;
+        self
+    }
+
+    pub fn with_limits(mut self, limits: Limits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    pub fn with_default_explanation(mut self, text: impl Into<String>) -> Self {
+        self.default_explanation = text.into();
+        self
+    }
+
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    pub fn lookup(&self) -> &L {
+        &self.lookup
+    }
+
+    /// Checks one identity of `request`.
+    pub async fn check(&self, request: &Request<'_>, identity: Identity) -> SpfOutcome {
+        self.run(request, identity, None).await
+    }
+
+    /// Like [`Evaluator::check`], recording every step in `trace`.
+    pub async fn check_traced(
+        &self,
+        request: &Request<'_>,
+        identity: Identity,
+        trace: &mut Vec<TraceStep>,
+    ) -> SpfOutcome {
+        self.run(request, identity, Some(trace)).await
+    }
+
+    /// check_host() for an explicit domain and sender, as used by the
+    /// policy's `Domain_Whitelist` (check_host(ip, D, postmaster@D)).
+    pub async fn check_domain(&self, ip: IpAddr, domain: &str, helo: &str) -> SpfOutcome {
+        let sender = format!("postmaster@{domain}");
+        let request = Request {
+            ip,
+            helo,
+            sender: &sender,
+            receiver: None,
+        };
+        self.run(&request, Identity::MailFrom, None).await
+    }
+
+    async fn run(
+        &self,
+        request: &Request<'_>,
+        identity: Identity,
+        trace: Option<&mut Vec<TraceStep>>,
+    ) -> SpfOutcome {
+        let ip = identity::canonical_ip(request.ip);
+        let parts = match identity {
+            Identity::Helo => SenderParts::for_helo(request.helo),
+            Identity::MailFrom => SenderParts::for_mail_from(request.sender, request.helo),
+        };
+        let mut outcome = SpfOutcome {
+            identity,
+            result: SpfResult::None,
+            mechanism: None,
+            problem: None,
+            explanation: None,
+            domain: parts.domain.clone(),
+            sender: parts.sender.clone(),
+            dns_lookups: 0,
+            void_lookups: 0,
+        };
+        let mut state = Eval {
+            evaluator: self,
+            ip,
+            parts: &parts,
+            receiver: request.receiver.unwrap_or("unknown"),
+            helo: request.helo,
+            timestamp: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
+            dns_lookups: 0,
+            void_lookups: 0,
+            depth: 0,
+            trace,
+        };
+        state.note(|| format!("identity {identity}: <sender>={} <ip>={ip}", parts.sender));
+
+        // §4.3: a malformed or single-label domain, or an address literal,
+        // gives "none" before any DNS query.
+        let domain = match identity::validate_domain(&parts.domain) {
+            Ok(domain) => domain,
+            Err(why) => {
+                state.note(|| format!("result none: {why}"));
+                return outcome;
+            }
+        };
+
+        let evaluation = state.check_host(&domain, true);
+        let verdict = match tokio::time::timeout(self.limits.time, evaluation).await {
+            Ok(verdict) => verdict,
+            Err(_) => Err(Fault::Temp(format!(
+                "time limit of {} s for the SPF evaluation exceeded",
+                self.limits.time.as_secs_f32()
+            ))),
+        };
+        match verdict {
+            Ok(verdict) => {
+                outcome.result = verdict.result;
+                outcome.mechanism = verdict.mechanism;
+                outcome.explanation = verdict.explanation;
+                if outcome.result == SpfResult::Fail && outcome.explanation.is_none() {
+                    outcome.explanation = Some(self.default_explanation.clone());
+                }
+            }
+            Err(Fault::Perm(problem)) => {
+                outcome.result = SpfResult::PermError;
+                outcome.problem = Some(problem);
+            }
+            Err(Fault::Temp(problem)) => {
+                outcome.result = SpfResult::TempError;
+                outcome.problem = Some(problem);
+            }
+        }
+        outcome.dns_lookups = state.dns_lookups;
+        outcome.void_lookups = state.void_lookups;
+        state.note(|| {
+            format!(
+                "result {}{}",
+                outcome.result,
+                outcome
+                    .problem
+                    .as_deref()
+                    .map(|p| format!(": {p}"))
+                    .unwrap_or_default()
+            )
+        });
+        outcome
+    }
+}
+
+/// What ends an evaluation early (§4.6, §4.4, §5).
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Fault {
+    Perm(String),
+    Temp(String),
+}
+
+/// The result of check_host() for one domain when it did not fault.
+#[derive(Debug, Clone)]
+struct Verdict {
+    /// pass, fail, softfail, neutral or none.
+    result: SpfResult,
+    mechanism: Option<String>,
+    explanation: Option<String>,
+}
+
+impl Verdict {
+    fn none() -> Self {
+        Self {
+            result: SpfResult::None,
+            mechanism: None,
+            explanation: None,
+        }
+    }
+}
+
+type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// The state of one evaluation: counters shared across include/redirect
+/// recursion (the limits of §4.6.4 are per evaluation, not per record).
+struct Eval<'a, L> {
+    evaluator: &'a Evaluator<L>,
+    ip: IpAddr,
+    parts: &'a SenderParts,
+    helo: &'a str,
+    receiver: &'a str,
+    timestamp: u64,
+    dns_lookups: u32,
+    void_lookups: u32,
+    depth: usize,
+    trace: Option<&'a mut Vec<TraceStep>>,
+}
+
+impl<'a, L: Lookup> Eval<'a, L> {
+    /// Records a trace line; the text is only built when tracing.
+    fn note(&mut self, text: impl FnOnce() -> String) {
+        if let Some(trace) = self.trace.as_deref_mut() {
+            trace.push(TraceStep {
+                depth: self.depth,
+                text: text(),
+            });
+        }
+    }
+
+    /// Boxed so that include and redirect can recurse (depth is bounded by
+    /// the lookup limit).
+    fn check_host<'s>(
+        &'s mut self,
+        domain: &'s str,
+        want_exp: bool,
+    ) -> BoxFuture<'s, Result<Verdict, Fault>>
+    where
+        'a: 's,
+    {
+        Box::pin(async move {
+            let Some(record) = self.fetch_record(domain).await? else {
+                return Ok(Verdict::none());
+            };
+            for directive in &record.directives {
+                if directive.mechanism.queries_dns() {
+                    self.count_lookup(&directive.text)?;
+                }
+                let matched = self.matches(&directive.mechanism, domain).await?;
+                self.note(|| {
+                    format!(
+                        "{directive}: {}",
+                        if matched { "match" } else { "no match" }
+                    )
+                });
+                if !matched {
+                    continue;
+                }
+                let result = match directive.qualifier {
+                    Qualifier::Pass => SpfResult::Pass,
+                    Qualifier::Fail => SpfResult::Fail,
+                    Qualifier::SoftFail => SpfResult::SoftFail,
+                    Qualifier::Neutral => SpfResult::Neutral,
+                };
+                let explanation = if result == SpfResult::Fail && want_exp {
+                    self.explain(record.exp.as_ref(), domain).await
+                } else {
+                    None
+                };
+                return Ok(Verdict {
+                    result,
+                    mechanism: Some(directive.to_string()),
+                    explanation,
+                });
+            }
+
+            // §6.1: redirect applies only when no mechanism matched (a record
+            // with "all" never gets here).
+            if let Some(redirect) = &record.redirect {
+                self.count_lookup("redirect")?;
+                let target = self.expand_domain(redirect, domain).await?;
+                self.note(|| format!("redirect={}", target.as_deref().unwrap_or("(invalid name)")));
+                let Some(target) = target else {
+                    return Err(Fault::Perm(format!(
+                        "redirect={redirect} in {domain} is not a valid domain name"
+                    )));
+                };
+                self.depth += 1;
+                // §6.2: the exp= of the redirect target applies, not ours.
+                let verdict = self.check_host(&target, want_exp).await;
+                self.depth -= 1;
+                let verdict = verdict?;
+                if verdict.result == SpfResult::None {
+                    // §6.1: a redirect to a domain without a record is permerror.
+                    return Err(Fault::Perm(format!(
+                        "redirect target {target} (from {domain}) has no SPF record"
+                    )));
+                }
+                return Ok(verdict);
+            }
+
+            // §4.7: no match and no redirect: neutral.
+            Ok(Verdict {
+                result: SpfResult::Neutral,
+                mechanism: Some("default".to_owned()),
+                explanation: None,
+            })
+        })
+    }
+
+    /// §4.4 and §4.5: the one SPF record of `domain`, or `None`.
+    async fn fetch_record(&mut self, domain: &str) -> Result<Option<Arc<Record>>, Fault> {
+        let answer = self.evaluator.lookup.txt(domain).await;
+        let txts = match answer {
+            Ok(txts) => txts,
+            Err(DnsError::NxDomain) => {
+                self.note(|| format!("TXT {domain}: NXDOMAIN"));
+                return Ok(None);
+            }
+            Err(DnsError::Temporary(why)) => {
+                self.note(|| format!("TXT {domain}: {why}"));
+                return Err(Fault::Temp(format!(
+                    "DNS error looking up TXT {domain}: {why}"
+                )));
+            }
+        };
+        let mut spf = txts.iter().filter(|t| is_spf1(t));
+        let Some(first) = spf.next() else {
+            self.note(|| format!("TXT {domain}: no v=spf1 record"));
+            return Ok(None);
+        };
+        if spf.next().is_some() {
+            return Err(Fault::Perm(format!(
+                "{domain} has more than one v=spf1 record"
+            )));
+        }
+        self.note(|| format!("TXT {domain}: {:?}", String::from_utf8_lossy(first)));
+        self.evaluator
+            .records
+            .parse(first)
+            .map(Some)
+            .map_err(|e| Fault::Perm(format!("syntax error in the SPF record of {domain}: {e}")))
+    }
+
+    fn count_lookup(&mut self, term: &str) -> Result<(), Fault> {
+        self.dns_lookups += 1;
+        let limit = self.evaluator.limits.dns_lookups;
+        if self.dns_lookups > limit {
+            return Err(Fault::Perm(format!(
+                "more than {limit} DNS-querying terms (limit reached at {term})"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Counts a void lookup (§4.6.4) and faults past the limit.
+    fn count_void(&mut self, what: &str) -> Result<(), Fault> {
+        self.void_lookups += 1;
+        let limit = self.evaluator.limits.void_lookups;
+        let count = self.void_lookups;
+        self.note(|| format!("void lookup {count} ({what})"));
+        if self.void_lookups > limit {
+            return Err(Fault::Perm(format!(
+                "more than {limit} void DNS lookups (at {what})"
+            )));
+        }
+        Ok(())
+    }
+
+    /// The addresses of `name` in the client's address family, mapping
+    /// RFC 7208 §5 error handling: NXDOMAIN/empty is void, a DNS failure is
+    /// temperror.
+    async fn addresses(&mut self, name: &str, count_void: bool) -> Result<Vec<IpAddr>, Fault> {
+        let answer: Result<Vec<IpAddr>, DnsError> = match self.ip {
+            IpAddr::V4(_) => self
+                .evaluator
+                .lookup
+                .a(name)
+                .await
+                .map(|a| a.iter().copied().map(IpAddr::V4).collect()),
+            IpAddr::V6(_) => self
+                .evaluator
+                .lookup
+                .aaaa(name)
+                .await
+                .map(|a| a.iter().copied().map(IpAddr::V6).collect()),
+        };
+        let kind = if self.ip.is_ipv4() { "A" } else { "AAAA" };
+        match answer {
+            Ok(addrs) if !addrs.is_empty() => {
+                self.note(|| format!("{kind} {name}: {addrs:?}"));
+                Ok(addrs)
+            }
+            Ok(_) | Err(DnsError::NxDomain) => {
+                self.note(|| format!("{kind} {name}: no records"));
+                if count_void {
+                    self.count_void(&format!("{kind} {name}"))?;
+                }
+                Ok(Vec::new())
+            }
+            Err(DnsError::Temporary(why)) => Err(Fault::Temp(format!(
+                "DNS error looking up {kind} {name}: {why}"
+            ))),
+        }
+    }
+
+    fn in_cidr(&self, addr: IpAddr, cidr: DualCidr) -> bool {
+        match (self.ip, addr) {
+            (IpAddr::V4(client), IpAddr::V4(addr)) => prefix_match_v4(client, addr, cidr.v4),
+            (IpAddr::V6(client), IpAddr::V6(addr)) => prefix_match_v6(client, addr, cidr.v6),
+            _ => false,
+        }
+    }
+
+    async fn matches(&mut self, mechanism: &Mechanism, domain: &str) -> Result<bool, Fault> {
+        match mechanism {
+            Mechanism::All => Ok(true),
+            Mechanism::Ip4(net) => Ok(matches!(self.ip, IpAddr::V4(ip) if net.contains(&ip))),
+            Mechanism::Ip6(net) => Ok(matches!(self.ip, IpAddr::V6(ip) if net.contains(&ip))),
+            Mechanism::Include(spec) => {
+                let Some(target) = self.expand_domain(spec, domain).await? else {
+                    return Err(Fault::Perm(format!(
+                        "include:{spec} in {domain} is not a valid domain name"
+                    )));
+                };
+                self.depth += 1;
+                let verdict = self.check_host(&target, false).await;
+                self.depth -= 1;
+                match verdict?.result {
+                    // §5.2: the include table.
+                    SpfResult::Pass => Ok(true),
+                    SpfResult::Fail | SpfResult::SoftFail | SpfResult::Neutral => Ok(false),
+                    _ => Err(Fault::Perm(format!(
+                        "include:{target} (from {domain}) has no SPF record"
+                    ))),
+                }
+            }
+            Mechanism::A(spec, cidr) => {
+                let Some(target) = self.target(spec.as_ref(), domain).await? else {
+                    return Ok(false);
+                };
+                let addrs = self.addresses(&target, true).await?;
+                Ok(addrs.into_iter().any(|a| self.in_cidr(a, *cidr)))
+            }
+            Mechanism::Mx(spec, cidr) => {
+                let Some(target) = self.target(spec.as_ref(), domain).await? else {
+                    return Ok(false);
+                };
+                self.mx_matches(&target, *cidr).await
+            }
+            Mechanism::Ptr(spec) => {
+                let Some(target) = self.target(spec.as_ref(), domain).await? else {
+                    return Ok(false);
+                };
+                let names = self.validated_names(&target).await?;
+                Ok(names.iter().any(|n| is_same_or_subdomain(n, &target)))
+            }
+            Mechanism::Exists(spec) => {
+                let Some(target) = self.expand_domain(spec, domain).await? else {
+                    return Ok(false);
+                };
+                // §5.7: always an A query, whatever the client's family.
+                match self.evaluator.lookup.a(&target).await {
+                    Ok(addrs) if !addrs.is_empty() => {
+                        self.note(|| format!("A {target}: {addrs:?}"));
+                        Ok(true)
+                    }
+                    Ok(_) | Err(DnsError::NxDomain) => {
+                        self.note(|| format!("A {target}: no records"));
+                        self.count_void(&format!("exists:{target}"))?;
+                        Ok(false)
+                    }
+                    Err(DnsError::Temporary(why)) => Err(Fault::Temp(format!(
+                        "DNS error looking up A {target}: {why}"
+                    ))),
+                }
+            }
+        }
+    }
+
+    /// §5.4: `mx`.
+    async fn mx_matches(&mut self, target: &str, cidr: DualCidr) -> Result<bool, Fault> {
+        let exchanges = match self.evaluator.lookup.mx(target).await {
+            Ok(mx) => mx,
+            Err(DnsError::NxDomain) => Default::default(),
+            Err(DnsError::Temporary(why)) => {
+                return Err(Fault::Temp(format!(
+                    "DNS error looking up MX {target}: {why}"
+                )));
+            }
+        };
+        self.note(|| {
+            format!(
+                "MX {target}: {:?}",
+                exchanges
+                    .iter()
+                    .map(|m| m.exchange.as_str())
+                    .collect::<Vec<_>>()
+            )
+        });
+        if exchanges.is_empty() {
+            self.count_void(&format!("MX {target}"))?;
+            return Ok(false);
+        }
+        let limit = self.evaluator.limits.mx_names;
+        if exchanges.len() > limit {
+            // §4.6.4: more than 10 MX records is permerror.
+            return Err(Fault::Perm(format!(
+                "{target} has {} MX records, more than the limit of {limit}",
+                exchanges.len()
+            )));
+        }
+        for mx in exchanges.iter() {
+            let addrs = self.addresses(&mx.exchange, false).await?;
+            if addrs.into_iter().any(|a| self.in_cidr(a, cidr)) {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    /// §5.5: the client's validated names: PTR names (at most 10) whose
+    /// addresses include the client. DNS errors on the address lookups skip
+    /// that name; an error on the PTR lookup itself means no names.
+    async fn validated_names(&mut self, target: &str) -> Result<Vec<String>, Fault> {
+        let names = match self.evaluator.lookup.ptr(self.ip).await {
+            Ok(names) => names,
+            Err(why) => {
+                let ip = self.ip;
+                self.note(|| format!("PTR {ip}: {why}"));
+                if why == DnsError::NxDomain {
+                    self.count_void(&format!("PTR {}", self.ip))?;
+                }
+                return Ok(Vec::new());
+            }
+        };
+        let ip = self.ip;
+        self.note(|| format!("PTR {ip}: {:?}", &*names));
+        if names.is_empty() {
+            self.count_void(&format!("PTR {}", self.ip))?;
+        }
+        let mut validated = Vec::new();
+        // Names that are the target or below it first, so that the 10-name
+        // limit does not drop the one that matters (§5.5 leaves the order
+        // open).
+        let mut ordered: Vec<&String> = names.iter().collect();
+        ordered.sort_by_key(|n| !is_same_or_subdomain(n, target));
+        for name in ordered.into_iter().take(self.evaluator.limits.ptr_names) {
+            let addrs = match self.addresses(name, false).await {
+                Ok(addrs) => addrs,
+                Err(_) => continue,
+            };
+            if addrs.contains(&self.ip) {
+                validated.push(name.clone());
+            }
+        }
+        self.note(|| format!("validated names: {validated:?}"));
+        Ok(validated)
+    }
+
+    /// The target-name of a/mx/ptr: the domain-spec expanded, or <domain>.
+    async fn target(
+        &mut self,
+        spec: Option<&DomainSpec>,
+        domain: &str,
+    ) -> Result<Option<String>, Fault> {
+        match spec {
+            Some(spec) => self.expand_domain(spec, domain).await,
+            None => Ok(Some(domain.to_owned())),
+        }
+    }
+
+    /// Expands a domain-spec (§7.3) into a name to query: truncated from the
+    /// left to 253 characters, trailing dot removed. `None` when the result
+    /// is not a usable DNS name (empty or over-long label).
+    async fn expand_domain(
+        &mut self,
+        spec: &DomainSpec,
+        domain: &str,
+    ) -> Result<Option<String>, Fault> {
+        let expanded = match spec.as_literal() {
+            Some(literal) => literal.to_owned(),
+            None => self.expand(spec, domain).await,
+        };
+        Ok(identity::query_name(&expanded))
+    }
+
+    async fn expand(&mut self, macros: &MacroString, domain: &str) -> String {
+        let ptr = if macros.uses_ptr() {
+            self.validated_names(domain)
+                .await
+                .ok()
+                .and_then(|names| preferred_ptr(&names, domain))
+        } else {
+            None
+        };
+        let ctx = MacroContext {
+            sender: &self.parts.sender,
+            local_part: &self.parts.local_part,
+            sender_domain: &self.parts.domain,
+            domain,
+            ip: self.ip,
+            helo: self.helo,
+            receiver: self.receiver,
+            validated_ptr: ptr.as_deref(),
+            timestamp: self.timestamp,
+        };
+        macros.expand(&ctx)
+    }
+
+    /// §6.2: the explanation for a fail. Any problem (DNS error, no or
+    /// several TXT records, bad syntax) means "no explanation"; none of it
+    /// counts against the limits.
+    async fn explain(&mut self, exp: Option<&DomainSpec>, domain: &str) -> Option<String> {
+        let exp = exp?;
+        let name = match exp.as_literal() {
+            Some(literal) => identity::query_name(literal),
+            None => identity::query_name(&self.expand(exp, domain).await),
+        }?;
+        let txts = match self.evaluator.lookup.txt(&name).await {
+            Ok(txts) => txts,
+            Err(why) => {
+                self.note(|| format!("exp TXT {name}: {why}"));
+                return None;
+            }
+        };
+        let [text] = &*txts else {
+            self.note(|| format!("exp TXT {name}: {} records, need exactly one", txts.len()));
+            return None;
+        };
+        let text = std::str::from_utf8(text).ok().filter(|t| t.is_ascii())?;
+        let macros = match MacroString::parse(text, MacroSyntax::Explanation) {
+            Ok(m) => m,
+            Err(e) => {
+                self.note(|| format!("exp TXT {name}: {e}"));
+                return None;
+            }
+        };
+        let explanation = self.expand(&macros, domain).await;
+        self.note(|| format!("explanation: {explanation:?}"));
+        Some(explanation)
+    }
+}
+
+/// §7.3 `%{p}`: a validated name equal to the domain, else one below it,
+/// else any.
+fn preferred_ptr(names: &[String], domain: &str) -> Option<String> {
+    names
+        .iter()
+        .find(|n| n.eq_ignore_ascii_case(domain))
+        .or_else(|| names.iter().find(|n| is_same_or_subdomain(n, domain)))
+        .or_else(|| names.first())
+        .cloned()
+}
+
+/// `name` is `target` or ends with `.target` (case-insensitive, label
+/// boundary; trailing dots ignored).
+pub fn is_same_or_subdomain(name: &str, target: &str) -> bool {
+    let name = name.strip_suffix('.').unwrap_or(name);
+    let target = target.strip_suffix('.').unwrap_or(target);
+    if name.len() < target.len() {
+        return false;
+    }
+    let (head, tail) = name.split_at(name.len() - target.len());
+    tail.eq_ignore_ascii_case(target) && (head.is_empty() || head.ends_with('.'))
+}
+
+fn prefix_match_v4(a: std::net::Ipv4Addr, b: std::net::Ipv4Addr, len: u8) -> bool {
+    // checked_shl: a /0 prefix must not shift by 32 (overflow).
+    let mask = u32::MAX.checked_shl(32 - u32::from(len)).unwrap_or(0);
+    (u32::from(a) & mask) == (u32::from(b) & mask)
+}
+
+fn prefix_match_v6(a: std::net::Ipv6Addr, b: std::net::Ipv6Addr, len: u8) -> bool {
+    let mask = u128::MAX.checked_shl(128 - u32::from(len)).unwrap_or(0);
+    (u128::from(a) & mask) == (u128::from(b) & mask)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subdomain_matching_respects_label_boundaries() {
+        assert!(is_same_or_subdomain("mail.example.com", "example.com"));
+        assert!(is_same_or_subdomain("Example.COM.", "example.com"));
+        assert!(!is_same_or_subdomain("badexample.com", "example.com"));
+        assert!(!is_same_or_subdomain("com", "example.com"));
+    }
+
+    #[test]
+    fn prefix_matching_handles_zero_and_full_lengths() {
+        let a = "192.0.2.1".parse().unwrap();
+        let b = "198.51.100.7".parse().unwrap();
+        assert!(prefix_match_v4(a, b, 0));
+        assert!(!prefix_match_v4(a, b, 32));
+        assert!(prefix_match_v4(a, a, 32));
+        let c = "2001:db8::1".parse().unwrap();
+        let d = "2001:db8::2".parse().unwrap();
+        assert!(prefix_match_v6(c, d, 0));
+        assert!(prefix_match_v6(c, d, 126));
+        assert!(!prefix_match_v6(c, d, 127));
+    }
+
+    #[test]
+    fn ptr_preference() {
+        let names = vec![
+            "a.other.test".to_owned(),
+            "mx.example.com".to_owned(),
+            "example.com".to_owned(),
+        ];
+        assert_eq!(
+            preferred_ptr(&names, "example.com").as_deref(),
+            Some("example.com")
+        );
+        assert_eq!(
+            preferred_ptr(&names[..2], "example.com").as_deref(),
+            Some("mx.example.com")
+        );
+        assert_eq!(
+            preferred_ptr(&names[..1], "example.com").as_deref(),
+            Some("a.other.test")
+        );
+    }
+}

@@ -1,0 +1,203 @@
+//! The identities SPF checks (RFC 7208 §2.3, §2.4, §4.3) and the name rules
+//! that apply to them.
+
+use std::net::IpAddr;
+
+/// <sender> split into the parts macros need.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SenderParts {
+    /// `local@domain` as used by `%{s}`.
+    pub sender: String,
+    pub local_part: String,
+    /// The domain to evaluate (A-labels where the input had U-labels).
+    pub domain: String,
+}
+
+impl SenderParts {
+    /// The HELO identity: `postmaster@<helo>` (§2.3).
+    pub fn for_helo(helo: &str) -> Self {
+        let domain = to_ascii_domain(trim_helo(helo));
+        Self {
+            sender: format!("postmaster@{domain}"),
+            local_part: "postmaster".to_owned(),
+            domain,
+        }
+    }
+
+    /// The MAIL FROM identity (§2.4): the null sender becomes
+    /// `postmaster@<helo>`; a missing local part becomes `postmaster` (§4.3);
+    /// an address without `@` is taken as a bare domain.
+    pub fn for_mail_from(sender: &str, helo: &str) -> Self {
+        let sender = sender.trim();
+        let sender = sender
+            .strip_prefix('<')
+            .and_then(|s| s.strip_suffix('>'))
+            .unwrap_or(sender);
+        if sender.is_empty() {
+            return Self::for_helo(helo);
+        }
+        // The domain cannot contain '@', a quoted local part can: split at
+        // the last one.
+        let (local, domain) = match sender.rsplit_once('@') {
+            Some((local, domain)) => (local, domain),
+            None => ("", sender),
+        };
+        let local = if local.is_empty() {
+            "postmaster"
+        } else {
+            local
+        };
+        let domain = to_ascii_domain(domain);
+        Self {
+            sender: format!("{local}@{domain}"),
+            local_part: local.to_owned(),
+            domain,
+        }
+    }
+}
+
+/// HELO arguments arrive with stray spaces sometimes; nothing else is
+/// changed (an address literal stays one and yields "none").
+fn trim_helo(helo: &str) -> &str {
+    helo.trim()
+}
+
+/// RFC 8616 §4: a domain given in U-labels is looked up in its A-label
+/// form. ASCII names are only lower-cased. A name that IDNA cannot convert
+/// is kept as it is, and fails validation later.
+pub fn to_ascii_domain(domain: &str) -> String {
+    if domain.is_ascii() {
+        return domain.to_ascii_lowercase();
+    }
+    idna::domain_to_ascii(domain).unwrap_or_else(|_| domain.to_owned())
+}
+
+/// §4.3: the domain must be a multi-label, well-formed name (labels of
+/// 1–63 characters, at most 253 in all) and not an address literal.
+/// Returns the name to query (no trailing dot), or why it is not one.
+pub fn validate_domain(domain: &str) -> Result<String, String> {
+    if domain.is_empty() {
+        return Err("no domain to check".to_owned());
+    }
+    if domain.starts_with('[') {
+        return Err(format!("{domain} is an address literal, not a domain name"));
+    }
+    let name = domain.strip_suffix('.').unwrap_or(domain);
+    if !name.is_ascii() {
+        return Err(format!("{domain:?} is not a valid domain name"));
+    }
+    if name.len() > 253 {
+        return Err(format!("{domain} is longer than 253 characters"));
+    }
+    let mut labels = 0;
+    for label in name.split('.') {
+        if label.is_empty() {
+            return Err(format!("{domain} has an empty label"));
+        }
+        if label.len() > 63 {
+            return Err(format!("{domain} has a label longer than 63 characters"));
+        }
+        if label.bytes().any(|b| b <= b' ' || b == 0x7f) {
+            return Err(format!("{domain:?} contains control characters or spaces"));
+        }
+        labels += 1;
+    }
+    if labels < 2 {
+        return Err(format!("{domain} is not a fully qualified domain name"));
+    }
+    Ok(name.to_ascii_lowercase())
+}
+
+/// A macro-expanded target name made ready to query (§7.3): the trailing
+/// dot removed, then labels dropped from the left until it fits in 253
+/// characters. `None` when it is not a name DNS can carry (an empty label,
+/// a label over 63 characters, non-ASCII).
+pub fn query_name(expanded: &str) -> Option<String> {
+    let mut name = expanded.strip_suffix('.').unwrap_or(expanded);
+    while name.len() > 253 {
+        name = name.split_once('.')?.1;
+    }
+    let valid = !name.is_empty()
+        && name.is_ascii()
+        && name.split('.').all(|l| !l.is_empty() && l.len() <= 63);
+    valid.then(|| name.to_owned())
+}
+
+/// IPv4-mapped IPv6 addresses (`::ffff:192.0.2.1`) are IPv4 clients seen
+/// through a dual-stack socket: evaluate them as IPv4 (RFC 4291 §2.5.5.2).
+pub fn canonical_ip(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        IpAddr::V4(_) => ip,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mail_from_identities() {
+        let p = SenderParts::for_mail_from("Joe@Example.COM", "helo.test");
+        assert_eq!(
+            (p.local_part.as_str(), p.domain.as_str()),
+            ("Joe", "example.com")
+        );
+        let p = SenderParts::for_mail_from("", "mx.example.org");
+        assert_eq!(p.sender, "postmaster@mx.example.org");
+        let p = SenderParts::for_mail_from("@example.net", "h");
+        assert_eq!(p.sender, "postmaster@example.net");
+        let p = SenderParts::for_mail_from("<\"a@b\"@example.org>", "h");
+        assert_eq!(
+            (p.local_part.as_str(), p.domain.as_str()),
+            ("\"a@b\"", "example.org")
+        );
+        let p = SenderParts::for_mail_from("example.com", "h");
+        assert_eq!(p.sender, "postmaster@example.com");
+    }
+
+    #[test]
+    fn idn_domains_become_a_labels() {
+        let p = SenderParts::for_mail_from("user@bücher.example", "h");
+        assert_eq!(p.domain, "xn--bcher-kva.example");
+        assert_eq!(
+            SenderParts::for_helo("MAIL.Bücher.example").domain,
+            "mail.xn--bcher-kva.example"
+        );
+    }
+
+    #[test]
+    fn domain_validation_per_section_4_3() {
+        assert!(validate_domain("example.com").is_ok());
+        assert_eq!(validate_domain("Example.COM.").unwrap(), "example.com");
+        assert!(validate_domain("A2345678").is_err());
+        assert!(validate_domain("[192.0.2.1]").is_err());
+        assert!(validate_domain("a...example.com").is_err());
+        assert!(validate_domain(&format!("{}.example.com", "a".repeat(64))).is_err());
+        assert!(validate_domain(&format!("{}.example.com", "a".repeat(63))).is_ok());
+        assert!(validate_domain("").is_err());
+    }
+
+    #[test]
+    fn query_names_are_truncated_from_the_left() {
+        let long = format!("{}.example.com", ["abcdefghij"; 30].join("."));
+        let name = query_name(&long).unwrap();
+        assert!(name.len() <= 253);
+        assert!(name.ends_with(".example.com"));
+        assert!(long.ends_with(&name));
+        assert!(name.starts_with("abcdefghij."));
+        assert_eq!(query_name("example.com.").as_deref(), Some("example.com"));
+        assert_eq!(query_name("a..example.com"), None);
+        assert_eq!(query_name(""), None);
+    }
+
+    #[test]
+    fn mapped_ipv6_is_evaluated_as_ipv4() {
+        assert_eq!(
+            canonical_ip("::ffff:192.0.2.1".parse().unwrap()),
+            "192.0.2.1".parse::<IpAddr>().unwrap()
+        );
+        let v6: IpAddr = "2001:db8::1".parse().unwrap();
+        assert_eq!(canonical_ip(v6), v6);
+    }
+}

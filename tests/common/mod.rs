@@ -1,0 +1,6 @@
+//! Helpers shared by the integration tests. Each test crate uses only some
+//! of them.
+#![allow(dead_code)]
+
+pub mod dns_server;
+pub mod suite;

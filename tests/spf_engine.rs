@@ -1,0 +1,360 @@
+//! Behaviour of the SPF engine beyond the OpenSPF suite: configurable
+//! limits, the overall time limit, identities (IDN, IPv4-mapped clients,
+//! null sender), the result's details and the trace.
+
+use std::future::Future;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use spfmilter::dns::{Answer, Lookup, Mx, Txt, Zone};
+use spfmilter::spf::{Evaluator, Identity, Limits, Request, SpfResult};
+
+fn request<'a>(ip: &str, helo: &'a str, sender: &'a str) -> Request<'a> {
+    Request {
+        ip: ip.parse().unwrap(),
+        helo,
+        sender,
+        receiver: None,
+    }
+}
+
+/// A chain of includes each of which costs one lookup.
+fn include_chain(len: usize) -> Zone {
+    let mut zone = Zone::new();
+    for i in 0..len {
+        zone = zone.with_txt(
+            &format!("l{i}.chain.test"),
+            &format!("v=spf1 include:l{}.chain.test -all", i + 1),
+        );
+    }
+    zone.with_txt(
+        &format!("l{len}.chain.test"),
+        "v=spf1 ip4:192.0.2.0/24 -all",
+    )
+}
+
+#[tokio::test]
+async fn the_lookup_limit_is_ten_by_default_and_configurable() {
+    // l0 includes l1 … l10: 10 include terms, the last record matches.
+    let zone = include_chain(10);
+    let at_limit = Evaluator::new(zone.clone());
+    let o = at_limit
+        .check(
+            &request("192.0.2.1", "h.test", "a@l0.chain.test"),
+            Identity::MailFrom,
+        )
+        .await;
+    assert_eq!(o.result, SpfResult::Pass, "{o:?}");
+    assert_eq!(o.dns_lookups, 10);
+
+    let zone = include_chain(11);
+    let o = Evaluator::new(zone.clone())
+        .check(
+            &request("192.0.2.1", "h.test", "a@l0.chain.test"),
+            Identity::MailFrom,
+        )
+        .await;
+    assert_eq!(o.result, SpfResult::PermError);
+    assert!(
+        o.problem
+            .unwrap()
+            .contains("more than 10 DNS-querying terms")
+    );
+
+    let raised = Evaluator::new(zone).with_limits(Limits {
+        dns_lookups: 11,
+        ..Limits::default()
+    });
+    let o = raised
+        .check(
+            &request("192.0.2.1", "h.test", "a@l0.chain.test"),
+            Identity::MailFrom,
+        )
+        .await;
+    assert_eq!(o.result, SpfResult::Pass);
+}
+
+#[tokio::test]
+async fn the_void_limit_is_two_by_default_and_configurable() {
+    let zone = Zone::new().with_txt(
+        "void.test",
+        "v=spf1 a:n1.void.test a:n2.void.test a:n3.void.test ip4:192.0.2.0/24 -all",
+    );
+    let o = Evaluator::new(zone.clone())
+        .check(
+            &request("192.0.2.1", "h.test", "a@void.test"),
+            Identity::MailFrom,
+        )
+        .await;
+    assert_eq!(o.result, SpfResult::PermError);
+    assert_eq!(o.void_lookups, 3);
+    assert!(o.problem.unwrap().contains("void"));
+
+    let o = Evaluator::new(zone)
+        .with_limits(Limits {
+            void_lookups: 3,
+            ..Limits::default()
+        })
+        .check(
+            &request("192.0.2.1", "h.test", "a@void.test"),
+            Identity::MailFrom,
+        )
+        .await;
+    assert_eq!(o.result, SpfResult::Pass);
+    assert_eq!((o.dns_lookups, o.void_lookups), (3, 3));
+}
+
+/// Answers every query after a delay, counting the queries that finished.
+#[derive(Clone)]
+struct SlowLookup {
+    zone: Zone,
+    delay: Duration,
+    completed: Arc<AtomicUsize>,
+}
+
+impl SlowLookup {
+    async fn slow<T>(&self, answer: impl Future<Output = T>) -> T {
+        tokio::time::sleep(self.delay).await;
+        let answer = answer.await;
+        self.completed.fetch_add(1, Ordering::SeqCst);
+        answer
+    }
+}
+
+impl Lookup for SlowLookup {
+    fn txt(&self, name: &str) -> impl Future<Output = Answer<Txt>> + Send {
+        self.slow(self.zone.txt(name))
+    }
+    fn a(&self, name: &str) -> impl Future<Output = Answer<Ipv4Addr>> + Send {
+        self.slow(self.zone.a(name))
+    }
+    fn aaaa(&self, name: &str) -> impl Future<Output = Answer<Ipv6Addr>> + Send {
+        self.slow(self.zone.aaaa(name))
+    }
+    fn mx(&self, name: &str) -> impl Future<Output = Answer<Mx>> + Send {
+        self.slow(self.zone.mx(name))
+    }
+    fn ptr(&self, ip: IpAddr) -> impl Future<Output = Answer<String>> + Send {
+        self.slow(self.zone.ptr(ip))
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_time_limit_gives_temperror_and_cancels_queries_in_flight() {
+    let completed = Arc::new(AtomicUsize::new(0));
+    let lookup = SlowLookup {
+        zone: include_chain(3),
+        delay: Duration::from_secs(4),
+        completed: completed.clone(),
+    };
+    // Four TXT lookups of 4 s each do not fit in 10 s.
+    let evaluator = Evaluator::new(lookup).with_limits(Limits {
+        time: Duration::from_secs(10),
+        ..Limits::default()
+    });
+    let started = tokio::time::Instant::now();
+    let o = evaluator
+        .check(
+            &request("192.0.2.1", "h.test", "a@l0.chain.test"),
+            Identity::MailFrom,
+        )
+        .await;
+    assert_eq!(o.result, SpfResult::TempError);
+    assert!(
+        o.problem.as_deref().unwrap().contains("time limit"),
+        "{o:?}"
+    );
+    assert_eq!(started.elapsed(), Duration::from_secs(10));
+    // The third lookup was in flight at 10 s; it must never complete.
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    assert_eq!(completed.load(Ordering::SeqCst), 2);
+    // The counts up to the cut-off are still reported.
+    assert_eq!(o.dns_lookups, 2);
+}
+
+#[tokio::test]
+async fn ipv4_mapped_clients_are_evaluated_as_ipv4() {
+    let zone = Zone::new().with_txt("m.test", "v=spf1 ip4:192.0.2.0/24 -all");
+    let o = Evaluator::new(zone)
+        .check(
+            &request("::ffff:192.0.2.9", "h.test", "a@m.test"),
+            Identity::MailFrom,
+        )
+        .await;
+    assert_eq!(o.result, SpfResult::Pass);
+    assert_eq!(o.mechanism.as_deref(), Some("+ip4:192.0.2.0/24"));
+}
+
+#[tokio::test]
+async fn idn_domains_are_looked_up_as_a_labels() {
+    // RFC 8616 §4: bücher.example is published as xn--bcher-kva.example.
+    let zone = Zone::new().with_txt("xn--bcher-kva.example", "v=spf1 ip4:192.0.2.0/24 -all");
+    let evaluator = Evaluator::new(zone);
+    let o = evaluator
+        .check(
+            &request("192.0.2.9", "h.test", "kunde@bücher.example"),
+            Identity::MailFrom,
+        )
+        .await;
+    assert_eq!(o.result, SpfResult::Pass);
+    assert_eq!(o.domain, "xn--bcher-kva.example");
+    let o = evaluator
+        .check(
+            &request("198.51.100.1", "BÜCHER.example", ""),
+            Identity::Helo,
+        )
+        .await;
+    assert_eq!(o.result, SpfResult::Fail);
+    assert_eq!(o.sender, "postmaster@xn--bcher-kva.example");
+}
+
+#[tokio::test]
+async fn identities_helo_null_sender_and_missing_local_part() {
+    let zone = Zone::new()
+        .with_txt("mx.helo.test", "v=spf1 a -all")
+        .with_ip("mx.helo.test", "192.0.2.1")
+        .with_txt("exp.test", "v=spf1 -all exp=why.exp.test")
+        .with_txt("why.exp.test", "%{l} at %{o} may not send from %{i}");
+    let evaluator = Evaluator::new(zone);
+    let helo = evaluator
+        .check(
+            &request("192.0.2.1", "mx.helo.test", "x@other.test"),
+            Identity::Helo,
+        )
+        .await;
+    assert_eq!(
+        (helo.result, helo.sender.as_str()),
+        (SpfResult::Pass, "postmaster@mx.helo.test")
+    );
+    let null = evaluator
+        .check(
+            &request("192.0.2.1", "mx.helo.test", ""),
+            Identity::MailFrom,
+        )
+        .await;
+    assert_eq!(
+        (null.result, null.domain.as_str()),
+        (SpfResult::Pass, "mx.helo.test")
+    );
+    let no_local = evaluator
+        .check(
+            &request("192.0.2.7", "mx.helo.test", "@exp.test"),
+            Identity::MailFrom,
+        )
+        .await;
+    assert_eq!(no_local.result, SpfResult::Fail);
+    assert_eq!(
+        no_local.explanation.as_deref(),
+        Some("postmaster at exp.test may not send from 192.0.2.7")
+    );
+    assert_eq!(no_local.mechanism.as_deref(), Some("-all"));
+    let literal = evaluator
+        .check(
+            &request("192.0.2.1", "[192.0.2.1]", "a@[192.0.2.1]"),
+            Identity::MailFrom,
+        )
+        .await;
+    assert_eq!(literal.result, SpfResult::None);
+    assert_eq!(literal.dns_lookups, 0);
+}
+
+#[tokio::test]
+async fn the_default_explanation_is_configurable_and_only_for_fail() {
+    let zone = Zone::new()
+        .with_txt("f.test", "v=spf1 -all")
+        .with_txt("s.test", "v=spf1 ~all");
+    let evaluator =
+        Evaluator::new(zone).with_default_explanation("Not allowed, see https://example.net/spf");
+    let fail = evaluator
+        .check(
+            &request("192.0.2.1", "h.test", "a@f.test"),
+            Identity::MailFrom,
+        )
+        .await;
+    assert_eq!(
+        fail.explanation.as_deref(),
+        Some("Not allowed, see https://example.net/spf")
+    );
+    let softfail = evaluator
+        .check(
+            &request("192.0.2.1", "h.test", "a@s.test"),
+            Identity::MailFrom,
+        )
+        .await;
+    assert_eq!(softfail.result, SpfResult::SoftFail);
+    assert_eq!(softfail.explanation, None);
+}
+
+#[tokio::test]
+async fn neutral_default_and_errors_describe_themselves() {
+    let zone = Zone::new()
+        .with_txt("n.test", "v=spf1 ip4:198.51.100.0/24")
+        .with_txt("bad.test", "v=spf1 ip4:192.0.2.300 -all")
+        .with("tmp.test", spfmilter::dns::zone::Entry::Timeout);
+    let evaluator = Evaluator::new(zone);
+    let neutral = evaluator
+        .check(
+            &request("192.0.2.1", "h.test", "a@n.test"),
+            Identity::MailFrom,
+        )
+        .await;
+    assert_eq!(
+        (neutral.result, neutral.mechanism.as_deref()),
+        (SpfResult::Neutral, Some("default"))
+    );
+    let perm = evaluator
+        .check(
+            &request("192.0.2.1", "h.test", "a@bad.test"),
+            Identity::MailFrom,
+        )
+        .await;
+    assert_eq!(perm.result, SpfResult::PermError);
+    let problem = perm.problem.unwrap();
+    assert!(
+        problem.contains("bad.test") && problem.contains("ip4:192.0.2.300"),
+        "{problem}"
+    );
+    let temp = evaluator
+        .check(
+            &request("192.0.2.1", "h.test", "a@tmp.test"),
+            Identity::MailFrom,
+        )
+        .await;
+    assert_eq!(temp.result, SpfResult::TempError);
+    assert!(temp.problem.unwrap().contains("TXT tmp.test"));
+}
+
+#[tokio::test]
+async fn the_trace_shows_records_terms_answers_and_counts() {
+    let zone = Zone::new()
+        .with_txt("t.test", "v=spf1 a:nx.t.test include:_spf.t.test -all")
+        .with_txt("_spf.t.test", "v=spf1 ip4:192.0.2.0/24 -all");
+    let mut trace = Vec::new();
+    let o = Evaluator::new(zone)
+        .check_traced(
+            &request("192.0.2.1", "h.test", "a@t.test"),
+            Identity::MailFrom,
+            &mut trace,
+        )
+        .await;
+    assert_eq!(o.result, SpfResult::Pass);
+    let text: Vec<String> = trace
+        .iter()
+        .map(|s| format!("{}{}", "  ".repeat(s.depth), s.text))
+        .collect();
+    let text = text.join("\n");
+    for expected in [
+        "TXT t.test: \"v=spf1 a:nx.t.test include:_spf.t.test -all\"",
+        "A nx.t.test: no records",
+        "void lookup 1 (A nx.t.test)",
+        "+a:nx.t.test: no match",
+        "  TXT _spf.t.test",
+        "  +ip4:192.0.2.0/24: match",
+        "+include:_spf.t.test: match",
+        "result pass",
+    ] {
+        assert!(text.contains(expected), "missing {expected:?} in\n{text}");
+    }
+}
