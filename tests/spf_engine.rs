@@ -358,3 +358,50 @@ async fn the_trace_shows_records_terms_answers_and_counts() {
         assert!(text.contains(expected), "missing {expected:?} in\n{text}");
     }
 }
+
+#[tokio::test]
+async fn only_the_first_ten_ptr_names_are_validated() {
+    // RFC 7208 §4.6.4: the names past the 10th are ignored, even the one
+    // that would validate.
+    let mut zone = Zone::new().with_txt("p.test", "v=spf1 ptr -all");
+    for i in 0..10 {
+        zone = zone.with_ptr("192.0.2.1", &format!("h{i}.elsewhere.test"));
+    }
+    let zone = zone
+        .with_ptr("192.0.2.1", "mx.p.test")
+        .with_ip("mx.p.test", "192.0.2.1");
+    let o = Evaluator::new(zone.clone())
+        .check(
+            &request("192.0.2.1", "h.test", "a@p.test"),
+            Identity::MailFrom,
+        )
+        .await;
+    assert_eq!(o.result, SpfResult::Fail, "{o:?}");
+    let o = Evaluator::new(zone)
+        .with_limits(Limits {
+            ptr_names: 11,
+            ..Limits::default()
+        })
+        .check(
+            &request("192.0.2.1", "h.test", "a@p.test"),
+            Identity::MailFrom,
+        )
+        .await;
+    assert_eq!(o.result, SpfResult::Pass);
+}
+
+#[tokio::test]
+async fn the_p_macro_counts_no_void_lookups() {
+    // No PTR record: %{p} is "unknown", and that lookup is not a term.
+    let zone = Zone::new()
+        .with_txt("pm.test", "v=spf1 exists:%{p}.ok.pm.test -all")
+        .with_ip("unknown.ok.pm.test", "127.0.0.2");
+    let o = Evaluator::new(zone)
+        .check(
+            &request("192.0.2.1", "h.test", "a@pm.test"),
+            Identity::MailFrom,
+        )
+        .await;
+    assert_eq!(o.result, SpfResult::Pass);
+    assert_eq!((o.dns_lookups, o.void_lookups), (1, 0));
+}

@@ -512,7 +512,7 @@ impl<'a, L: Lookup> Eval<'a, L> {
                 let Some(target) = self.target(spec.as_ref(), domain).await? else {
                     return Ok(false);
                 };
-                let names = self.validated_names(&target).await?;
+                let names = self.validated_names(true).await?;
                 Ok(names.iter().any(|n| is_same_or_subdomain(n, &target)))
             }
             Mechanism::Exists(spec) => {
@@ -582,30 +582,26 @@ impl<'a, L: Lookup> Eval<'a, L> {
     /// §5.5: the client's validated names: PTR names (at most 10) whose
     /// addresses include the client. DNS errors on the address lookups skip
     /// that name; an error on the PTR lookup itself means no names.
-    async fn validated_names(&mut self, target: &str) -> Result<Vec<String>, Fault> {
+    async fn validated_names(&mut self, count_void: bool) -> Result<Vec<String>, Fault> {
         let names = match self.evaluator.lookup.ptr(self.ip).await {
             Ok(names) => names,
             Err(why) => {
                 let ip = self.ip;
                 self.note(|| format!("PTR {ip}: {why}"));
-                if why == DnsError::NxDomain {
-                    self.count_void(&format!("PTR {}", self.ip))?;
+                if why == DnsError::NxDomain && count_void {
+                    self.count_void(&format!("PTR {ip}"))?;
                 }
                 return Ok(Vec::new());
             }
         };
         let ip = self.ip;
         self.note(|| format!("PTR {ip}: {:?}", &*names));
-        if names.is_empty() {
-            self.count_void(&format!("PTR {}", self.ip))?;
+        if names.is_empty() && count_void {
+            self.count_void(&format!("PTR {ip}"))?;
         }
         let mut validated = Vec::new();
-        // Names that are the target or below it first, so that the 10-name
-        // limit does not drop the one that matters (§5.5 leaves the order
-        // open).
-        let mut ordered: Vec<&String> = names.iter().collect();
-        ordered.sort_by_key(|n| !is_same_or_subdomain(n, target));
-        for name in ordered.into_iter().take(self.evaluator.limits.ptr_names) {
+        // §4.6.4: "all records other than the first 10 MUST be ignored".
+        for name in names.iter().take(self.evaluator.limits.ptr_names) {
             let addrs = match self.addresses(name, false).await {
                 Ok(addrs) => addrs,
                 Err(_) => continue,
@@ -647,7 +643,8 @@ impl<'a, L: Lookup> Eval<'a, L> {
 
     async fn expand(&mut self, macros: &MacroString, domain: &str) -> String {
         let ptr = if macros.uses_ptr() {
-            self.validated_names(domain)
+            // `%{p}` is not a term: its lookups count against no limit.
+            self.validated_names(false)
                 .await
                 .ok()
                 .and_then(|names| preferred_ptr(&names, domain))
