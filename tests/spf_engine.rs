@@ -348,7 +348,9 @@ async fn the_trace_shows_records_terms_answers_and_counts() {
     for expected in [
         "TXT t.test: \"v=spf1 a:nx.t.test include:_spf.t.test -all\"",
         "A nx.t.test: no records",
+        "DNS-querying term 1 of at most 10: a:nx.t.test",
         "void lookup 1 (A nx.t.test)",
+        "DNS-querying term 2 of at most 10: include:_spf.t.test",
         "+a:nx.t.test: no match",
         "  TXT _spf.t.test",
         "  +ip4:192.0.2.0/24: match",

@@ -405,7 +405,9 @@ impl<'a, L: Lookup> Eval<'a, L> {
     fn count_lookup(&mut self, term: &str) -> Result<(), Fault> {
         self.dns_lookups += 1;
         let limit = self.evaluator.limits.dns_lookups;
-        if self.dns_lookups > limit {
+        let count = self.dns_lookups;
+        self.note(|| format!("DNS-querying term {count} of at most {limit}: {term}"));
+        if count > limit {
             return Err(Fault::Perm(format!(
                 "more than {limit} DNS-querying terms (limit reached at {term})"
             )));
