@@ -1,10 +1,11 @@
-//! Trace header text: Received-SPF (RFC 7208 §9.1). Pure formatting; the
-//! milter decides where the header goes.
+//! Trace header text: Received-SPF (RFC 7208 §9.1) and
+//! Authentication-Results (RFC 8601), and recognising such headers when
+//! they arrive forged. Pure formatting; the milter decides where headers go.
 
 use std::fmt::Write as _;
 use std::net::IpAddr;
 
-use crate::spf::{SpfOutcome, SpfResult};
+use crate::spf::{Identity, SpfOutcome, SpfResult};
 
 /// The comment policyd-spf writes for each result (spec §4), used when the
 /// outcome carries no explanation or problem of its own.
@@ -73,6 +74,123 @@ pub fn received_spf_value(outcome: &SpfOutcome, tx: &Transaction<'_>) -> String 
         (None, None) => {}
     }
     v
+}
+
+/// The value of an Authentication-Results header field for one SPF result
+/// (RFC 8601 §2.2, §2.7.2):
+/// `authserv-id; spf=pass (comment) smtp.mailfrom=example.com (client-ip=…;
+/// helo=…; envelope-from=…; receiver=…)`.
+///
+/// `smtp.mailfrom` carries the **domain only**: OpenDMARC ignores the
+/// property when it holds a whole address (postfix-opendmarc.md), and DMARC
+/// aligns on the domain anyway. A HELO result is reported as `smtp.helo`.
+pub fn authentication_results_value(
+    authserv_id: &str,
+    outcome: &SpfOutcome,
+    tx: &Transaction<'_>,
+) -> String {
+    let mut v = String::with_capacity(200);
+    push_token_or_quoted(&mut v, authserv_id);
+    v.push_str("; spf=");
+    v.push_str(outcome.result.as_str());
+    v.push_str(" (");
+    push_comment(&mut v, &result_comment(outcome));
+    v.push_str(") ");
+    match outcome.identity {
+        Identity::MailFrom => {
+            v.push_str("smtp.mailfrom=");
+            push_token_or_quoted(&mut v, &outcome.domain);
+        }
+        Identity::Helo => {
+            v.push_str("smtp.helo=");
+            push_token_or_quoted(&mut v, &outcome.domain);
+        }
+    }
+    v.push_str(" (");
+    let envelope_from = if tx.envelope_from.is_empty() {
+        "<>"
+    } else {
+        tx.envelope_from
+    };
+    push_comment(
+        &mut v,
+        &format!(
+            "client-ip={}; helo={}; envelope-from={envelope_from}; receiver={}",
+            tx.client_ip, tx.helo, tx.receiver
+        ),
+    );
+    v.push(')');
+    v
+}
+
+/// The authserv-id of an Authentication-Results value: the first token,
+/// after any leading white space and comments (RFC 8601 §2.2). `None` when
+/// the value does not start with one.
+pub fn authserv_id_of(value: &str) -> Option<&str> {
+    let rest = skip_cfws(value);
+    let end = rest
+        .find(|c: char| c == ';' || c == '(' || c.is_whitespace())
+        .unwrap_or(rest.len());
+    let id = rest[..end].trim_matches('"');
+    (!id.is_empty()).then_some(id)
+}
+
+/// Skips white space and (nested) comments at the start of `s`.
+fn skip_cfws(mut s: &str) -> &str {
+    loop {
+        s = s.trim_start();
+        let Some(body) = s.strip_prefix('(') else {
+            return s;
+        };
+        let mut depth = 1;
+        let mut escaped = false;
+        let mut end = body.len();
+        for (i, c) in body.char_indices() {
+            match c {
+                _ if escaped => escaped = false,
+                '\\' => escaped = true,
+                '(' => depth += 1,
+                ')' => {
+                    depth -= 1;
+                    if depth == 0 {
+                        end = i + 1;
+                        break;
+                    }
+                }
+                _ => {}
+            }
+        }
+        s = &body[end.min(body.len())..];
+    }
+}
+
+/// Should an incoming header be deleted before ours is added? Every
+/// `Received-SPF` (only our own may be trusted, and OpenDMARC falls back to
+/// the first one it finds) and every `Authentication-Results` that claims
+/// our authserv-id (case-insensitively; RFC 8601 §5 asks border MTAs to do
+/// this). Other sites' Authentication-Results are left alone.
+pub fn is_forged_trace_header(name: &str, value: &str, our_authserv_id: &str) -> bool {
+    if name.eq_ignore_ascii_case("Received-SPF") {
+        return true;
+    }
+    name.eq_ignore_ascii_case("Authentication-Results")
+        && authserv_id_of(value).is_some_and(|id| id.eq_ignore_ascii_case(our_authserv_id))
+}
+
+/// RFC 2045 token characters: what a value may be without quotes
+/// (RFC 8601 §2.2 `value`).
+fn is_token(s: &str) -> bool {
+    !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_graphic() && !"()<>@,;:\\\"/[]?=".contains(c))
+}
+
+fn push_token_or_quoted(out: &mut String, value: &str) {
+    if is_token(value) {
+        out.push_str(value);
+    } else {
+        push_quoted(out, value);
+    }
 }
 
 /// RFC 5322 atext (§3.2.3).
@@ -164,7 +282,6 @@ pub fn fold(name: &str, value: &str, width: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::spf::Identity;
 
     fn outcome(result: SpfResult) -> SpfOutcome {
         SpfOutcome {
@@ -231,5 +348,75 @@ mod tests {
             assert!(line.len() + 7 <= 78, "{line:?}");
         }
         assert_eq!(folded.replace("\n\t", " "), v);
+    }
+
+    #[test]
+    fn authentication_results_carry_the_domain_only() {
+        let v = authentication_results_value("mx.example.net", &outcome(SpfResult::Pass), &tx());
+        assert_eq!(
+            v,
+            "mx.example.net; spf=pass (sender SPF authorized) smtp.mailfrom=pass.test \
+             (client-ip=192.0.2.1; helo=mx.pass.test; envelope-from=a@pass.test; receiver=rcpt.example)"
+        );
+        let mut helo = outcome(SpfResult::None);
+        helo.identity = Identity::Helo;
+        helo.domain = "mx.none.test".into();
+        let mut t = tx();
+        t.envelope_from = "";
+        let v = authentication_results_value("mx.example.net", &helo, &t);
+        assert!(
+            v.starts_with("mx.example.net; spf=none (no SPF record) smtp.helo=mx.none.test ("),
+            "{v}"
+        );
+        assert!(v.contains("envelope-from=<>"), "{v}");
+    }
+
+    #[test]
+    fn authserv_ids_are_found_after_comments() {
+        assert_eq!(
+            authserv_id_of("mx.example.net; spf=pass"),
+            Some("mx.example.net")
+        );
+        assert_eq!(
+            authserv_id_of(" (forged (nested) comment) MX.Example.NET ; spf=pass"),
+            Some("MX.Example.NET")
+        );
+        assert_eq!(
+            authserv_id_of("mx.example.net 1; none"),
+            Some("mx.example.net")
+        );
+        assert_eq!(authserv_id_of("  ; spf=pass"), None);
+    }
+
+    #[test]
+    fn forged_trace_headers_are_recognised() {
+        let ours = "mx.example.net";
+        assert!(is_forged_trace_header(
+            "Received-SPF",
+            "pass (x) identity=mailfrom",
+            ours
+        ));
+        assert!(is_forged_trace_header("received-spf", "", ours));
+        assert!(is_forged_trace_header(
+            "Authentication-Results",
+            "MX.example.net; spf=pass smtp.mailfrom=x.test",
+            ours
+        ));
+        assert!(is_forged_trace_header(
+            "Authentication-Results",
+            "(c) mx.example.net; spf=pass",
+            ours
+        ));
+        assert!(!is_forged_trace_header(
+            "Authentication-Results",
+            "other.example.org; spf=pass",
+            ours
+        ));
+        assert!(!is_forged_trace_header(
+            "Authentication-Results",
+            "mx.example.net.evil; spf=pass",
+            ours
+        ));
+        assert!(!is_forged_trace_header("X-Received-SPF", "pass", ours));
     }
 }
