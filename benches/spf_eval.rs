@@ -656,6 +656,23 @@ async fn run_for(subject: &impl Subject, budget: Duration) -> Sample {
     }
 }
 
+/// `--profile` runs: a time budget, or exactly `evals` evaluations.
+async fn run_profiled(subject: &impl Subject, budget: Duration, evals: Option<u64>) -> Sample {
+    let Some(evals) = evals else {
+        return run_for(subject, budget).await;
+    };
+    let mut sample = Sample::default();
+    let start = Instant::now();
+    for _ in 0..evals {
+        if !subject.once().await {
+            sample.wrong += 1;
+        }
+    }
+    sample.runs = evals;
+    sample.elapsed = start.elapsed();
+    sample
+}
+
 /// Timed stretches per library per case; the two libraries alternate, so a
 /// burst of load from a neighbour hits both rather than one.
 const SLICES: u32 = 5;
@@ -866,6 +883,9 @@ struct Options {
     /// `--profile spfmilter|mail-auth`: run only that library (for perf or
     /// callgrind), no comparison.
     profile: Option<String>,
+    /// `--evals N` with `--profile`: exactly N evaluations per case instead
+    /// of a time budget, so instruction counts (callgrind) divide evenly.
+    evals: Option<u64>,
 }
 
 fn options() -> Result<Options, String> {
@@ -874,6 +894,7 @@ fn options() -> Result<Options, String> {
         seconds: 1.5,
         only: Vec::new(),
         profile: None,
+        evals: None,
     };
     if let Ok(value) = std::env::var("SPF_BENCH_SECONDS") {
         options.seconds = value
@@ -888,6 +909,14 @@ fn options() -> Result<Options, String> {
                 continue;
             }
             "--seconds" => args.next().ok_or("--seconds needs a value")?,
+            "--evals" => {
+                let n = args.next().ok_or("--evals needs a number")?;
+                options.evals = Some(
+                    n.parse()
+                        .map_err(|_| format!("--evals {n:?}: not a number"))?,
+                );
+                continue;
+            }
             "--profile" => {
                 let library = args
                     .next()
@@ -980,13 +1009,13 @@ fn main() -> ExitCode {
                         evaluator: &evaluator,
                         work: &case.work,
                     };
-                    run_for(&subject, budget).await
+                    run_profiled(&subject, budget, options.evals).await
                 } else {
                     let subject = TheirCase {
                         theirs: &theirs,
                         work: &case.work,
                     };
-                    run_for(&subject, budget).await
+                    run_profiled(&subject, budget, options.evals).await
                 };
                 println!(
                     "{library} {:<10} {:>13}/s {:>8.1} ns{}",

@@ -41,7 +41,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use libfuzzer_sys::fuzz_target;
 use spfmilter::spf::identity::{SenderParts, canonical_ip, query_name, validate_domain};
-use spfmilter::spf::macros::{MacroContext, MacroString, MacroSyntax};
+use spfmilter::spf::macros::{MacroContext, MacroLetter, MacroString, MacroSyntax};
 use spfmilter::spf::record::parse_domain_spec;
 
 /// The context of the examples of RFC 7208 §7.4.
@@ -95,7 +95,7 @@ fn check_syntax(text: &str, syntax: MacroSyntax) -> Option<MacroString> {
     // Never panic.
     let _ = (
         parsed.has_macros(),
-        parsed.uses_ptr(),
+        parsed.uses(MacroLetter::ValidatedPtr),
         parsed.tokens().len(),
     );
     Some(parsed)
@@ -136,10 +136,14 @@ fn check_expansion(parsed: &MacroString, ctx: &MacroContext<'_>, ascii_ctx: bool
         assert_eq!(name, name.to_ascii_lowercase());
         assert!(name.split('.').count() >= 2, "{name:?} is single-label");
         assert!(trimmed.eq_ignore_ascii_case(&name));
-        assert_eq!(validate_domain(&name).as_ref(), Ok(&name), "not idempotent");
         assert_eq!(
-            query_name(&name).as_ref(),
-            Some(&name),
+            validate_domain(&name).as_deref(),
+            Ok(&*name),
+            "not idempotent"
+        );
+        assert_eq!(
+            query_name(&name).as_deref(),
+            Some(&*name),
             "query_name refuses {name:?}"
         );
     }
@@ -193,7 +197,14 @@ fuzz_target!(|data: &[u8]| {
         );
     }
     if let Ok(spec) = parse_domain_spec(&text) {
-        assert_eq!(Some(&spec), record.as_ref(), "domain-spec {text:?}");
+        assert_eq!(Some(spec.macros()), record.as_ref(), "domain-spec {text:?}");
+        if let Some(name) = spec.literal_name() {
+            assert_eq!(
+                spfmilter::spf::identity::query_name(&text).map(|n| n.to_ascii_lowercase()).as_deref(),
+                Some(name),
+                "literal name of {text:?}"
+            );
+        }
     }
     for parsed in record.iter().chain(explanation.iter()) {
         check_expansion(parsed, &ctx, ascii_ctx);
@@ -201,9 +212,9 @@ fuzz_target!(|data: &[u8]| {
 
     // The identities the context is normally built from.
     let parts = SenderParts::for_mail_from(ctx.sender, ctx.helo);
-    let _ = validate_domain(&parts.domain);
+    let _ = validate_domain(parts.domain());
     let helo_parts = SenderParts::for_helo(ctx.helo);
-    let _ = validate_domain(&helo_parts.domain);
+    let _ = validate_domain(helo_parts.domain());
     let ip = canonical_ip(ctx.ip);
     if let IpAddr::V6(v6) = ctx.ip {
         assert_eq!(ip.is_ipv4(), v6.to_ipv4_mapped().is_some());

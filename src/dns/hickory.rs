@@ -303,7 +303,7 @@ impl Source for HickoryLookup {
         // RFC 7208 §3.3: the character-strings of one record are joined
         // with nothing in between.
         self.query(name, RecordType::TXT, |data| match data {
-            RData::TXT(txt) => Some(txt.txt_data.concat().into_boxed_slice()),
+            RData::TXT(txt) => Some(Txt::new(txt.txt_data.concat())),
             _ => None,
         })
     }

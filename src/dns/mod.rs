@@ -10,10 +10,11 @@ pub mod cache;
 pub mod hickory;
 pub mod zone;
 
+use std::any::Any;
 use std::fmt;
 use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 pub use cache::{CacheOptions, CacheStats, CachingLookup, Source};
 pub use hickory::{HickoryLookup, ResolverError, ResolverOptions, parse_nameserver};
@@ -61,7 +62,68 @@ pub struct Mx {
 /// them (RFC 7208 §3.3). Bytes, not text: a TXT record may hold anything,
 /// and only the SPF parser decides what is acceptable (§4.5, §3.1: 7-bit
 /// ASCII only).
-pub type Txt = Box<[u8]>;
+///
+/// A record also carries a memo slot: whoever interprets the bytes (the SPF
+/// evaluator parsing a policy) may keep the result with the record, so
+/// every later evaluation served from the same cached answer reuses it
+/// without parsing or hashing the text again. A fresh answer (after the TTL
+/// ran out) starts with an empty slot, so the memo never outlives the data.
+/// The DNS layer stores the memo without knowing what it is.
+pub struct Txt {
+    bytes: Box<[u8]>,
+    memo: OnceLock<Box<dyn Any + Send + Sync>>,
+}
+
+impl Txt {
+    pub fn new(bytes: impl Into<Box<[u8]>>) -> Self {
+        Self {
+            bytes: bytes.into(),
+            memo: OnceLock::new(),
+        }
+    }
+
+    /// The memo of type `T`, made by `init` on first use. `None` only if
+    /// another type was stored first (one interpreter per record).
+    pub fn memo<T: Any + Send + Sync>(&self, init: impl FnOnce(&[u8]) -> T) -> Option<&T> {
+        self.memo
+            .get_or_init(|| Box::new(init(&self.bytes)))
+            .downcast_ref::<T>()
+    }
+}
+
+impl std::ops::Deref for Txt {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        &self.bytes
+    }
+}
+
+impl From<Vec<u8>> for Txt {
+    fn from(bytes: Vec<u8>) -> Self {
+        Self::new(bytes)
+    }
+}
+
+impl Clone for Txt {
+    /// The bytes; the memo is not copied (it is rebuilt on demand).
+    fn clone(&self) -> Self {
+        Self::new(self.bytes.clone())
+    }
+}
+
+impl PartialEq for Txt {
+    fn eq(&self, other: &Self) -> bool {
+        self.bytes == other.bytes
+    }
+}
+
+impl Eq for Txt {}
+
+impl fmt::Debug for Txt {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Txt({:?})", String::from_utf8_lossy(&self.bytes))
+    }
+}
 
 /// The five DNS questions of RFC 7208.
 ///

@@ -200,7 +200,7 @@ impl Zone {
 impl Lookup for Zone {
     fn txt(&self, name: &str) -> impl Future<Output = Answer<Txt>> + Send {
         ready(self.answer(name, RecordType::Txt, |e| match e {
-            Entry::Txt(strings) => Some(strings.concat().into_boxed_slice()),
+            Entry::Txt(strings) => Some(Txt::new(strings.concat())),
             _ => None,
         }))
     }

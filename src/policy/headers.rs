@@ -2,6 +2,7 @@
 //! Authentication-Results (RFC 8601), and recognising such headers when
 //! they arrive forged. Pure formatting; the milter decides where headers go.
 
+use std::borrow::Cow;
 use std::fmt::Write as _;
 use std::net::IpAddr;
 
@@ -9,24 +10,26 @@ use crate::spf::{Identity, SpfOutcome, SpfResult};
 
 /// The comment policyd-spf writes for each result (spec §4), used when the
 /// outcome carries no explanation or problem of its own.
-pub fn result_comment(outcome: &SpfOutcome) -> String {
+pub fn result_comment(outcome: &SpfOutcome) -> Cow<'_, str> {
     match outcome.result {
-        SpfResult::Pass => "sender SPF authorized".to_owned(),
-        SpfResult::Fail => outcome
-            .explanation
-            .clone()
-            .unwrap_or_else(|| "SPF fail - not authorized".to_owned()),
-        SpfResult::SoftFail => "domain owner discourages use of this host".to_owned(),
-        SpfResult::Neutral => "access neither permitted nor denied".to_owned(),
-        SpfResult::None => "no SPF record".to_owned(),
-        SpfResult::PermError => format!(
+        SpfResult::Pass => Cow::Borrowed("sender SPF authorized"),
+        SpfResult::Fail => Cow::Borrowed(
+            outcome
+                .explanation
+                .as_deref()
+                .unwrap_or("SPF fail - not authorized"),
+        ),
+        SpfResult::SoftFail => Cow::Borrowed("domain owner discourages use of this host"),
+        SpfResult::Neutral => Cow::Borrowed("access neither permitted nor denied"),
+        SpfResult::None => Cow::Borrowed("no SPF record"),
+        SpfResult::PermError => Cow::Owned(format!(
             "SPF Permanent Error: {}",
             outcome.problem.as_deref().unwrap_or("unknown")
-        ),
-        SpfResult::TempError => format!(
+        )),
+        SpfResult::TempError => Cow::Owned(format!(
             "SPF Temporary Error: {}",
             outcome.problem.as_deref().unwrap_or("unknown")
-        ),
+        )),
     }
 }
 
@@ -51,7 +54,8 @@ pub fn received_spf_value(outcome: &SpfOutcome, tx: &Transaction<'_>) -> String 
     push_comment(&mut v, &result_comment(outcome));
     v.push_str(") identity=");
     v.push_str(outcome.identity.as_str());
-    let _ = write!(v, "; client-ip={}", tx.client_ip);
+    v.push_str("; client-ip=");
+    push_ip(&mut v, tx.client_ip);
     v.push_str("; helo=");
     push_value(&mut v, tx.helo);
     v.push_str("; envelope-from=");
@@ -193,16 +197,64 @@ fn push_token_or_quoted(out: &mut String, value: &str) {
     }
 }
 
-/// RFC 5322 atext (§3.2.3).
-fn is_atext(c: char) -> bool {
-    c.is_ascii_alphanumeric() || "!#$%&'*+-/=?^_`{|}~".contains(c)
+/// Writes an address in its usual text form. IPv4 by hand: `Display` for
+/// `Ipv4Addr` costs more than the whole rest of the header.
+fn push_ip(out: &mut String, ip: IpAddr) {
+    match ip {
+        IpAddr::V4(v4) => {
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    out.push('.');
+                }
+                if octet >= 100 {
+                    out.push(char::from(b'0' + octet / 100));
+                }
+                if octet >= 10 {
+                    out.push(char::from(b'0' + octet / 10 % 10));
+                }
+                out.push(char::from(b'0' + octet % 10));
+            }
+        }
+        IpAddr::V6(_) => {
+            let _ = write!(out, "{ip}");
+        }
+    }
 }
+
+/// RFC 5322 atext (§3.2.3), as a table: this runs for every character of
+/// every header.
+const ATEXT: [bool; 128] = {
+    let mut table = [false; 128];
+    let mut c = 0;
+    while c < 128 {
+        table[c] = (c as u8).is_ascii_alphanumeric();
+        c += 1;
+    }
+    let specials = b"!#$%&'*+-/=?^_`{|}~";
+    let mut i = 0;
+    while i < specials.len() {
+        table[specials[i] as usize] = true;
+        i += 1;
+    }
+    table
+};
 
 /// dot-atom-text: atext runs separated by single dots.
 fn is_dot_atom(s: &str) -> bool {
-    !s.is_empty()
-        && s.split('.')
-            .all(|part| !part.is_empty() && part.chars().all(is_atext))
+    let mut previous_dot = true;
+    for &b in s.as_bytes() {
+        if b == b'.' {
+            if previous_dot {
+                return false;
+            }
+            previous_dot = true;
+        } else if b < 128 && ATEXT[usize::from(b)] {
+            previous_dot = false;
+        } else {
+            return false;
+        }
+    }
+    !previous_dot
 }
 
 /// An address is written as is when it is `dot-atom@dot-atom`.
@@ -228,32 +280,39 @@ fn push_value(out: &mut String, value: &str) {
 /// cannot inject header lines.
 fn push_quoted(out: &mut String, value: &str) {
     out.push('"');
-    for c in value.chars() {
-        match c {
-            '"' | '\\' => {
-                out.push('\\');
-                out.push(c);
-            }
-            ' '..='~' => out.push(c),
-            _ => out.push('?'),
-        }
-    }
+    push_escaped(out, value, b"\"\\");
     out.push('"');
 }
 
 /// Comment text (RFC 5322 ctext): parentheses and backslashes escaped,
 /// controls replaced.
 fn push_comment(out: &mut String, text: &str) {
-    for c in text.chars() {
-        match c {
-            '(' | ')' | '\\' => {
-                out.push('\\');
-                out.push(c);
-            }
-            ' '..='~' => out.push(c),
-            _ => out.push('?'),
+    push_escaped(out, text, b"()\\");
+}
+
+/// Appends `text` with each byte of `special` preceded by a backslash, and
+/// each control or non-ASCII character replaced by one `?`. Runs of plain
+/// characters are copied whole (this runs for every header).
+fn push_escaped(out: &mut String, text: &str, special: &[u8]) {
+    let bytes = text.as_bytes();
+    let mut run = 0;
+    for (i, &b) in bytes.iter().enumerate() {
+        let plain = (b' '..=b'~').contains(&b) && !special.contains(&b);
+        if plain {
+            continue;
+        }
+        out.push_str(&text[run..i]);
+        run = i + 1;
+        if special.contains(&b) {
+            out.push('\\');
+            out.push(char::from(b));
+        } else if !(0x80..0xc0).contains(&b) {
+            // A control character or the first byte of a non-ASCII
+            // character (its continuation bytes are dropped silently).
+            out.push('?');
         }
     }
+    out.push_str(&text[run..]);
 }
 
 /// Folds a header value for the milter protocol: lines of at most `width`
@@ -263,8 +322,16 @@ fn push_comment(out: &mut String, text: &str) {
 pub fn fold(name: &str, value: &str, width: usize) -> String {
     let mut out = String::with_capacity(value.len() + 16);
     let mut column = name.len() + 2;
-    for (i, word) in value.split(' ').enumerate() {
-        if i > 0 {
+    let bytes = value.as_bytes();
+    let mut start = 0;
+    loop {
+        // A space is ASCII, so slicing at one is safe.
+        let mut end = start;
+        while end < bytes.len() && bytes[end] != b' ' {
+            end += 1;
+        }
+        let word = &value[start..end];
+        if start > 0 {
             if column + 1 + word.len() > width {
                 out.push_str("\n\t");
                 column = 8;
@@ -275,8 +342,11 @@ pub fn fold(name: &str, value: &str, width: usize) -> String {
         }
         out.push_str(word);
         column += word.len();
+        if end >= bytes.len() {
+            return out;
+        }
+        start = end + 1;
     }
-    out
 }
 
 #[cfg(test)]
@@ -335,6 +405,21 @@ mod tests {
             v.contains("(SPF Permanent Error: bad \"record\"??X-Injected: yes)"),
             "{v}"
         );
+    }
+
+    #[test]
+    fn addresses_are_written_in_their_usual_form() {
+        for ip in [
+            "0.0.0.0",
+            "192.0.2.1",
+            "10.100.9.255",
+            "2001:db8::1",
+            "::ffff:192.0.2.1",
+        ] {
+            let mut out = String::new();
+            push_ip(&mut out, ip.parse().unwrap());
+            assert_eq!(out, ip);
+        }
     }
 
     #[test]

@@ -1,15 +1,17 @@
 //! check_host() (RFC 7208 §4–§6) with the processing limits of §4.6.4.
 
+use std::borrow::Cow;
 use std::future::Future;
 use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::dns::{DnsError, Lookup};
 
 use super::identity::{self, SenderParts};
-use super::macros::{MacroContext, MacroString, MacroSyntax};
+use super::macros::{MacroContext, MacroLetter, MacroString, MacroSyntax};
 use super::outcome::{Identity, SpfOutcome, SpfResult};
 use super::record::{DomainSpec, DualCidr, Mechanism, Qualifier, Record, is_spf1};
 use super::record_cache::RecordCache;
@@ -154,84 +156,91 @@ impl<L: Lookup> Evaluator<L> {
             Identity::Helo => SenderParts::for_helo(request.helo),
             Identity::MailFrom => SenderParts::for_mail_from(request.sender, request.helo),
         };
-        let mut outcome = SpfOutcome {
-            identity,
-            result: SpfResult::None,
-            mechanism: None,
-            problem: None,
-            explanation: None,
-            domain: parts.domain.clone(),
-            sender: parts.sender.clone(),
-            dns_lookups: 0,
-            void_lookups: 0,
-        };
         let mut state = Eval {
             evaluator: self,
             ip,
             parts: &parts,
             receiver: request.receiver.unwrap_or("unknown"),
             helo: request.helo,
-            timestamp: SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs()),
             dns_lookups: 0,
             void_lookups: 0,
             depth: 0,
             trace,
         };
-        state.note(|| format!("identity {identity}: <sender>={} <ip>={ip}", parts.sender));
+        state.note(|| format!("identity {identity}: <sender>={} <ip>={ip}", parts.sender()));
 
         // §4.3: a malformed or single-label domain, or an address literal,
         // gives "none" before any DNS query.
-        let domain = match identity::validate_domain(&parts.domain) {
-            Ok(domain) => domain,
+        let verdict = match identity::validate_domain(parts.domain()) {
+            Ok(domain) => {
+                let evaluation = state.check_host(&domain, true);
+                with_time_limit(evaluation, self.limits.time)
+                    .await
+                    .unwrap_or_else(|| {
+                        Err(Fault::Temp(format!(
+                            "time limit of {} s for the SPF evaluation exceeded",
+                            self.limits.time.as_secs_f32()
+                        )))
+                    })
+            }
             Err(why) => {
-                state.note(|| format!("result none: {why}"));
-                return outcome;
+                state.note(|| format!("no check: {why}"));
+                Ok(Verdict::none())
             }
         };
 
-        let evaluation = state.check_host(&domain, true);
-        let verdict = match tokio::time::timeout(self.limits.time, evaluation).await {
-            Ok(verdict) => verdict,
-            Err(_) => Err(Fault::Temp(format!(
-                "time limit of {} s for the SPF evaluation exceeded",
-                self.limits.time.as_secs_f32()
-            ))),
-        };
-        match verdict {
+        let (result, mechanism, problem, explanation) = match verdict {
             Ok(verdict) => {
-                outcome.result = verdict.result;
-                outcome.mechanism = verdict.mechanism;
-                outcome.explanation = verdict.explanation;
-                if outcome.result == SpfResult::Fail && outcome.explanation.is_none() {
-                    outcome.explanation = Some(self.default_explanation.clone());
-                }
+                let explanation = match verdict.explanation {
+                    None if verdict.result == SpfResult::Fail => {
+                        Some(self.default_explanation.clone())
+                    }
+                    explanation => explanation,
+                };
+                let mechanism = verdict.matched.map(|m| m.text());
+                (verdict.result, mechanism, None, explanation)
             }
-            Err(Fault::Perm(problem)) => {
-                outcome.result = SpfResult::PermError;
-                outcome.problem = Some(problem);
-            }
-            Err(Fault::Temp(problem)) => {
-                outcome.result = SpfResult::TempError;
-                outcome.problem = Some(problem);
-            }
-        }
-        outcome.dns_lookups = state.dns_lookups;
-        outcome.void_lookups = state.void_lookups;
-        state.note(|| {
-            format!(
-                "result {}{}",
-                outcome.result,
-                outcome
-                    .problem
-                    .as_deref()
-                    .map(|p| format!(": {p}"))
-                    .unwrap_or_default()
-            )
+            Err(Fault::Perm(problem)) => (SpfResult::PermError, None, Some(problem), None),
+            Err(Fault::Temp(problem)) => (SpfResult::TempError, None, Some(problem), None),
+        };
+        state.note(|| match &problem {
+            Some(problem) => format!("result {result}: {problem}"),
+            None => format!("result {result}"),
         });
-        outcome
+        let (dns_lookups, void_lookups) = (state.dns_lookups, state.void_lookups);
+        let domain = parts.domain().to_owned();
+        SpfOutcome {
+            identity,
+            result,
+            mechanism,
+            problem,
+            explanation,
+            domain,
+            sender: parts.into_sender(),
+            dns_lookups,
+            void_lookups,
+        }
     }
+}
+
+/// Runs `evaluation` under `limit`. `None` when the limit ran out first (the
+/// evaluation, and with it every query in flight, is dropped).
+///
+/// The timer is only armed once the evaluation first has to wait: a warm
+/// evaluation answered from cache never touches the timer wheel. Until then
+/// it only burned CPU for microseconds, so the limit is as good as measured
+/// from the start.
+async fn with_time_limit<F: Future>(evaluation: F, limit: Duration) -> Option<F::Output> {
+    let mut evaluation = std::pin::pin!(evaluation);
+    let mut timer: Option<Pin<Box<tokio::time::Sleep>>> = None;
+    std::future::poll_fn(|cx| {
+        if let Poll::Ready(output) = evaluation.as_mut().poll(cx) {
+            return Poll::Ready(Some(output));
+        }
+        let timer = timer.get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
+        timer.as_mut().poll(cx).map(|()| None)
+    })
+    .await
 }
 
 /// What ends an evaluation early (§4.6, §4.4, §5).
@@ -241,12 +250,40 @@ enum Fault {
     Temp(String),
 }
 
+/// The directive that decided a result: kept as a reference into the
+/// (shared, cached) record, and turned into text only once, at the top.
+#[derive(Debug, Clone)]
+enum Matched {
+    Directive(Arc<Record>, usize),
+    /// §4.7: nothing matched and there was no redirect.
+    Default,
+}
+
+impl Matched {
+    /// The directive as Received-SPF's `mechanism=` shows it.
+    fn text(&self) -> String {
+        match self {
+            Matched::Directive(record, index) => match record.directives.get(*index) {
+                Some(directive) => {
+                    // Built by hand: this runs for every message.
+                    let mut text = String::with_capacity(1 + directive.text.len());
+                    text.push(directive.qualifier.symbol());
+                    text.push_str(&directive.text);
+                    text
+                }
+                None => "default".to_owned(),
+            },
+            Matched::Default => "default".to_owned(),
+        }
+    }
+}
+
 /// The result of check_host() for one domain when it did not fault.
 #[derive(Debug, Clone)]
 struct Verdict {
     /// pass, fail, softfail, neutral or none.
     result: SpfResult,
-    mechanism: Option<String>,
+    matched: Option<Matched>,
     explanation: Option<String>,
 }
 
@@ -254,7 +291,7 @@ impl Verdict {
     fn none() -> Self {
         Self {
             result: SpfResult::None,
-            mechanism: None,
+            matched: None,
             explanation: None,
         }
     }
@@ -270,7 +307,6 @@ struct Eval<'a, L> {
     parts: &'a SenderParts,
     helo: &'a str,
     receiver: &'a str,
-    timestamp: u64,
     dns_lookups: u32,
     void_lookups: u32,
     depth: usize,
@@ -279,6 +315,7 @@ struct Eval<'a, L> {
 
 impl<'a, L: Lookup> Eval<'a, L> {
     /// Records a trace line; the text is only built when tracing.
+    #[inline]
     fn note(&mut self, text: impl FnOnce() -> String) {
         if let Some(trace) = self.trace.as_deref_mut() {
             trace.push(TraceStep {
@@ -288,9 +325,10 @@ impl<'a, L: Lookup> Eval<'a, L> {
         }
     }
 
-    /// Boxed so that include and redirect can recurse (depth is bounded by
-    /// the lookup limit).
-    fn check_host<'s>(
+    /// check_host() for include and redirect: boxed, because it recurses
+    /// (depth bounded by the lookup limit). The top level calls
+    /// [`Eval::check_host`] directly and allocates nothing for it.
+    fn check_host_boxed<'s>(
         &'s mut self,
         domain: &'s str,
         want_exp: bool,
@@ -298,15 +336,24 @@ impl<'a, L: Lookup> Eval<'a, L> {
     where
         'a: 's,
     {
-        Box::pin(async move {
+        Box::pin(self.check_host(domain, want_exp))
+    }
+
+    async fn check_host(&mut self, domain: &str, want_exp: bool) -> Result<Verdict, Fault> {
+        {
             let Some(record) = self.fetch_record(domain).await? else {
                 return Ok(Verdict::none());
             };
-            for directive in &record.directives {
+            for (index, directive) in record.directives.iter().enumerate() {
                 if directive.mechanism.queries_dns() {
                     self.count_lookup(&directive.text)?;
                 }
-                let matched = self.matches(&directive.mechanism, domain).await?;
+                // The mechanisms that need no DNS are decided here, without
+                // building the (large) future of `matches`.
+                let matched = match self.match_local(&directive.mechanism) {
+                    Some(matched) => matched,
+                    None => self.matches(&directive.mechanism, domain).await?,
+                };
                 self.note(|| {
                     format!(
                         "{directive}: {}",
@@ -329,7 +376,7 @@ impl<'a, L: Lookup> Eval<'a, L> {
                 };
                 return Ok(Verdict {
                     result,
-                    mechanism: Some(directive.to_string()),
+                    matched: Some(Matched::Directive(Arc::clone(&record), index)),
                     explanation,
                 });
             }
@@ -347,7 +394,7 @@ impl<'a, L: Lookup> Eval<'a, L> {
                 };
                 self.depth += 1;
                 // §6.2: the exp= of the redirect target applies, not ours.
-                let verdict = self.check_host(&target, want_exp).await;
+                let verdict = self.check_host_boxed(&target, want_exp).await;
                 self.depth -= 1;
                 let verdict = verdict?;
                 if verdict.result == SpfResult::None {
@@ -362,10 +409,10 @@ impl<'a, L: Lookup> Eval<'a, L> {
             // §4.7: no match and no redirect: neutral.
             Ok(Verdict {
                 result: SpfResult::Neutral,
-                mechanism: Some("default".to_owned()),
+                matched: Some(Matched::Default),
                 explanation: None,
             })
-        })
+        }
     }
 
     /// §4.4 and §4.5: the one SPF record of `domain`, or `None`.
@@ -395,9 +442,14 @@ impl<'a, L: Lookup> Eval<'a, L> {
             )));
         }
         self.note(|| format!("TXT {domain}: {:?}", String::from_utf8_lossy(first)));
-        self.evaluator
-            .records
-            .parse(first)
+        // Parsed once per cached DNS answer (the memo), and once per record
+        // text across answers (the record cache).
+        let records = &self.evaluator.records;
+        let parsed = match first.memo(|bytes| records.parse(bytes)) {
+            Some(parsed) => parsed.clone(),
+            None => records.parse(first),
+        };
+        parsed
             .map(Some)
             .map_err(|e| Fault::Perm(format!("syntax error in the SPF record of {domain}: {e}")))
     }
@@ -415,50 +467,69 @@ impl<'a, L: Lookup> Eval<'a, L> {
         Ok(())
     }
 
-    /// Counts a void lookup (§4.6.4) and faults past the limit.
-    fn count_void(&mut self, what: &str) -> Result<(), Fault> {
+    /// Counts a void lookup (§4.6.4) and faults past the limit. `what` is
+    /// only formatted when it is shown.
+    fn count_void(&mut self, what: impl Fn() -> String) -> Result<(), Fault> {
         self.void_lookups += 1;
         let limit = self.evaluator.limits.void_lookups;
         let count = self.void_lookups;
-        self.note(|| format!("void lookup {count} ({what})"));
-        if self.void_lookups > limit {
+        self.note(|| format!("void lookup {count} ({})", what()));
+        if count > limit {
             return Err(Fault::Perm(format!(
-                "more than {limit} void DNS lookups (at {what})"
+                "more than {limit} void DNS lookups (at {})",
+                what()
             )));
         }
         Ok(())
     }
 
-    /// The addresses of `name` in the client's address family, mapping
-    /// RFC 7208 §5 error handling: NXDOMAIN/empty is void, a DNS failure is
-    /// temperror.
-    async fn addresses(&mut self, name: &str, count_void: bool) -> Result<Vec<IpAddr>, Fault> {
-        let answer: Result<Vec<IpAddr>, DnsError> = match self.ip {
-            IpAddr::V4(_) => self
-                .evaluator
-                .lookup
-                .a(name)
-                .await
-                .map(|a| a.iter().copied().map(IpAddr::V4).collect()),
-            IpAddr::V6(_) => self
-                .evaluator
-                .lookup
-                .aaaa(name)
-                .await
-                .map(|a| a.iter().copied().map(IpAddr::V6).collect()),
-        };
-        let kind = if self.ip.is_ipv4() { "A" } else { "AAAA" };
-        match answer {
-            Ok(addrs) if !addrs.is_empty() => {
-                self.note(|| format!("{kind} {name}: {addrs:?}"));
-                Ok(addrs)
+    /// Does `name` have an address (in the client's family) within `cidr`
+    /// of the client? RFC 7208 §5 error handling: NXDOMAIN or no records is
+    /// a void lookup (counted when `count_void`), a DNS failure temperror.
+    async fn address_matches(
+        &mut self,
+        name: &str,
+        cidr: DualCidr,
+        count_void: bool,
+    ) -> Result<bool, Fault> {
+        let (kind, answer) = match self.ip {
+            IpAddr::V4(client) => {
+                let answer = self.evaluator.lookup.a(name).await;
+                let matched = answer.as_ref().map(|addrs| {
+                    let found = addrs.iter().any(|a| prefix_match_v4(client, *a, cidr.v4));
+                    (addrs.is_empty(), found)
+                });
+                if self.trace.is_some()
+                    && let Ok(addrs) = &answer
+                    && !addrs.is_empty()
+                {
+                    self.note(|| format!("A {name}: {:?}", &**addrs));
+                }
+                ("A", matched.map_err(Clone::clone))
             }
-            Ok(_) | Err(DnsError::NxDomain) => {
+            IpAddr::V6(client) => {
+                let answer = self.evaluator.lookup.aaaa(name).await;
+                let matched = answer.as_ref().map(|addrs| {
+                    let found = addrs.iter().any(|a| prefix_match_v6(client, *a, cidr.v6));
+                    (addrs.is_empty(), found)
+                });
+                if self.trace.is_some()
+                    && let Ok(addrs) = &answer
+                    && !addrs.is_empty()
+                {
+                    self.note(|| format!("AAAA {name}: {:?}", &**addrs));
+                }
+                ("AAAA", matched.map_err(Clone::clone))
+            }
+        };
+        match answer {
+            Ok((false, found)) => Ok(found),
+            Ok((true, _)) | Err(DnsError::NxDomain) => {
                 self.note(|| format!("{kind} {name}: no records"));
                 if count_void {
-                    self.count_void(&format!("{kind} {name}"))?;
+                    self.count_void(|| format!("{kind} {name}"))?;
                 }
-                Ok(Vec::new())
+                Ok(false)
             }
             Err(DnsError::Temporary(why)) => Err(Fault::Temp(format!(
                 "DNS error looking up {kind} {name}: {why}"
@@ -466,19 +537,24 @@ impl<'a, L: Lookup> Eval<'a, L> {
         }
     }
 
-    fn in_cidr(&self, addr: IpAddr, cidr: DualCidr) -> bool {
-        match (self.ip, addr) {
-            (IpAddr::V4(client), IpAddr::V4(addr)) => prefix_match_v4(client, addr, cidr.v4),
-            (IpAddr::V6(client), IpAddr::V6(addr)) => prefix_match_v6(client, addr, cidr.v6),
-            _ => false,
+    /// The mechanisms decided without DNS: `all` (§5.1), `ip4` and `ip6`
+    /// (§5.6). `None` for the others.
+    fn match_local(&self, mechanism: &Mechanism) -> Option<bool> {
+        match mechanism {
+            Mechanism::All => Some(true),
+            Mechanism::Ip4(net) => Some(matches!(self.ip, IpAddr::V4(ip)
+                if prefix_match_v4(net.addr(), ip, net.prefix_len()))),
+            Mechanism::Ip6(net) => Some(matches!(self.ip, IpAddr::V6(ip)
+                if prefix_match_v6(net.addr(), ip, net.prefix_len()))),
+            _ => None,
         }
     }
 
     async fn matches(&mut self, mechanism: &Mechanism, domain: &str) -> Result<bool, Fault> {
         match mechanism {
-            Mechanism::All => Ok(true),
-            Mechanism::Ip4(net) => Ok(matches!(self.ip, IpAddr::V4(ip) if net.contains(&ip))),
-            Mechanism::Ip6(net) => Ok(matches!(self.ip, IpAddr::V6(ip) if net.contains(&ip))),
+            Mechanism::All | Mechanism::Ip4(_) | Mechanism::Ip6(_) => {
+                Ok(self.match_local(mechanism).unwrap_or(false))
+            }
             Mechanism::Include(spec) => {
                 let Some(target) = self.expand_domain(spec, domain).await? else {
                     return Err(Fault::Perm(format!(
@@ -486,7 +562,7 @@ impl<'a, L: Lookup> Eval<'a, L> {
                     )));
                 };
                 self.depth += 1;
-                let verdict = self.check_host(&target, false).await;
+                let verdict = self.check_host_boxed(&target, false).await;
                 self.depth -= 1;
                 match verdict?.result {
                     // §5.2: the include table.
@@ -501,8 +577,7 @@ impl<'a, L: Lookup> Eval<'a, L> {
                 let Some(target) = self.target(spec.as_ref(), domain).await? else {
                     return Ok(false);
                 };
-                let addrs = self.addresses(&target, true).await?;
-                Ok(addrs.into_iter().any(|a| self.in_cidr(a, *cidr)))
+                self.address_matches(&target, *cidr, true).await
             }
             Mechanism::Mx(spec, cidr) => {
                 let Some(target) = self.target(spec.as_ref(), domain).await? else {
@@ -524,12 +599,12 @@ impl<'a, L: Lookup> Eval<'a, L> {
                 // §5.7: always an A query, whatever the client's family.
                 match self.evaluator.lookup.a(&target).await {
                     Ok(addrs) if !addrs.is_empty() => {
-                        self.note(|| format!("A {target}: {addrs:?}"));
+                        self.note(|| format!("A {target}: {:?}", &*addrs));
                         Ok(true)
                     }
                     Ok(_) | Err(DnsError::NxDomain) => {
                         self.note(|| format!("A {target}: no records"));
-                        self.count_void(&format!("exists:{target}"))?;
+                        self.count_void(|| format!("exists:{target}"))?;
                         Ok(false)
                     }
                     Err(DnsError::Temporary(why)) => Err(Fault::Temp(format!(
@@ -561,7 +636,7 @@ impl<'a, L: Lookup> Eval<'a, L> {
             )
         });
         if exchanges.is_empty() {
-            self.count_void(&format!("MX {target}"))?;
+            self.count_void(|| format!("MX {target}"))?;
             return Ok(false);
         }
         let limit = self.evaluator.limits.mx_names;
@@ -573,8 +648,7 @@ impl<'a, L: Lookup> Eval<'a, L> {
             )));
         }
         for mx in exchanges.iter() {
-            let addrs = self.addresses(&mx.exchange, false).await?;
-            if addrs.into_iter().any(|a| self.in_cidr(a, cidr)) {
+            if self.address_matches(&mx.exchange, cidr, false).await? {
                 return Ok(true);
             }
         }
@@ -585,30 +659,27 @@ impl<'a, L: Lookup> Eval<'a, L> {
     /// addresses include the client. DNS errors on the address lookups skip
     /// that name; an error on the PTR lookup itself means no names.
     async fn validated_names(&mut self, count_void: bool) -> Result<Vec<String>, Fault> {
-        let names = match self.evaluator.lookup.ptr(self.ip).await {
+        let ip = self.ip;
+        let names = match self.evaluator.lookup.ptr(ip).await {
             Ok(names) => names,
             Err(why) => {
-                let ip = self.ip;
                 self.note(|| format!("PTR {ip}: {why}"));
                 if why == DnsError::NxDomain && count_void {
-                    self.count_void(&format!("PTR {ip}"))?;
+                    self.count_void(|| format!("PTR {ip}"))?;
                 }
                 return Ok(Vec::new());
             }
         };
-        let ip = self.ip;
         self.note(|| format!("PTR {ip}: {:?}", &*names));
         if names.is_empty() && count_void {
-            self.count_void(&format!("PTR {ip}"))?;
+            self.count_void(|| format!("PTR {ip}"))?;
         }
         let mut validated = Vec::new();
+        // The client's own address, full length: "is it among the names' addresses".
+        let exact = DualCidr::default();
         // §4.6.4: "all records other than the first 10 MUST be ignored".
         for name in names.iter().take(self.evaluator.limits.ptr_names) {
-            let addrs = match self.addresses(name, false).await {
-                Ok(addrs) => addrs,
-                Err(_) => continue,
-            };
-            if addrs.contains(&self.ip) {
+            if let Ok(true) = self.address_matches(name, exact, false).await {
                 validated.push(name.clone());
             }
         }
@@ -617,34 +688,35 @@ impl<'a, L: Lookup> Eval<'a, L> {
     }
 
     /// The target-name of a/mx/ptr: the domain-spec expanded, or <domain>.
-    async fn target(
+    async fn target<'r>(
         &mut self,
-        spec: Option<&DomainSpec>,
-        domain: &str,
-    ) -> Result<Option<String>, Fault> {
+        spec: Option<&'r DomainSpec>,
+        domain: &'r str,
+    ) -> Result<Option<Cow<'r, str>>, Fault> {
         match spec {
             Some(spec) => self.expand_domain(spec, domain).await,
-            None => Ok(Some(domain.to_owned())),
+            None => Ok(Some(Cow::Borrowed(domain))),
         }
     }
 
     /// Expands a domain-spec (§7.3) into a name to query: truncated from the
     /// left to 253 characters, trailing dot removed. `None` when the result
-    /// is not a usable DNS name (empty or over-long label).
-    async fn expand_domain(
+    /// is not a usable DNS name (empty or over-long label). Macro-free specs
+    /// were prepared at parse time and are lent out as they are.
+    async fn expand_domain<'r>(
         &mut self,
-        spec: &DomainSpec,
+        spec: &'r DomainSpec,
         domain: &str,
-    ) -> Result<Option<String>, Fault> {
-        let expanded = match spec.as_literal() {
-            Some(literal) => literal.to_owned(),
-            None => self.expand(spec, domain).await,
-        };
-        Ok(identity::query_name(&expanded))
+    ) -> Result<Option<Cow<'r, str>>, Fault> {
+        if let Some(name) = spec.literal_name() {
+            return Ok(Some(Cow::Borrowed(name)));
+        }
+        let expanded = self.expand(spec.macros(), domain).await;
+        Ok(identity::query_name(&expanded).map(Cow::Owned))
     }
 
     async fn expand(&mut self, macros: &MacroString, domain: &str) -> String {
-        let ptr = if macros.uses_ptr() {
+        let ptr = if macros.uses(MacroLetter::ValidatedPtr) {
             // `%{p}` is not a term: its lookups count against no limit.
             self.validated_names(false)
                 .await
@@ -653,16 +725,23 @@ impl<'a, L: Lookup> Eval<'a, L> {
         } else {
             None
         };
+        let timestamp = if macros.uses(MacroLetter::Timestamp) {
+            SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs())
+        } else {
+            0
+        };
         let ctx = MacroContext {
-            sender: &self.parts.sender,
-            local_part: &self.parts.local_part,
-            sender_domain: &self.parts.domain,
+            sender: self.parts.sender(),
+            local_part: self.parts.local_part(),
+            sender_domain: self.parts.domain(),
             domain,
             ip: self.ip,
             helo: self.helo,
             receiver: self.receiver,
             validated_ptr: ptr.as_deref(),
-            timestamp: self.timestamp,
+            timestamp,
         };
         macros.expand(&ctx)
     }
@@ -671,11 +750,7 @@ impl<'a, L: Lookup> Eval<'a, L> {
     /// several TXT records, bad syntax) means "no explanation"; none of it
     /// counts against the limits.
     async fn explain(&mut self, exp: Option<&DomainSpec>, domain: &str) -> Option<String> {
-        let exp = exp?;
-        let name = match exp.as_literal() {
-            Some(literal) => identity::query_name(literal),
-            None => identity::query_name(&self.expand(exp, domain).await),
-        }?;
+        let name = self.expand_domain(exp?, domain).await.ok()??;
         let txts = match self.evaluator.lookup.txt(&name).await {
             Ok(txts) => txts,
             Err(why) => {

@@ -39,7 +39,7 @@ pub async fn flatten<L: Lookup>(lookup: &L, domain: &str) -> Flattened {
         out: Flattened::default(),
     };
     match identity::validate_domain(&identity::to_ascii_domain(domain)) {
-        Ok(domain) => walk.domain(domain, 0, true).await,
+        Ok(domain) => walk.domain(domain.into_owned(), 0, true).await,
         Err(why) => walk.out.warnings.push(why),
     }
     if walk.out.dns_terms > 10 {
@@ -191,8 +191,8 @@ impl<L: Lookup> Walk<'_, L> {
     /// A domain-spec without macros, ready to query; macros depend on the
     /// message and are reported instead.
     fn literal(&mut self, spec: &DomainSpec, domain: &str, what: &str) -> Option<String> {
-        match spec.as_literal().and_then(identity::query_name) {
-            Some(name) => Some(name.to_ascii_lowercase()),
+        match spec.literal_name() {
+            Some(name) => Some(name.to_owned()),
             None => {
                 self.warn(format!(
                     "{domain}: {what}:{spec} uses macros (or is not a valid name) and cannot be flattened"

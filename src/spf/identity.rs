@@ -1,27 +1,22 @@
 //! The identities SPF checks (RFC 7208 §2.3, §2.4, §4.3) and the name rules
 //! that apply to them.
 
+use std::borrow::Cow;
 use std::net::IpAddr;
 
-/// <sender> split into the parts macros need.
+/// <sender> and the parts macros need, in one string: `local@domain`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SenderParts {
-    /// `local@domain` as used by `%{s}`.
-    pub sender: String,
-    pub local_part: String,
-    /// The domain to evaluate (A-labels where the input had U-labels).
-    pub domain: String,
+    /// `local@domain` as used by `%{s}`; the domain in lower-case A-labels.
+    sender: String,
+    /// Where the `@` between local part and domain is.
+    at: usize,
 }
 
 impl SenderParts {
     /// The HELO identity: `postmaster@<helo>` (§2.3).
     pub fn for_helo(helo: &str) -> Self {
-        let domain = to_ascii_domain(trim_helo(helo));
-        Self {
-            sender: format!("postmaster@{domain}"),
-            local_part: "postmaster".to_owned(),
-            domain,
-        }
+        Self::build("postmaster", trim_helo(helo))
     }
 
     /// The MAIL FROM identity (§2.4): the null sender becomes
@@ -47,12 +42,35 @@ impl SenderParts {
         } else {
             local
         };
-        let domain = to_ascii_domain(domain);
-        Self {
-            sender: format!("{local}@{domain}"),
-            local_part: local.to_owned(),
-            domain,
-        }
+        Self::build(local, domain)
+    }
+
+    fn build(local: &str, domain: &str) -> Self {
+        let mut sender = String::with_capacity(local.len() + 1 + domain.len());
+        sender.push_str(local);
+        sender.push('@');
+        let at = local.len();
+        push_ascii_domain(&mut sender, domain);
+        Self { sender, at }
+    }
+
+    /// `local@domain`.
+    pub fn sender(&self) -> &str {
+        &self.sender
+    }
+
+    pub fn local_part(&self) -> &str {
+        &self.sender[..self.at]
+    }
+
+    /// The domain to evaluate (lower-case, A-labels where the input had
+    /// U-labels).
+    pub fn domain(&self) -> &str {
+        &self.sender[self.at + 1..]
+    }
+
+    pub fn into_sender(self) -> String {
+        self.sender
     }
 }
 
@@ -66,16 +84,29 @@ fn trim_helo(helo: &str) -> &str {
 /// form. ASCII names are only lower-cased. A name that IDNA cannot convert
 /// is kept as it is, and fails validation later.
 pub fn to_ascii_domain(domain: &str) -> String {
+    let mut out = String::with_capacity(domain.len());
+    push_ascii_domain(&mut out, domain);
+    out
+}
+
+fn push_ascii_domain(out: &mut String, domain: &str) {
     if domain.is_ascii() {
-        return domain.to_ascii_lowercase();
+        let start = out.len();
+        out.push_str(domain);
+        out[start..].make_ascii_lowercase();
+    } else {
+        match idna::domain_to_ascii(domain) {
+            Ok(ascii) => out.push_str(&ascii),
+            Err(_) => out.push_str(domain),
+        }
     }
-    idna::domain_to_ascii(domain).unwrap_or_else(|_| domain.to_owned())
 }
 
 /// §4.3: the domain must be a multi-label, well-formed name (labels of
 /// 1–63 characters, at most 253 in all) and not an address literal.
-/// Returns the name to query (no trailing dot), or why it is not one.
-pub fn validate_domain(domain: &str) -> Result<String, String> {
+/// Returns the name to query (lower-case, no trailing dot; borrowed when the
+/// input already is), or why it is not one.
+pub fn validate_domain(domain: &str) -> Result<Cow<'_, str>, String> {
     if domain.is_empty() {
         return Err("no domain to check".to_owned());
     }
@@ -89,23 +120,42 @@ pub fn validate_domain(domain: &str) -> Result<String, String> {
     if name.len() > 253 {
         return Err(format!("{domain} is longer than 253 characters"));
     }
-    let mut labels = 0;
-    for label in name.split('.') {
-        if label.is_empty() {
-            return Err(format!("{domain} has an empty label"));
+    // One pass over the bytes: label lengths, control characters, case.
+    let mut labels = 1;
+    let mut label_len = 0;
+    let mut upper = false;
+    for b in name.bytes() {
+        match b {
+            b'.' => {
+                if label_len == 0 {
+                    return Err(format!("{domain} has an empty label"));
+                }
+                labels += 1;
+                label_len = 0;
+            }
+            0..=b' ' | 0x7f => {
+                return Err(format!("{domain:?} contains control characters or spaces"));
+            }
+            _ => {
+                label_len += 1;
+                if label_len > 63 {
+                    return Err(format!("{domain} has a label longer than 63 characters"));
+                }
+                upper |= b.is_ascii_uppercase();
+            }
         }
-        if label.len() > 63 {
-            return Err(format!("{domain} has a label longer than 63 characters"));
-        }
-        if label.bytes().any(|b| b <= b' ' || b == 0x7f) {
-            return Err(format!("{domain:?} contains control characters or spaces"));
-        }
-        labels += 1;
+    }
+    if label_len == 0 {
+        return Err(format!("{domain} has an empty label"));
     }
     if labels < 2 {
         return Err(format!("{domain} is not a fully qualified domain name"));
     }
-    Ok(name.to_ascii_lowercase())
+    if upper {
+        Ok(Cow::Owned(name.to_ascii_lowercase()))
+    } else {
+        Ok(Cow::Borrowed(name))
+    }
 }
 
 /// A macro-expanded target name made ready to query (§7.3): the trailing
@@ -139,29 +189,24 @@ mod tests {
     #[test]
     fn mail_from_identities() {
         let p = SenderParts::for_mail_from("Joe@Example.COM", "helo.test");
-        assert_eq!(
-            (p.local_part.as_str(), p.domain.as_str()),
-            ("Joe", "example.com")
-        );
+        assert_eq!((p.local_part(), p.domain()), ("Joe", "example.com"));
+        assert_eq!(p.sender(), "Joe@example.com");
         let p = SenderParts::for_mail_from("", "mx.example.org");
-        assert_eq!(p.sender, "postmaster@mx.example.org");
+        assert_eq!(p.sender(), "postmaster@mx.example.org");
         let p = SenderParts::for_mail_from("@example.net", "h");
-        assert_eq!(p.sender, "postmaster@example.net");
+        assert_eq!(p.sender(), "postmaster@example.net");
         let p = SenderParts::for_mail_from("<\"a@b\"@example.org>", "h");
-        assert_eq!(
-            (p.local_part.as_str(), p.domain.as_str()),
-            ("\"a@b\"", "example.org")
-        );
+        assert_eq!((p.local_part(), p.domain()), ("\"a@b\"", "example.org"));
         let p = SenderParts::for_mail_from("example.com", "h");
-        assert_eq!(p.sender, "postmaster@example.com");
+        assert_eq!(p.sender(), "postmaster@example.com");
     }
 
     #[test]
     fn idn_domains_become_a_labels() {
         let p = SenderParts::for_mail_from("user@bücher.example", "h");
-        assert_eq!(p.domain, "xn--bcher-kva.example");
+        assert_eq!(p.domain(), "xn--bcher-kva.example");
         assert_eq!(
-            SenderParts::for_helo("MAIL.Bücher.example").domain,
+            SenderParts::for_helo("MAIL.Bücher.example").domain(),
             "mail.xn--bcher-kva.example"
         );
     }

@@ -201,12 +201,12 @@ impl MacroString {
         self.tokens.iter().any(|t| matches!(t, Token::Macro(_)))
     }
 
-    /// True when `%{p}` occurs, so the evaluator must validate the PTR name
-    /// before expanding.
-    pub fn uses_ptr(&self) -> bool {
+    /// True when the macro `letter` occurs: `%{p}` needs a PTR validation
+    /// and `%{t}` the clock before expanding.
+    pub fn uses(&self, letter: MacroLetter) -> bool {
         self.tokens
             .iter()
-            .any(|t| matches!(t, Token::Macro(m) if m.letter == MacroLetter::ValidatedPtr))
+            .any(|t| matches!(t, Token::Macro(m) if m.letter == letter))
     }
 
     /// The string itself when it has no macros or escapes at all.

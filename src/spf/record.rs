@@ -44,7 +44,32 @@ impl Default for DualCidr {
 
 /// A domain-spec (§7.1): a macro string whose end was checked against
 /// `domain-end` at parse time.
-pub type DomainSpec = MacroString;
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct DomainSpec {
+    macros: MacroString,
+    /// For a domain-spec without macros: the name to query, prepared once
+    /// at parse time (lower-case, no trailing dot, valid for DNS), so that
+    /// evaluating a cached record copies nothing.
+    name: Option<Box<str>>,
+}
+
+impl DomainSpec {
+    pub fn macros(&self) -> &MacroString {
+        &self.macros
+    }
+
+    /// The ready-to-query name of a macro-free domain-spec; `None` when the
+    /// spec has macros or its literal text is not a usable DNS name.
+    pub fn literal_name(&self) -> Option<&str> {
+        self.name.as_deref()
+    }
+}
+
+impl fmt::Display for DomainSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.macros.fmt(f)
+    }
+}
 
 /// A mechanism (§5).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -333,7 +358,11 @@ pub fn parse_domain_spec(text: &str) -> Result<DomainSpec, SyntaxError> {
         }
     };
     if ends_ok {
-        Ok(spec)
+        let name = spec
+            .as_literal()
+            .and_then(super::identity::query_name)
+            .map(|n| n.to_ascii_lowercase().into_boxed_str());
+        Ok(DomainSpec { macros: spec, name })
     } else {
         Err(SyntaxError(format!(
             "invalid domain {text:?}: it must end in a dot and a top-level label, or a macro"
