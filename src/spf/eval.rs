@@ -8,6 +8,8 @@ use std::sync::Arc;
 use std::task::Poll;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use compact_str::CompactString;
+
 use crate::dns::{DnsError, Lookup};
 
 use super::identity::{self, SenderParts};
@@ -208,7 +210,7 @@ impl<L: Lookup> Evaluator<L> {
             None => format!("result {result}"),
         });
         let (dns_lookups, void_lookups) = (state.dns_lookups, state.void_lookups);
-        let domain = parts.domain().to_owned();
+        let domain = CompactString::from(parts.domain());
         SpfOutcome {
             identity,
             result,
@@ -261,19 +263,19 @@ enum Matched {
 
 impl Matched {
     /// The directive as Received-SPF's `mechanism=` shows it.
-    fn text(&self) -> String {
+    fn text(&self) -> CompactString {
         match self {
             Matched::Directive(record, index) => match record.directives.get(*index) {
                 Some(directive) => {
                     // Built by hand: this runs for every message.
-                    let mut text = String::with_capacity(1 + directive.text.len());
+                    let mut text = CompactString::with_capacity(1 + directive.text.len());
                     text.push(directive.qualifier.symbol());
                     text.push_str(&directive.text);
                     text
                 }
-                None => "default".to_owned(),
+                None => CompactString::const_new("default"),
             },
-            Matched::Default => "default".to_owned(),
+            Matched::Default => CompactString::const_new("default"),
         }
     }
 }
@@ -370,7 +372,10 @@ impl<'a, L: Lookup> Eval<'a, L> {
                     Qualifier::Neutral => SpfResult::Neutral,
                 };
                 let explanation = if result == SpfResult::Fail && want_exp {
-                    self.explain(record.exp.as_ref(), domain).await
+                    // Boxed, like the other rare paths below: their futures
+                    // are large, and every evaluation would otherwise move
+                    // them around (memcpy) even when they never run.
+                    Box::pin(self.explain(record.exp.as_ref(), domain)).await
                 } else {
                     None
                 };
@@ -583,13 +588,13 @@ impl<'a, L: Lookup> Eval<'a, L> {
                 let Some(target) = self.target(spec.as_ref(), domain).await? else {
                     return Ok(false);
                 };
-                self.mx_matches(&target, *cidr).await
+                Box::pin(self.mx_matches(&target, *cidr)).await
             }
             Mechanism::Ptr(spec) => {
                 let Some(target) = self.target(spec.as_ref(), domain).await? else {
                     return Ok(false);
                 };
-                let names = self.validated_names(true).await?;
+                let names = Box::pin(self.validated_names(true)).await?;
                 Ok(names.iter().any(|n| is_same_or_subdomain(n, &target)))
             }
             Mechanism::Exists(spec) => {
@@ -711,7 +716,7 @@ impl<'a, L: Lookup> Eval<'a, L> {
         if let Some(name) = spec.literal_name() {
             return Ok(Some(Cow::Borrowed(name)));
         }
-        let expanded = self.expand(spec.macros(), domain).await;
+        let expanded = Box::pin(self.expand(spec.macros(), domain)).await;
         Ok(identity::query_name(&expanded).map(Cow::Owned))
     }
 

@@ -5,6 +5,7 @@
 use std::fmt;
 use std::str::FromStr;
 
+use compact_str::CompactString;
 use serde::Serialize;
 
 /// The seven results of check_host() (RFC 7208 §2.6).
@@ -104,14 +105,17 @@ pub struct SpfOutcome {
     /// `+include:_spf.example.com`), or `default` when none matched and the
     /// result is the implicit neutral (§4.7). `None` for none, permerror and
     /// temperror.
-    pub mechanism: Option<String>,
+    ///
+    /// Short strings (this one, `domain`) are stored inline: an outcome is
+    /// built for every identity of every message.
+    pub mechanism: Option<CompactString>,
     /// For permerror and temperror: what went wrong and where.
     pub problem: Option<String>,
     /// For fail: the domain's `exp=` text, expanded (§6.2), or the
     /// configured default explanation.
     pub explanation: Option<String>,
     /// The domain whose policy was evaluated (the sender's or HELO domain).
-    pub domain: String,
+    pub domain: CompactString,
     /// The <sender> used: `local@domain`, `postmaster@helo` for HELO and
     /// null-sender checks.
     pub sender: String,
