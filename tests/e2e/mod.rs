@@ -1,0 +1,31 @@
+//! The end-to-end harness: a private Postfix, OpenDMARC, NSD and the SPF
+//! milter under test, in namespaces of their own (see `namespace.rs`),
+//! driven by swaks with XCLIENT.
+//!
+//! | module | what |
+//! |---|---|
+//! | `namespace` | re-executes each test inside `unshare --net --mount --pid`; private resolv.conf and /dev/log |
+//! | `process` | temporary directories, daemons stopped by PID, waiting |
+//! | `syslog` | the `/dev/log` receiver (milters and OpenDMARC log to syslog) |
+//! | `dns`, `zones` | NSD with zones written from Rust data, a query-logging forwarder that can time out |
+//! | `postfix` | the Postfix instance (`postfix -c DIR`), maillog, `postcat` |
+//! | `opendmarc` | OpenDMARC as the second milter |
+//! | `milter` | the SPF milter under test (pyspf-milter today, `spfmilter run` later), its `policyd-spf.conf`, reading its header |
+//! | `smtp` | swaks, transcripts, replies, stored messages |
+//! | `lab` | all of it together |
+//! | `scenarios` | the checks, for any milter under test |
+
+// Each test uses only some of the harness.
+#![allow(dead_code)]
+
+pub mod dns;
+pub mod lab;
+pub mod milter;
+pub mod namespace;
+pub mod opendmarc;
+pub mod postfix;
+pub mod process;
+pub mod scenarios;
+pub mod smtp;
+pub mod syslog;
+pub mod zones;

@@ -1,0 +1,254 @@
+//! The end-to-end checks, written once for any SPF milter: each takes the
+//! namespace's scratch directory and a [`MilterUnderTest`], starts a lab,
+//! sends mail and asserts what Postfix answered and what the stored
+//! message carries. The `#[test]` functions in `tests/e2e.rs` run them
+//! against pyspf-milter (the reference) and, once it exists, `spfmilter
+//! run`.
+
+use std::path::Path;
+use std::time::Duration;
+
+use super::lab::{Lab, LabConfig};
+use super::milter::{MilterUnderTest, PolicydConf, TraceHeader};
+use super::postfix::MYHOSTNAME;
+use super::smtp::{Mail, Message, Transcript};
+
+/// Starts a lab or panics with the reason.
+pub fn start(scratch: &Path, config: LabConfig) -> Lab {
+    Lab::start(scratch, config).unwrap_or_else(|e| panic!("the lab did not start: {e}"))
+}
+
+/// Stops a lab and checks that nothing is left running.
+pub fn finish(lab: Lab) {
+    lab.shutdown()
+        .unwrap_or_else(|e| panic!("unclean shutdown: {e}"));
+}
+
+/// Asserts the SPF milter's header: its result and identity, and that it
+/// is above Postfix's own `Received:` (inserted at the top).
+pub fn assert_spf(lab: &Lab, message: &Message, result: &str, identity: &str) {
+    let Some(header) = lab.spf_header(message) else {
+        panic!("no SPF header in:\n{}", message.header_text());
+    };
+    assert_eq!(header.result, result, "SPF result in {header:?}");
+    assert_eq!(header.identity, identity, "SPF identity in {header:?}");
+    if let Some(id) = &header.authserv_id {
+        assert_eq!(id, MYHOSTNAME, "authserv-id in {header:?}");
+    }
+    let received = message.position("Received").expect("Postfix's Received:");
+    assert!(
+        header.position < received,
+        "the SPF header is not above Received:\n{}",
+        message.header_text()
+    );
+}
+
+/// Asserts OpenDMARC's verdict.
+pub fn assert_dmarc(lab: &Lab, message: &Message, result: &str) {
+    assert_eq!(
+        lab.dmarc_result(message).as_deref(),
+        Some(result),
+        "OpenDMARC's result in:\n{}",
+        message.header_text()
+    );
+}
+
+/// Asserts the reply to `command` (e.g. `"MAIL FROM"`): code and, if
+/// given, the enhanced status code.
+pub fn assert_reply(transcript: &Transcript, command: &str, code: u16, enhanced: Option<&str>) {
+    let Some(reply) = transcript.reply_to(command) else {
+        panic!("no reply to {command}:\n{transcript}");
+    };
+    assert_eq!(
+        reply.code, code,
+        "reply to {command}: {reply}\n{transcript}"
+    );
+    if let Some(enhanced) = enhanced {
+        assert_eq!(
+            reply.enhanced.as_deref(),
+            Some(enhanced),
+            "reply to {command}: {reply}"
+        );
+    }
+}
+
+/// (a) Header-only mode (`HELO_reject = Mail_From_reject = False`): an
+/// aligned SPF pass from pass.test is delivered with the milter's `pass`
+/// header and OpenDMARC's `dmarc=pass`; a fail.test sender is delivered
+/// too, with `fail` and `dmarc=fail`.
+pub fn header_mode(scratch: &Path, milter: &MilterUnderTest) {
+    let mut lab = start(scratch, LabConfig::new(milter, PolicydConf::header_only()));
+
+    let (transcript, message) = lab.deliver(&Mail::from("alice@pass.test"));
+    assert_reply(&transcript, "MAIL FROM", 250, Some("2.1.0"));
+    assert_spf(&lab, &message, "pass", "mailfrom");
+    assert_dmarc(&lab, &message, "pass");
+
+    let (transcript, message) = lab.deliver(&Mail::from("mallory@fail.test"));
+    assert_reply(&transcript, "MAIL FROM", 250, Some("2.1.0"));
+    assert_spf(&lab, &message, "fail", "mailfrom");
+    assert_dmarc(&lab, &message, "fail");
+
+    // Postfix's log lines of the message, by queue ID.
+    let queue_id = transcript.queue_id().expect("queued");
+    let client = lab
+        .postfix()
+        .wait_log(&format!("{queue_id}: client="), Duration::from_secs(5))
+        .expect("maillog line of the message");
+    assert!(
+        client.ends_with("client=mx.pass.test[192.0.2.10]"),
+        "{client}"
+    );
+    // The milter logs the classic policyd-spf result line (debugLevel 2).
+    lab.wait_milter_log(
+        "Fail; identity=mailfrom; client-ip=192.0.2.10; helo=mx.pass.test; \
+         envelope-from=mallory@fail.test",
+        Duration::from_secs(5),
+    )
+    .expect("the milter's log line");
+    finish(lab);
+}
+
+/// Header-only mode, one message per sender domain of the standard zones,
+/// HELO `mx.none.test` (no SPF record, so the MAIL FROM result decides):
+/// `expected` lists `(domain, SPF result, DMARC result)`.
+pub fn header_results(scratch: &Path, milter: &MilterUnderTest, expected: &[(&str, &str, &str)]) {
+    let mut lab = start(scratch, LabConfig::new(milter, PolicydConf::header_only()));
+    for &(domain, spf, dmarc) in expected {
+        let mail = Mail::from(&format!("someone@{domain}")).helo("mx.none.test");
+        let (_, message) = lab.deliver(&mail);
+        assert_spf(&lab, &message, spf, "mailfrom");
+        assert_dmarc(&lab, &message, dmarc);
+    }
+    finish(lab);
+}
+
+/// (b) Reject mode (`Mail_From_reject = Fail`, `HELO_reject = Fail`): a
+/// fail.test sender gets `550 5.7.23` at MAIL FROM, logged by Postfix as a
+/// milter-reject; a HELO that fails SPF gets `550 5.7.23` too; softfail is
+/// not rejected; a pass is delivered.
+pub fn reject_mode(scratch: &Path, milter: &MilterUnderTest) {
+    let mut lab = start(scratch, LabConfig::new(milter, PolicydConf::reject_fail()));
+
+    let transcript = lab.send(&Mail::from("mallory@fail.test"));
+    assert_reply(&transcript, "MAIL FROM", 550, Some("5.7.23"));
+    let reply = transcript.reply_to("MAIL FROM").expect("reply");
+    assert!(
+        reply
+            .text()
+            .starts_with("Message rejected due to: SPF fail - not authorized"),
+        "reject text: {reply}"
+    );
+    assert!(transcript.queue_id().is_none(), "rejected mail was queued");
+    lab.postfix()
+        .wait_log(
+            "milter-reject: MAIL from mx.pass.test[192.0.2.10]: 550 5.7.23",
+            Duration::from_secs(5),
+        )
+        .expect("Postfix logs the milter's reject");
+
+    // HELO fail (the sender would pass).
+    let transcript = lab.send(&Mail::from("alice@pass.test").helo("mx.fail.test"));
+    assert_reply(&transcript, "MAIL FROM", 550, Some("5.7.23"));
+
+    // Softfail is not in the reject set of Fail.
+    let (_, message) = lab.deliver(&Mail::from("someone@softfail.test"));
+    assert_spf(&lab, &message, "softfail", "mailfrom");
+
+    let (_, message) = lab.deliver(&Mail::from("alice@pass.test"));
+    assert_spf(&lab, &message, "pass", "mailfrom");
+    assert_dmarc(&lab, &message, "pass");
+    finish(lab);
+}
+
+/// (c) The SPF milter dies. With `milter_default_action = tempfail`
+/// Postfix answers `451 4.7.1` at MAIL FROM (it accepts the connection and
+/// EHLO, and defers the milter's failure to MAIL FROM); after switching to
+/// `accept` (postconf + reload) the mail is delivered without an SPF
+/// header, and OpenDMARC, which then has no SPF result, says `fail`.
+pub fn milter_down(scratch: &Path, milter: &MilterUnderTest) {
+    let mut lab = start(
+        scratch,
+        LabConfig::new(milter, PolicydConf::header_only()).milter_default_action("tempfail"),
+    );
+    let (_, message) = lab.deliver(&Mail::from("alice@pass.test"));
+    assert_spf(&lab, &message, "pass", "mailfrom");
+
+    lab.kill_milter().expect("kill the milter");
+    let transcript = lab.send(&Mail::from("alice@pass.test"));
+    let banner = transcript.banner().expect("greeting");
+    assert_eq!(banner.code, 220, "greeting: {banner}");
+    assert_reply(&transcript, "EHLO", 250, None);
+    assert_reply(&transcript, "MAIL FROM", 451, Some("4.7.1"));
+    assert!(
+        transcript.queue_id().is_none(),
+        "mail accepted without its milter"
+    );
+    lab.postfix()
+        .wait_log(
+            "connect to Milter service inet:127.0.0.1:8891: Connection refused",
+            Duration::from_secs(5),
+        )
+        .expect("Postfix logs the milter failure");
+
+    lab.postfix()
+        .reconfigure(&[("milter_default_action", "accept")])
+        .expect("switch to accept");
+    let (transcript, message) = lab.deliver(&Mail::from("alice@pass.test"));
+    assert_reply(&transcript, "MAIL FROM", 250, Some("2.1.0"));
+    assert!(
+        lab.spf_header(&message).is_none(),
+        "an SPF header without the milter:\n{}",
+        message.header_text()
+    );
+    assert_dmarc(&lab, &message, "fail");
+    finish(lab);
+}
+
+/// What the reference milter (Debian's pyspf-milter 3.0.4) does that this
+/// project must not copy, or must know about. Not for `spfmilter`.
+pub fn reference_quirks(scratch: &Path) {
+    let milter = MilterUnderTest::pyspf_milter();
+    let conf = PolicydConf::reject_fail().set("Header_Type", "SPF");
+    let mut lab = start(scratch, LabConfig::new(&milter, conf.clone()));
+
+    // 1. It checks the client's host name (from Postfix's connect, here
+    //    XCLIENT NAME) as the HELO, never the HELO/EHLO argument: a HELO
+    //    that fails SPF goes through when the client name passes.
+    let mail = Mail::from("alice@pass.test")
+        .helo("mx.fail.test")
+        .client_name("mx.pass.test");
+    let (_, message) = lab.deliver(&mail);
+    let header = lab.spf_header(&message).expect("header");
+    assert_eq!(header.result, "pass");
+    assert!(header.value.contains("helo=mx.pass.test"), "{header:?}");
+
+    // 2. Only Authentication-Results, never Received-SPF, whatever
+    //    Header_Type says (SPF here).
+    assert!(message.first("Received-SPF").is_none());
+
+    // 3. HELO pass and MAIL FROM none: the HELO pass goes into the header
+    //    (`smtp.helo`), the pattern of CVE-2019-20790.
+    let (_, message) = lab.deliver(&Mail::from("someone@none.test"));
+    let header = lab.spf_header(&message).expect("header");
+    assert_eq!(
+        (header.result.as_str(), header.identity.as_str()),
+        ("pass", "helo")
+    );
+    // OpenDMARC does not take an smtp.helo result for SPF alignment.
+    assert_dmarc(&lab, &message, "fail");
+
+    // 4. Without Authserv_Id it signs its header with the machine's host
+    //    name, not Postfix's myhostname (the `j` macro), so OpenDMARC,
+    //    trusting only mx.test.example, ignores it: dmarc=fail for an
+    //    aligned pass.
+    lab.restart_milter(conf.unset("Authserv_Id"))
+        .expect("restart pyspf-milter");
+    let (_, message) = lab.deliver(&Mail::from("alice@pass.test"));
+    let header =
+        super::milter::spf_header(&message, TraceHeader::AuthenticationResults).expect("header");
+    assert_eq!(header.result, "pass");
+    assert_ne!(header.authserv_id.as_deref(), Some(MYHOSTNAME));
+    assert_dmarc(&lab, &message, "fail");
+    finish(lab);
+}
