@@ -15,7 +15,7 @@ use crate::dns::{DnsError, Lookup};
 use super::identity::{self, SenderParts};
 use super::macros::{MacroContext, MacroLetter, MacroString, MacroSyntax};
 use super::outcome::{Identity, SpfOutcome, SpfResult};
-use super::record::{DomainSpec, DualCidr, Mechanism, Qualifier, Record, is_spf1};
+use super::record::{Directive, DomainSpec, DualCidr, Mechanism, Qualifier, Record, is_spf1};
 use super::record_cache::RecordCache;
 
 /// Processing limits. The defaults are the RFC's.
@@ -199,7 +199,7 @@ impl<L: Lookup> Evaluator<L> {
                     }
                     explanation => explanation,
                 };
-                let mechanism = verdict.matched.map(|m| m.text());
+                let mechanism = verdict.matched;
                 (verdict.result, mechanism, None, explanation)
             }
             Err(Fault::Perm(problem)) => (SpfResult::PermError, None, Some(problem), None),
@@ -215,8 +215,8 @@ impl<L: Lookup> Evaluator<L> {
             identity,
             result,
             mechanism,
-            problem,
-            explanation,
+            problem: problem.map(String::into_boxed_str),
+            explanation: explanation.map(String::into_boxed_str),
             domain,
             sender: parts.into_sender(),
             dns_lookups,
@@ -252,32 +252,15 @@ enum Fault {
     Temp(String),
 }
 
-/// The directive that decided a result: kept as a reference into the
-/// (shared, cached) record, and turned into text only once, at the top.
-#[derive(Debug, Clone)]
-enum Matched {
-    Directive(Arc<Record>, usize),
-    /// §4.7: nothing matched and there was no redirect.
-    Default,
-}
-
-impl Matched {
-    /// The directive as Received-SPF's `mechanism=` shows it.
-    fn text(&self) -> CompactString {
-        match self {
-            Matched::Directive(record, index) => match record.directives.get(*index) {
-                Some(directive) => {
-                    // Built by hand: this runs for every message.
-                    let mut text = CompactString::with_capacity(1 + directive.text.len());
-                    text.push(directive.qualifier.symbol());
-                    text.push_str(&directive.text);
-                    text
-                }
-                None => CompactString::const_new("default"),
-            },
-            Matched::Default => CompactString::const_new("default"),
-        }
-    }
+/// The directive that decided a result, as Received-SPF's `mechanism=`
+/// shows it (qualifier always written), or `default` (§4.7: nothing
+/// matched). Built by hand at the match: short texts stay inline, so this
+/// allocates nothing and takes no reference on the (shared) record.
+fn matched_text(directive: &Directive) -> CompactString {
+    let mut text = CompactString::with_capacity(1 + directive.text.len());
+    text.push(directive.qualifier.symbol());
+    text.push_str(&directive.text);
+    text
 }
 
 /// The result of check_host() for one domain when it did not fault.
@@ -285,7 +268,7 @@ impl Matched {
 struct Verdict {
     /// pass, fail, softfail, neutral or none.
     result: SpfResult,
-    matched: Option<Matched>,
+    matched: Option<CompactString>,
     explanation: Option<String>,
 }
 
@@ -333,20 +316,24 @@ impl<'a, L: Lookup> Eval<'a, L> {
     fn check_host_boxed<'s>(
         &'s mut self,
         domain: &'s str,
-        want_exp: bool,
+        decisive: bool,
     ) -> BoxFuture<'s, Result<Verdict, Fault>>
     where
         'a: 's,
     {
-        Box::pin(self.check_host(domain, want_exp))
+        Box::pin(self.check_host(domain, decisive))
     }
 
-    async fn check_host(&mut self, domain: &str, want_exp: bool) -> Result<Verdict, Fault> {
+    /// check_host() of §4 for `domain`. `decisive`: this level's verdict is
+    /// the evaluation's (the top level, or a redirect from it), so its
+    /// explanation (§6.2) and matched directive are worth building; an
+    /// include's verdict only says match or no match (§5.2).
+    async fn check_host(&mut self, domain: &str, decisive: bool) -> Result<Verdict, Fault> {
         {
             let Some(record) = self.fetch_record(domain).await? else {
                 return Ok(Verdict::none());
             };
-            for (index, directive) in record.directives.iter().enumerate() {
+            for directive in &record.directives {
                 if directive.mechanism.queries_dns() {
                     self.count_lookup(&directive.text)?;
                 }
@@ -371,7 +358,9 @@ impl<'a, L: Lookup> Eval<'a, L> {
                     Qualifier::SoftFail => SpfResult::SoftFail,
                     Qualifier::Neutral => SpfResult::Neutral,
                 };
-                let explanation = if result == SpfResult::Fail && want_exp {
+                // Only the deciding level's details matter: an include's
+                // verdict is reduced to match / no match (§5.2).
+                let explanation = if result == SpfResult::Fail && decisive {
                     // Boxed, like the other rare paths below: their futures
                     // are large, and every evaluation would otherwise move
                     // them around (memcpy) even when they never run.
@@ -381,7 +370,7 @@ impl<'a, L: Lookup> Eval<'a, L> {
                 };
                 return Ok(Verdict {
                     result,
-                    matched: Some(Matched::Directive(Arc::clone(&record), index)),
+                    matched: decisive.then(|| matched_text(directive)),
                     explanation,
                 });
             }
@@ -399,7 +388,7 @@ impl<'a, L: Lookup> Eval<'a, L> {
                 };
                 self.depth += 1;
                 // §6.2: the exp= of the redirect target applies, not ours.
-                let verdict = self.check_host_boxed(&target, want_exp).await;
+                let verdict = self.check_host_boxed(&target, decisive).await;
                 self.depth -= 1;
                 let verdict = verdict?;
                 if verdict.result == SpfResult::None {
@@ -414,7 +403,7 @@ impl<'a, L: Lookup> Eval<'a, L> {
             // §4.7: no match and no redirect: neutral.
             Ok(Verdict {
                 result: SpfResult::Neutral,
-                matched: Some(Matched::Default),
+                matched: Some(CompactString::const_new("default")),
                 explanation: None,
             })
         }

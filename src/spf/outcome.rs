@@ -110,10 +110,10 @@ pub struct SpfOutcome {
     /// built for every identity of every message.
     pub mechanism: Option<CompactString>,
     /// For permerror and temperror: what went wrong and where.
-    pub problem: Option<String>,
+    pub problem: Option<Box<str>>,
     /// For fail: the domain's `exp=` text, expanded (§6.2), or the
     /// configured default explanation.
-    pub explanation: Option<String>,
+    pub explanation: Option<Box<str>>,
     /// The domain whose policy was evaluated (the sender's or HELO domain).
     pub domain: CompactString,
     /// The <sender> used: `local@domain`, `postmaster@helo` for HELO and
