@@ -1,7 +1,8 @@
 //! The command line: thin wrappers over the library.
 //!
 //! Exit status: 0 when the command ran (whatever the SPF result), 1 for a
-//! setup error (e.g. no usable resolver), 2 for a usage error.
+//! setup error (e.g. no usable resolver) or, for `config check` and `config
+//! convert`, a configuration with errors; 2 for a usage error.
 
 use std::io::Write;
 use std::net::{IpAddr, SocketAddr};
@@ -34,6 +35,9 @@ enum Command {
     Check(CheckArgs),
     /// Flatten a domain's SPF policy into the networks it authorizes.
     Expand(ExpandArgs),
+    /// Check or convert a configuration file.
+    #[command(subcommand)]
+    Config(ConfigCommand),
 }
 
 #[derive(Debug, clap::Args)]
@@ -118,6 +122,10 @@ enum ExpandFormat {
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    let command = match cli.command {
+        Command::Config(cmd) => return config_main(cmd),
+        other => other,
+    };
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -125,9 +133,10 @@ pub fn main() -> ExitCode {
         Ok(rt) => rt,
         Err(e) => return setup_error(&format!("cannot start the async runtime: {e}")),
     };
-    let result = match cli.command {
+    let result = match command {
         Command::Check(args) => runtime.block_on(check(args)),
         Command::Expand(args) => runtime.block_on(expand(args)),
+        Command::Config(_) => unreachable!("handled above"),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -307,4 +316,190 @@ fn write_flattened(
         }
     }
     Ok(())
+}
+
+// ------------------------------------------------------------------ config
+
+#[derive(Debug, Subcommand)]
+enum ConfigCommand {
+    /// Read a configuration file and report every problem as
+    /// FILE:LINE: error|warning: message. Exit status 1 if there is an
+    /// error, 0 otherwise.
+    Check(ConfigCheckArgs),
+    /// Print a policyd-spf.conf as the equivalent commented spfmilter.toml.
+    Convert(ConfigConvertArgs),
+}
+
+/// Which configuration to read, and the command line's settings on top of
+/// it (the daemon takes the same options).
+#[derive(Debug, clap::Args)]
+struct ConfigArgs {
+    /// Native configuration file (TOML). Default: /etc/spfmilter/spfmilter.toml
+    /// if it exists, else the built-in defaults.
+    #[arg(long, value_name = "PATH", conflicts_with = "policyd_conf")]
+    config: Option<std::path::PathBuf>,
+    /// A policyd-spf.conf (policyd-spf or pyspf-milter), read unchanged.
+    #[arg(long, value_name = "PATH")]
+    policyd_conf: Option<std::path::PathBuf>,
+    /// Listen here instead (inet:HOST:PORT, inet6:[ADDRESS]:PORT, unix:/PATH).
+    #[arg(long, value_name = "SOCKET")]
+    socket: Option<spfmilter::config::SocketSpec>,
+    /// DNS server to ask, HOST or HOST:PORT (repeatable); replaces the
+    /// file's list.
+    #[arg(long = "nameserver", value_name = "HOST:PORT", value_parser = parse_nameserver)]
+    nameservers: Vec<SocketAddr>,
+    /// Log level, -1 to 5 (policyd-spf's debugLevel).
+    #[arg(long, value_name = "N", allow_negative_numbers = true, value_parser = clap::value_parser!(i8).range(-1..=5))]
+    log_level: Option<i8>,
+    /// Log to syslog or stderr.
+    #[arg(long, value_enum)]
+    log_target: Option<LogTargetArg>,
+    /// Write the process id to this file.
+    #[arg(long, value_name = "PATH")]
+    pid_file: Option<std::path::PathBuf>,
+    /// Switch to this user[:group].
+    #[arg(long, value_name = "USER[:GROUP]")]
+    user: Option<spfmilter::config::UserSpec>,
+    /// Reject and defer nothing (policyd-spf's TestOnly = 0).
+    #[arg(long)]
+    test_mode: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum LogTargetArg {
+    Syslog,
+    Stderr,
+}
+
+impl ConfigArgs {
+    fn source(&self) -> spfmilter::config::Source {
+        use spfmilter::config::Source;
+        match (&self.config, &self.policyd_conf) {
+            (Some(p), _) => Source::Toml(p.clone()),
+            (None, Some(p)) => Source::Legacy(p.clone()),
+            (None, None) => Source::Default,
+        }
+    }
+
+    fn overrides(&self) -> spfmilter::config::Overrides {
+        use spfmilter::config::{LogLevel, LogTarget, Overrides};
+        Overrides {
+            socket: self.socket.clone(),
+            nameservers: self.nameservers.clone(),
+            log_target: self.log_target.map(|t| match t {
+                LogTargetArg::Syslog => LogTarget::Syslog,
+                LogTargetArg::Stderr => LogTarget::Stderr,
+            }),
+            log_level: self.log_level.and_then(|n| LogLevel::from_int(n.into())),
+            pid_file: self.pid_file.clone(),
+            user: self.user.clone(),
+            test_mode: self.test_mode.then_some(true),
+        }
+    }
+}
+
+#[derive(Debug, clap::Args)]
+struct ConfigCheckArgs {
+    #[command(flatten)]
+    config: ConfigArgs,
+    /// Print the effective configuration (defaults filled in, command-line
+    /// settings applied) as TOML on standard output.
+    #[arg(long)]
+    show: bool,
+}
+
+#[derive(Debug, clap::Args)]
+struct ConfigConvertArgs {
+    /// The policyd-spf.conf to convert.
+    #[arg(value_name = "POLICYD_SPF_CONF")]
+    file: std::path::PathBuf,
+}
+
+fn config_main(cmd: ConfigCommand) -> ExitCode {
+    match cmd {
+        ConfigCommand::Check(args) => config_check(&args),
+        ConfigCommand::Convert(args) => config_convert(&args),
+    }
+}
+
+fn print_diagnostics(diagnostics: &[spfmilter::config::Diagnostic]) {
+    let mut stderr = std::io::stderr().lock();
+    for d in diagnostics {
+        let _ = writeln!(stderr, "{d}");
+    }
+}
+
+fn plural(n: usize, word: &str) -> String {
+    format!("{n} {word}{}", if n == 1 { "" } else { "s" })
+}
+
+fn config_check(args: &ConfigCheckArgs) -> ExitCode {
+    use spfmilter::config::Config;
+    let source = args.config.source();
+    match Config::load(&source) {
+        Ok(loaded) => {
+            print_diagnostics(&loaded.warnings);
+            let name = loaded.path.as_ref().map_or_else(
+                || "built-in defaults".to_owned(),
+                |p| p.display().to_string(),
+            );
+            eprintln!(
+                "{name}: configuration OK ({})",
+                plural(loaded.warnings.len(), "warning")
+            );
+            if args.show {
+                let config = loaded.config.with_overrides(&args.config.overrides());
+                print!("{}", config.to_toml());
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            print_diagnostics(&e.diagnostics);
+            let errors = e.diagnostics.iter().filter(|d| d.is_error()).count();
+            let file = e
+                .diagnostics
+                .first()
+                .map_or_else(String::new, |d| format!("{}: ", d.file));
+            eprintln!(
+                "{file}configuration refused: {}, {}",
+                plural(errors, "error"),
+                plural(e.diagnostics.len() - errors, "warning")
+            );
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn config_convert(args: &ConfigConvertArgs) -> ExitCode {
+    use spfmilter::config::Config;
+    match Config::load_legacy(&args.file) {
+        Ok(loaded) => {
+            print_diagnostics(&loaded.warnings);
+            let mut out = format!(
+                "# Converted from {} by `spfmilter config convert`.\n",
+                args.file.display()
+            );
+            if !loaded.warnings.is_empty() {
+                out.push_str("# Warnings met while reading it:\n");
+                for w in &loaded.warnings {
+                    let line = w.line.map(|l| format!("line {l}: ")).unwrap_or_default();
+                    out.push_str(&format!("#   {line}{}\n", w.message.replace('\n', " ")));
+                }
+            }
+            out.push_str("#\n");
+            out.push_str(&loaded.config.to_toml());
+            print!("{out}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            print_diagnostics(&e.diagnostics);
+            let errors = e.diagnostics.iter().filter(|d| d.is_error()).count();
+            eprintln!(
+                "{}: not converted: {}",
+                args.file.display(),
+                plural(errors, "error")
+            );
+            ExitCode::from(1)
+        }
+    }
 }

@@ -4,6 +4,7 @@
 //! [`spf`] evaluates SPF and knows only [`dns::Lookup`]; [`dns`] answers the
 //! five DNS questions SPF asks.
 
+pub mod config;
 pub mod dns;
 pub mod policy;
 pub mod spf;
