@@ -91,6 +91,13 @@ impl Txt {
     }
 }
 
+impl Txt {
+    /// The memo of type `T`, if one was made.
+    pub fn memo_get<T: Any + Send + Sync>(&self) -> Option<&T> {
+        self.memo.get()?.downcast_ref::<T>()
+    }
+}
+
 impl std::ops::Deref for Txt {
     type Target = [u8];
     fn deref(&self) -> &[u8] {

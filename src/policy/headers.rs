@@ -259,8 +259,9 @@ fn is_dot_atom(s: &str) -> bool {
 
 /// An address is written as is when it is `dot-atom@dot-atom`.
 fn is_plain_address(s: &str) -> bool {
-    match s.rsplit_once('@') {
-        Some((local, domain)) => is_dot_atom(local) && is_dot_atom(domain),
+    // A plain backwards scan: memrchr's set-up costs more on short text.
+    match s.bytes().rposition(|b| b == b'@') {
+        Some(at) => is_dot_atom(&s[..at]) && is_dot_atom(&s[at + 1..]),
         None => false,
     }
 }

@@ -10,13 +10,13 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use compact_str::CompactString;
 
-use crate::dns::{DnsError, Lookup};
+use crate::dns::{DnsError, Lookup, Txt};
 
 use super::identity::{self, SenderParts};
 use super::macros::{MacroContext, MacroLetter, MacroString, MacroSyntax};
 use super::outcome::{Identity, SpfOutcome, SpfResult};
 use super::record::{Directive, DomainSpec, DualCidr, Mechanism, Qualifier, Record, is_spf1};
-use super::record_cache::RecordCache;
+use super::record_cache::{Parsed, RecordCache};
 
 /// Processing limits. The defaults are the RFC's.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -120,18 +120,26 @@ impl<L: Lookup> Evaluator<L> {
     }
 
     /// Checks one identity of `request`.
-    pub async fn check(&self, request: &Request<'_>, identity: Identity) -> SpfOutcome {
-        self.run(request, identity, None).await
+    ///
+    /// Not an `async fn` itself, so the caller gets the evaluation's future
+    /// directly rather than one wrapping it (every wrapper is another copy
+    /// of a large future).
+    pub fn check<'s>(
+        &'s self,
+        request: &'s Request<'_>,
+        identity: Identity,
+    ) -> impl Future<Output = SpfOutcome> + Send + 's {
+        self.run(request, identity, None)
     }
 
     /// Like [`Evaluator::check`], recording every step in `trace`.
-    pub async fn check_traced(
-        &self,
-        request: &Request<'_>,
+    pub fn check_traced<'s>(
+        &'s self,
+        request: &'s Request<'_>,
         identity: Identity,
-        trace: &mut Vec<TraceStep>,
-    ) -> SpfOutcome {
-        self.run(request, identity, Some(trace)).await
+        trace: &'s mut Vec<TraceStep>,
+    ) -> impl Future<Output = SpfOutcome> + Send + 's {
+        self.run(request, identity, Some(trace))
     }
 
     /// check_host() for an explicit domain and sender, as used by the
@@ -175,15 +183,30 @@ impl<L: Lookup> Evaluator<L> {
         // gives "none" before any DNS query.
         let verdict = match identity::validate_domain(parts.domain()) {
             Ok(domain) => {
-                let evaluation = state.check_host(&domain, true);
-                with_time_limit(evaluation, self.limits.time)
-                    .await
-                    .unwrap_or_else(|| {
-                        Err(Fault::Temp(format!(
-                            "time limit of {} s for the SPF evaluation exceeded",
-                            self.limits.time.as_secs_f32()
-                        )))
-                    })
+                // The time limit is polled here rather than by a wrapping
+                // future, so the evaluation's large future is not moved
+                // into one. The timer is armed only once the evaluation
+                // first has to wait: a warm evaluation answered from cache
+                // never touches the timer wheel, and until then it only
+                // burned CPU for microseconds.
+                let limit = self.limits.time;
+                let mut evaluation = std::pin::pin!(state.check_host(&domain, true));
+                let mut timer: Option<Pin<Box<tokio::time::Sleep>>> = None;
+                let finished = std::future::poll_fn(|cx| {
+                    if let Poll::Ready(verdict) = evaluation.as_mut().poll(cx) {
+                        return Poll::Ready(Some(verdict));
+                    }
+                    let timer = timer.get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
+                    timer.as_mut().poll(cx).map(|()| None)
+                })
+                .await;
+                // Dropping the evaluation cancels every query in flight.
+                finished.unwrap_or_else(|| {
+                    Err(Fault::Temp(format!(
+                        "time limit of {} s for the SPF evaluation exceeded",
+                        limit.as_secs_f32()
+                    )))
+                })
             }
             Err(why) => {
                 state.note(|| format!("no check: {why}"));
@@ -225,25 +248,32 @@ impl<L: Lookup> Evaluator<L> {
     }
 }
 
-/// Runs `evaluation` under `limit`. `None` when the limit ran out first (the
-/// evaluation, and with it every query in flight, is dropped).
-///
-/// The timer is only armed once the evaluation first has to wait: a warm
-/// evaluation answered from cache never touches the timer wheel. Until then
-/// it only burned CPU for microseconds, so the limit is as good as measured
-/// from the start.
-async fn with_time_limit<F: Future>(evaluation: F, limit: Duration) -> Option<F::Output> {
-    let mut evaluation = std::pin::pin!(evaluation);
-    let mut timer: Option<Pin<Box<tokio::time::Sleep>>> = None;
-    std::future::poll_fn(|cx| {
-        if let Poll::Ready(output) = evaluation.as_mut().poll(cx) {
-            return Poll::Ready(Some(output));
-        }
-        let timer = timer.get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
-        timer.as_mut().poll(cx).map(|()| None)
-    })
-    .await
+/// A domain's parsed SPF record: kept in the memo of the cached TXT answer
+/// (checked to be there when this is made), or owned.
+enum Policy {
+    Cached(Arc<[Txt]>, usize),
+    Owned(Arc<Record>),
 }
+
+impl Policy {
+    fn record(&self) -> &Record {
+        match self {
+            Policy::Owned(record) => record,
+            Policy::Cached(txts, index) => match txts[*index].memo_get::<Parsed>() {
+                Some(Ok(record)) => record,
+                // Not reached: a Cached policy is only made once its memo
+                // holds a parsed record. An empty record would give neutral.
+                _ => &EMPTY_RECORD,
+            },
+        }
+    }
+}
+
+static EMPTY_RECORD: Record = Record {
+    directives: Vec::new(),
+    redirect: None,
+    exp: None,
+};
 
 /// What ends an evaluation early (§4.6, §4.4, §5).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -330,9 +360,10 @@ impl<'a, L: Lookup> Eval<'a, L> {
     /// include's verdict only says match or no match (§5.2).
     async fn check_host(&mut self, domain: &str, decisive: bool) -> Result<Verdict, Fault> {
         {
-            let Some(record) = self.fetch_record(domain).await? else {
+            let Some(policy) = self.fetch_record(domain).await? else {
                 return Ok(Verdict::none());
             };
+            let record = policy.record();
             for directive in &record.directives {
                 if directive.mechanism.queries_dns() {
                     self.count_lookup(&directive.text)?;
@@ -410,7 +441,7 @@ impl<'a, L: Lookup> Eval<'a, L> {
     }
 
     /// §4.4 and §4.5: the one SPF record of `domain`, or `None`.
-    async fn fetch_record(&mut self, domain: &str) -> Result<Option<Arc<Record>>, Fault> {
+    async fn fetch_record(&mut self, domain: &str) -> Result<Option<Policy>, Fault> {
         let answer = self.evaluator.lookup.txt(domain).await;
         let txts = match answer {
             Ok(txts) => txts,
@@ -425,8 +456,9 @@ impl<'a, L: Lookup> Eval<'a, L> {
                 )));
             }
         };
-        let mut spf = txts.iter().filter(|t| is_spf1(t));
-        let Some(first) = spf.next() else {
+        // §4.5: exactly one record may start with v=spf1.
+        let mut spf = (0..txts.len()).filter(|&i| is_spf1(&txts[i]));
+        let Some(index) = spf.next() else {
             self.note(|| format!("TXT {domain}: no v=spf1 record"));
             return Ok(None);
         };
@@ -435,15 +467,17 @@ impl<'a, L: Lookup> Eval<'a, L> {
                 "{domain} has more than one v=spf1 record"
             )));
         }
-        self.note(|| format!("TXT {domain}: {:?}", String::from_utf8_lossy(first)));
+        self.note(|| format!("TXT {domain}: {:?}", String::from_utf8_lossy(&txts[index])));
         // Parsed once per cached DNS answer (the memo), and once per record
-        // text across answers (the record cache).
+        // text across answers (the record cache). The record is then lent
+        // out of the answer: no reference count is taken for it.
         let records = &self.evaluator.records;
-        let parsed = match first.memo(|bytes| records.parse(bytes)) {
-            Some(parsed) => parsed.clone(),
-            None => records.parse(first),
+        let policy = match txts[index].memo(|bytes| records.parse(bytes)) {
+            Some(Ok(_)) => Ok(Policy::Cached(txts, index)),
+            Some(Err(e)) => Err(e.clone()),
+            None => records.parse(&txts[index]).map(Policy::Owned),
         };
-        parsed
+        policy
             .map(Some)
             .map_err(|e| Fault::Perm(format!("syntax error in the SPF record of {domain}: {e}")))
     }
