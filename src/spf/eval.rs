@@ -359,85 +359,83 @@ impl<'a, L: Lookup> Eval<'a, L> {
     /// explanation (§6.2) and matched directive are worth building; an
     /// include's verdict only says match or no match (§5.2).
     async fn check_host(&mut self, domain: &str, decisive: bool) -> Result<Verdict, Fault> {
-        {
-            let Some(policy) = self.fetch_record(domain).await? else {
-                return Ok(Verdict::none());
+        let Some(policy) = self.fetch_record(domain).await? else {
+            return Ok(Verdict::none());
+        };
+        let record = policy.record();
+        for directive in &record.directives {
+            if directive.mechanism.queries_dns() {
+                self.count_lookup(&directive.text)?;
+            }
+            // The mechanisms that need no DNS are decided here, without
+            // building the (large) future of `matches`.
+            let matched = match self.match_local(&directive.mechanism) {
+                Some(matched) => matched,
+                None => self.matches(&directive.mechanism, domain).await?,
             };
-            let record = policy.record();
-            for directive in &record.directives {
-                if directive.mechanism.queries_dns() {
-                    self.count_lookup(&directive.text)?;
-                }
-                // The mechanisms that need no DNS are decided here, without
-                // building the (large) future of `matches`.
-                let matched = match self.match_local(&directive.mechanism) {
-                    Some(matched) => matched,
-                    None => self.matches(&directive.mechanism, domain).await?,
-                };
-                self.note(|| {
-                    format!(
-                        "{directive}: {}",
-                        if matched { "match" } else { "no match" }
-                    )
-                });
-                if !matched {
-                    continue;
-                }
-                let result = match directive.qualifier {
-                    Qualifier::Pass => SpfResult::Pass,
-                    Qualifier::Fail => SpfResult::Fail,
-                    Qualifier::SoftFail => SpfResult::SoftFail,
-                    Qualifier::Neutral => SpfResult::Neutral,
-                };
-                // Only the deciding level's details matter: an include's
-                // verdict is reduced to match / no match (§5.2).
-                let explanation = if result == SpfResult::Fail && decisive {
-                    // Boxed, like the other rare paths below: their futures
-                    // are large, and every evaluation would otherwise move
-                    // them around (memcpy) even when they never run.
-                    Box::pin(self.explain(record.exp.as_ref(), domain)).await
-                } else {
-                    None
-                };
-                return Ok(Verdict {
-                    result,
-                    matched: decisive.then(|| matched_text(directive)),
-                    explanation,
-                });
+            self.note(|| {
+                format!(
+                    "{directive}: {}",
+                    if matched { "match" } else { "no match" }
+                )
+            });
+            if !matched {
+                continue;
             }
-
-            // §6.1: redirect applies only when no mechanism matched (a record
-            // with "all" never gets here).
-            if let Some(redirect) = &record.redirect {
-                self.count_lookup("redirect")?;
-                let target = self.expand_domain(redirect, domain).await?;
-                self.note(|| format!("redirect={}", target.as_deref().unwrap_or("(invalid name)")));
-                let Some(target) = target else {
-                    return Err(Fault::Perm(format!(
-                        "redirect={redirect} in {domain} is not a valid domain name"
-                    )));
-                };
-                self.depth += 1;
-                // §6.2: the exp= of the redirect target applies, not ours.
-                let verdict = self.check_host_boxed(&target, decisive).await;
-                self.depth -= 1;
-                let verdict = verdict?;
-                if verdict.result == SpfResult::None {
-                    // §6.1: a redirect to a domain without a record is permerror.
-                    return Err(Fault::Perm(format!(
-                        "redirect target {target} (from {domain}) has no SPF record"
-                    )));
-                }
-                return Ok(verdict);
-            }
-
-            // §4.7: no match and no redirect: neutral.
-            Ok(Verdict {
-                result: SpfResult::Neutral,
-                matched: Some(CompactString::const_new("default")),
-                explanation: None,
-            })
+            let result = match directive.qualifier {
+                Qualifier::Pass => SpfResult::Pass,
+                Qualifier::Fail => SpfResult::Fail,
+                Qualifier::SoftFail => SpfResult::SoftFail,
+                Qualifier::Neutral => SpfResult::Neutral,
+            };
+            // Only the deciding level's details matter: an include's
+            // verdict is reduced to match / no match (§5.2).
+            let explanation = if result == SpfResult::Fail && decisive {
+                // Boxed, like the other rare paths below: their futures
+                // are large, and every evaluation would otherwise move
+                // them around (memcpy) even when they never run.
+                Box::pin(self.explain(record.exp.as_ref(), domain)).await
+            } else {
+                None
+            };
+            return Ok(Verdict {
+                result,
+                matched: decisive.then(|| matched_text(directive)),
+                explanation,
+            });
         }
+
+        // §6.1: redirect applies only when no mechanism matched (a record
+        // with "all" never gets here).
+        if let Some(redirect) = &record.redirect {
+            self.count_lookup("redirect")?;
+            let target = self.expand_domain(redirect, domain).await?;
+            self.note(|| format!("redirect={}", target.as_deref().unwrap_or("(invalid name)")));
+            let Some(target) = target else {
+                return Err(Fault::Perm(format!(
+                    "redirect={redirect} in {domain} is not a valid domain name"
+                )));
+            };
+            self.depth += 1;
+            // §6.2: the exp= of the redirect target applies, not ours.
+            let verdict = self.check_host_boxed(&target, decisive).await;
+            self.depth -= 1;
+            let verdict = verdict?;
+            if verdict.result == SpfResult::None {
+                // §6.1: a redirect to a domain without a record is permerror.
+                return Err(Fault::Perm(format!(
+                    "redirect target {target} (from {domain}) has no SPF record"
+                )));
+            }
+            return Ok(verdict);
+        }
+
+        // §4.7: no match and no redirect: neutral.
+        Ok(Verdict {
+            result: SpfResult::Neutral,
+            matched: Some(CompactString::const_new("default")),
+            explanation: None,
+        })
     }
 
     /// §4.4 and §4.5: the one SPF record of `domain`, or `None`.
