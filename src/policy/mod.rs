@@ -1,4 +1,5 @@
-//! Policy: what to do with SPF results (policyd-spf semantics). So far only
-//! the header formatting; the decision lands with the milter.
+//! Policy: what to do with SPF results (policyd-spf semantics): the
+//! decision ([`decide`]) and the header formatting ([`headers`]).
 
+pub mod decide;
 pub mod headers;

@@ -1,0 +1,501 @@
+//! The policy decision (spec `policyd-spf-semantics.md` §3): from the SMTP
+//! client's address, the HELO name and the envelope sender, which SPF
+//! checks run, and whether the message is accepted (with a trace header),
+//! rejected or deferred.
+//!
+//! Pure policy: no sockets, no milter types. [`decide`] evaluates SPF
+//! through an [`Evaluator`] and reads the [`PolicyConfig`] options; the
+//! caller turns the [`Decision`] into milter replies and headers.
+//!
+//! # Scope
+//!
+//! Steps 1 and 3–7 of §3. Step 2, the bypass chain (`skip_addresses`,
+//! `Whitelist`, `Domain_Whitelist`, `HELO_Whitelist`, `Domain_Whitelist_PTR`,
+//! and the milter's `InternalHosts`, `MacroList` and SMTP AUTH skips), is
+//! applied by the caller **before** calling [`decide`]: a skipped session
+//! never reaches this module.
+//!
+//! # Choices where the spec leaves room
+//!
+//! * **Header identity (security departure of §3).** When a MAIL FROM check
+//!   ran, [`Decision::header`] is always [`HeaderSource::MailFrom`], whatever
+//!   the HELO result: a HELO pass is never reported in place of the MAIL
+//!   FROM result (CVE-2019-20790). The HELO outcome is still returned in
+//!   [`Decision::helo`] for a caller that wants a separate `identity=helo`
+//!   entry.
+//! * **`{3}` of `Reason_URL`.** The decision is taken at MAIL FROM, before
+//!   any recipient is known, so the receiver is always `<UNKNOWN>` (what
+//!   policyd-spf writes when it has no recipient), whatever
+//!   `Hide_Receiver` says.
+//! * **`Reject_Not_Pass_Domains`.** A HELO name or sender domain matches an
+//!   entry when it equals it or is below it (label boundary). It raises the
+//!   policy of every *checked* scope to `SPF_Not_Pass`, `False` included (as
+//!   the reference does); a `No_Check` scope stays unchecked. The reason
+//!   text becomes `Receiver policy for SPF <Result>` for Fail, Softfail and
+//!   Neutral rejects; a PermError or TempError keeps its error text, which
+//!   says more.
+//! * **`No_Mail`.** Applies to every reject (policy, receiver policy and
+//!   PermError, as in the reference), never to a defer. The reject is kept
+//!   only when the domain publishes exactly one SPF record and that record,
+//!   parsed, is one `-all` directive with neither `redirect=` nor `exp=`.
+//!   Unknown modifiers are ignored (RFC 7208 §6: they change nothing), so
+//!   `v=spf1 -all foo=bar` and `V=SPF1  -ALL` count as "sends no mail". A
+//!   DNS error while fetching the record demotes the reject (it could not
+//!   be confirmed). Since a `v=spf1 -all` record never gives PermError, a
+//!   PermError reject is always demoted under `No_Mail`.
+//! * **`HELO_reject = Null` with a non-null sender.** The HELO identity is
+//!   still evaluated (its outcome is reported when `Mail_From_reject =
+//!   No_Check`) but never rejects or defers, PermError and TempError
+//!   included.
+//! * **`Prospective`.** Evaluation uses the prospective address everywhere
+//!   (also in `{2}` of `Reason_URL`); when the outcome the header would
+//!   report is Pass, there is no header.
+//!
+//! # Reply text
+//!
+//! `Reason_Message` with `{rejectdefer}` = `rejected`/`deferred`, `{spf}` =
+//! the policyd-spf comment of the result (the `exp=` text or default
+//! explanation for Fail, `SPF Permanent Error: …`, `SPF Temporary Error: …`,
+//! or `Receiver policy for SPF …`) and `{url}` = `Reason_URL`. The text is
+//! made safe for one SMTP reply line: control characters (CR, LF, TAB, …)
+//! become spaces, non-ASCII characters `?`, and it is cut so that its length
+//! plus the number of `%` in it is at most [`MAX_REPLY_TEXT`] bytes. A `%`
+//! is left as is: the milter adapter must send it as `%%` (Postfix expands
+//! reply text printf-style), and the cut leaves room for that doubling.
+
+use std::net::IpAddr;
+
+use crate::config::{Config, PolicyConfig, RejectPolicy};
+use crate::dns::Lookup;
+use crate::spf::eval::is_same_or_subdomain;
+use crate::spf::record::is_spf1;
+use crate::spf::{
+    Evaluator, Identity, Mechanism, Qualifier, Record, Request, SpfOutcome, SpfResult,
+};
+
+use super::headers::result_comment;
+
+/// At most this many bytes of reply text once every `%` is doubled; with
+/// `550 5.7.23 ` in front it stays well inside Postfix's 980 bytes a line.
+pub const MAX_REPLY_TEXT: usize = 900;
+
+/// What the receiver is called in `Reason_URL` at MAIL FROM time.
+pub const UNKNOWN_RECEIVER: &str = "<UNKNOWN>";
+
+/// The SMTP session facts the decision needs.
+#[derive(Debug, Clone, Copy)]
+pub struct Inputs<'a> {
+    /// The client's address; `None` when the MTA did not say (e.g. a UNIX
+    /// socket client) and no `Prospective` is configured: nothing is done.
+    pub client_ip: Option<IpAddr>,
+    /// The HELO/EHLO argument, possibly empty.
+    pub helo: &'a str,
+    /// MAIL FROM without angle brackets; empty for the null sender `<>`.
+    pub sender: &'a str,
+}
+
+/// An SMTP reply.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reply {
+    /// 550 or 450.
+    pub code: u16,
+    /// RFC 7372: `5.7.23`, `5.7.24` or `4.7.24`; `None` with
+    /// `SPF_Enhanced_Status_Codes = No`.
+    pub enhanced: Option<&'static str>,
+    /// Sanitized text (see the module doc); `%` not yet escaped.
+    pub text: String,
+}
+
+/// What to do with the message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    Accept,
+    Reject(Reply),
+    Defer(Reply),
+}
+
+/// Which outcome the trace header reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HeaderSource {
+    Helo,
+    MailFrom,
+}
+
+/// The result of [`decide`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decision {
+    pub action: Action,
+    /// The address evaluated (`Prospective` or the client's); `None` when
+    /// nothing was done for lack of one.
+    pub ip: Option<IpAddr>,
+    /// The HELO identity's outcome, when it was checked.
+    pub helo: Option<SpfOutcome>,
+    /// The MAIL FROM identity's outcome, when it was checked.
+    pub mail_from: Option<SpfOutcome>,
+    /// Which outcome the trace header reports; `None`: no header.
+    pub header: Option<HeaderSource>,
+    /// Test mode: what normal mode would have done instead of accepting.
+    pub would: Option<Action>,
+    /// policyd-spf style log lines (per identity checked, and the action).
+    pub log: Vec<String>,
+}
+
+impl Decision {
+    fn nothing(ip: Option<IpAddr>, log: Vec<String>) -> Decision {
+        Decision {
+            action: Action::Accept,
+            ip,
+            helo: None,
+            mail_from: None,
+            header: None,
+            would: None,
+            log,
+        }
+    }
+
+    /// The outcome the header reports, if any.
+    pub fn header_outcome(&self) -> Option<&SpfOutcome> {
+        match self.header? {
+            HeaderSource::Helo => self.helo.as_ref(),
+            HeaderSource::MailFrom => self.mail_from.as_ref(),
+        }
+    }
+}
+
+/// The scope of a check, as `Reason_URL`'s `{0}` names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Scope {
+    Helo,
+    MailFrom,
+}
+
+impl Scope {
+    fn url_name(self) -> &'static str {
+        match self {
+            Scope::Helo => "helo",
+            Scope::MailFrom => "mfrom",
+        }
+    }
+}
+
+/// What one scope's result leads to before `No_Mail` and test mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Verdict {
+    Pass,
+    /// Reject; `receiver` when the reason is `Reject_Not_Pass_Domains`.
+    Reject {
+        receiver: bool,
+    },
+    Defer,
+}
+
+/// Decides what to do with a message (spec §3, steps 1 and 3–7; the bypass
+/// chain of step 2 is the caller's, see the module doc).
+pub async fn decide<L: Lookup>(
+    config: &Config,
+    evaluator: &Evaluator<L>,
+    inputs: &Inputs<'_>,
+) -> Decision {
+    let policy = &config.policy;
+    let mut log = Vec::new();
+
+    // Step 1: the address.
+    let Some(ip) = policy.prospective.or(inputs.client_ip) else {
+        log.push("no client address: SPF not checked".to_owned());
+        return Decision::nothing(None, log);
+    };
+
+    // Step 3: the identities.
+    let sender = inputs.sender.trim();
+    let null_sender = sender.is_empty();
+    let given_helo = inputs.helo.trim();
+    if null_sender && given_helo.is_empty() {
+        log.push("no sender and no HELO name: SPF not checked".to_owned());
+        return Decision::nothing(Some(ip), log);
+    }
+    let helo: &str = if given_helo.is_empty() {
+        sender_domain(sender)
+    } else {
+        given_helo
+    };
+    let request = Request {
+        ip,
+        helo,
+        sender,
+        receiver: None,
+    };
+    let header_sender = if null_sender { "<>" } else { sender };
+    let mut decision = Decision::nothing(Some(ip), log);
+
+    // Step 4: HELO.
+    if policy.helo_reject != RejectPolicy::NoCheck {
+        let outcome = evaluator.check(&request, Identity::Helo).await;
+        decision
+            .log
+            .push(result_log(&outcome, ip, helo, header_sender));
+        let verdict = if policy.helo_reject == RejectPolicy::Null && !null_sender {
+            Verdict::Pass
+        } else {
+            let listed = is_listed(policy, &outcome.domain);
+            let effective = if listed {
+                RejectPolicy::SpfNotPass
+            } else {
+                policy.helo_reject
+            };
+            verdict(policy, effective, listed, null_sender, outcome.result)
+        };
+        let action = act(
+            config,
+            evaluator,
+            &outcome,
+            verdict,
+            Scope::Helo,
+            helo,
+            ip,
+            &mut decision.log,
+        )
+        .await;
+        decision.helo = Some(outcome);
+        if finish_if_blocking(policy, action, HeaderSource::Helo, &mut decision) {
+            return decision;
+        }
+        decision.header = Some(HeaderSource::Helo);
+    } else if null_sender {
+        // Step 5 with No_Check: no check, no header.
+        decision
+            .log
+            .push("null sender and HELO_reject = No_Check: SPF not checked".to_owned());
+        return decision;
+    }
+
+    // Step 6: MAIL FROM (step 5: not for the null sender; the HELO verdict
+    // stands).
+    if !null_sender && policy.mail_from_reject != RejectPolicy::NoCheck {
+        let outcome = evaluator.check(&request, Identity::MailFrom).await;
+        decision
+            .log
+            .push(result_log(&outcome, ip, helo, header_sender));
+        let listed = is_listed(policy, &outcome.domain);
+        let effective = if listed {
+            RejectPolicy::SpfNotPass
+        } else {
+            policy.mail_from_reject
+        };
+        let verdict = verdict(policy, effective, listed, false, outcome.result);
+        let action = act(
+            config,
+            evaluator,
+            &outcome,
+            verdict,
+            Scope::MailFrom,
+            sender,
+            ip,
+            &mut decision.log,
+        )
+        .await;
+        decision.mail_from = Some(outcome);
+        // CVE-2019-20790: the MAIL FROM result, whatever the HELO said.
+        decision.header = Some(HeaderSource::MailFrom);
+        if finish_if_blocking(policy, action, HeaderSource::MailFrom, &mut decision) {
+            return decision;
+        }
+    } else if !null_sender && policy.helo_reject == RejectPolicy::NoCheck {
+        decision
+            .log
+            .push("HELO_reject and Mail_From_reject = No_Check: SPF not checked".to_owned());
+        return decision;
+    }
+
+    // Step 7: accepted; Prospective drops the header of passing mail.
+    if policy.prospective.is_some()
+        && decision.header_outcome().map(|o| o.result) == Some(SpfResult::Pass)
+    {
+        decision.header = None;
+        decision.log.push("Prospective: pass, no header".to_owned());
+    }
+    decision
+}
+
+/// Applies a reject or defer (or, in test mode, records it and reports the
+/// identity that caused it). True when the decision is final.
+fn finish_if_blocking(
+    policy: &PolicyConfig,
+    action: Action,
+    source: HeaderSource,
+    decision: &mut Decision,
+) -> bool {
+    if action == Action::Accept {
+        return false;
+    }
+    let line = reply_log(&action);
+    if policy.test_mode {
+        decision.log.push(format!("TestOnly: would {line}"));
+        decision.would = Some(action);
+        decision.action = Action::Accept;
+        decision.header = Some(source);
+    } else {
+        decision.log.push(line);
+        decision.action = action;
+        decision.header = None;
+    }
+    true
+}
+
+/// The domain of an address (after the last `@`); the whole text when it
+/// has no `@`.
+fn sender_domain(sender: &str) -> &str {
+    sender.rsplit_once('@').map_or(sender, |(_, d)| d)
+}
+
+/// `Reject_Not_Pass_Domains` names `domain` (or a domain above it).
+fn is_listed(policy: &PolicyConfig, domain: &str) -> bool {
+    !domain.is_empty()
+        && policy
+            .reject_not_pass_domains
+            .iter()
+            .any(|d| is_same_or_subdomain(domain, d.as_str()))
+}
+
+/// The reject sets of §2, `PermError_reject` and `TempError_Defer`.
+fn verdict(
+    policy: &PolicyConfig,
+    effective: RejectPolicy,
+    listed: bool,
+    null_sender: bool,
+    result: SpfResult,
+) -> Verdict {
+    use RejectPolicy as P;
+    let reject = |receiver| Verdict::Reject { receiver };
+    match (result, effective) {
+        (_, P::False | P::NoCheck) => Verdict::Pass,
+        (SpfResult::Fail, P::SpfNotPass | P::Softfail | P::Fail) => reject(listed),
+        (SpfResult::Fail, P::Null) if null_sender => reject(false),
+        (SpfResult::SoftFail, P::SpfNotPass | P::Softfail) => reject(listed),
+        (SpfResult::Neutral, P::SpfNotPass) => reject(listed),
+        (SpfResult::PermError, _) if policy.permerror_reject => reject(false),
+        (SpfResult::TempError, _) if policy.temperror_defer => Verdict::Defer,
+        _ => Verdict::Pass,
+    }
+}
+
+/// Turns a verdict into an action: `No_Mail`, the reply text and code.
+#[allow(clippy::too_many_arguments)]
+async fn act<L: Lookup>(
+    config: &Config,
+    evaluator: &Evaluator<L>,
+    outcome: &SpfOutcome,
+    verdict: Verdict,
+    scope: Scope,
+    id: &str,
+    ip: IpAddr,
+    log: &mut Vec<String>,
+) -> Action {
+    let policy = &config.policy;
+    let (receiver, defer) = match verdict {
+        Verdict::Pass => return Action::Accept,
+        Verdict::Reject { receiver } => (receiver, false),
+        Verdict::Defer => (false, true),
+    };
+    if !defer && policy.no_mail && !sends_no_mail(evaluator, &outcome.domain).await {
+        log.push(format!(
+            "No_Mail: {} is not v=spf1 -all; {} {} not rejected",
+            outcome.domain,
+            outcome.identity,
+            outcome.result.capitalized()
+        ));
+        return Action::Accept;
+    }
+    let spf_text = if receiver {
+        format!("Receiver policy for SPF {}", outcome.result.capitalized())
+    } else {
+        result_comment(outcome).into_owned()
+    };
+    let ip_text = ip.to_string();
+    let url = policy
+        .reason_url
+        .render([scope.url_name(), id, &ip_text, UNKNOWN_RECEIVER]);
+    let rejectdefer = if defer { "deferred" } else { "rejected" };
+    let text = sanitize_reply(&policy.reason_message.render(rejectdefer, &spf_text, &url));
+    let (code, enhanced) = match (defer, outcome.result) {
+        (true, _) => (450, "4.7.24"),
+        (false, SpfResult::PermError) => (550, "5.7.24"),
+        (false, _) => (550, "5.7.23"),
+    };
+    let reply = Reply {
+        code,
+        enhanced: policy.enhanced_status_codes.then_some(enhanced),
+        text,
+    };
+    if defer {
+        Action::Defer(reply)
+    } else {
+        Action::Reject(reply)
+    }
+}
+
+/// `No_Mail`: does `domain` publish exactly `v=spf1 -all` (compared parsed;
+/// see the module doc)?
+async fn sends_no_mail<L: Lookup>(evaluator: &Evaluator<L>, domain: &str) -> bool {
+    let Ok(txts) = evaluator.lookup().txt(domain).await else {
+        return false;
+    };
+    let mut spf = txts.iter().filter(|t| is_spf1(t));
+    let (Some(only), None) = (spf.next(), spf.next()) else {
+        return false;
+    };
+    let Ok(record) = Record::parse(only) else {
+        return false;
+    };
+    record.redirect.is_none()
+        && record.exp.is_none()
+        && matches!(
+            record.directives.as_slice(),
+            [d] if d.qualifier == Qualifier::Fail && d.mechanism == Mechanism::All
+        )
+}
+
+/// Makes `text` one safe SMTP reply line (see the module doc).
+pub fn sanitize_reply(text: &str) -> String {
+    let mut out = String::with_capacity(text.len().min(MAX_REPLY_TEXT));
+    let mut budget = MAX_REPLY_TEXT;
+    for c in text.chars() {
+        let c = if c.is_control() {
+            ' '
+        } else if !c.is_ascii() {
+            '?'
+        } else {
+            c
+        };
+        let cost = if c == '%' { 2 } else { 1 };
+        if cost > budget {
+            break;
+        }
+        budget -= cost;
+        out.push(c);
+    }
+    out
+}
+
+/// policyd-spf's per-identity log line:
+/// `Pass; identity=mailfrom; client-ip=…; helo=…; envelope-from=…; receiver=…`.
+fn result_log(outcome: &SpfOutcome, ip: IpAddr, helo: &str, envelope_from: &str) -> String {
+    format!(
+        "{}; identity={}; client-ip={ip}; helo={helo}; envelope-from={envelope_from}; receiver={UNKNOWN_RECEIVER}",
+        outcome.result.capitalized(),
+        outcome.identity
+    )
+}
+
+/// `550 5.7.23 Message rejected …`.
+fn reply_log(action: &Action) -> String {
+    let (Action::Reject(r) | Action::Defer(r)) = action else {
+        return "accept".to_owned();
+    };
+    match r.enhanced {
+        Some(e) => format!("{} {e} {}", r.code, r.text),
+        None => format!("{} {}", r.code, r.text),
+    }
+}
+
+#[cfg(test)]
+mod tests;
