@@ -3,3 +3,4 @@
 
 pub mod decide;
 pub mod headers;
+pub mod skip;
