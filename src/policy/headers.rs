@@ -6,7 +6,10 @@ use std::borrow::Cow;
 use std::fmt::Write as _;
 use std::net::IpAddr;
 
+use crate::config::HeaderType;
 use crate::spf::{Identity, SpfOutcome, SpfResult};
+
+use super::skip::{SkipReason, x_comment_value};
 
 /// The comment policyd-spf writes for each result (spec §4), used when the
 /// outcome carries no explanation or problem of its own.
@@ -125,6 +128,75 @@ pub fn authentication_results_value(
     );
     v.push(')');
     v
+}
+
+/// The receiver written into headers and `Reason_URL`: with `Hide_Receiver`
+/// `<UNKNOWN>` (policyd-spf's word), else the first recipient's domain, or
+/// `<UNKNOWN>` when there is none.
+pub fn header_receiver(hide_receiver: bool, first_recipient: Option<&str>) -> &str {
+    const UNKNOWN: &str = "<UNKNOWN>";
+    if hide_receiver {
+        return UNKNOWN;
+    }
+    match first_recipient.map(|r| r.trim_matches(['<', '>'])) {
+        Some(rcpt) => match rcpt.rsplit_once('@') {
+            Some((_, domain)) if !domain.is_empty() => domain,
+            _ => UNKNOWN,
+        },
+        None => UNKNOWN,
+    }
+}
+
+/// The trace headers of an SPF result as `Header_Type` asks, top first,
+/// each value folded for the milter protocol (LF + TAB). `None`: no header.
+pub fn spf_headers(
+    header_type: HeaderType,
+    authserv_id: &str,
+    outcome: &SpfOutcome,
+    tx: &Transaction<'_>,
+) -> Vec<(&'static str, String)> {
+    let mut headers = Vec::with_capacity(2);
+    if header_type.received_spf() {
+        let value = received_spf_value(outcome, tx);
+        headers.push(("Received-SPF", fold("Received-SPF", &value, 78)));
+    }
+    if header_type.authentication_results() {
+        let value = authentication_results_value(authserv_id, outcome, tx);
+        headers.push((
+            "Authentication-Results",
+            fold("Authentication-Results", &value, 78),
+        ));
+    }
+    headers
+}
+
+/// The trace header of a session the bypass chain skipped (spec §4):
+/// `X-Comment: <comment> - client-ip=…` with `Received-SPF` headers, and
+/// `Authentication-Results: <id>; none (<comment> - client-ip=…)` with
+/// Authentication-Results.
+pub fn skip_headers(
+    header_type: HeaderType,
+    authserv_id: &str,
+    reason: SkipReason,
+    tx: &Transaction<'_>,
+) -> Vec<(&'static str, String)> {
+    let comment = x_comment_value(reason, tx.client_ip, tx.helo, tx.envelope_from, tx.receiver);
+    let mut headers = Vec::with_capacity(2);
+    if header_type.received_spf() {
+        headers.push(("X-Comment", fold("X-Comment", &comment, 78)));
+    }
+    if header_type.authentication_results() {
+        let mut value = String::with_capacity(comment.len() + authserv_id.len() + 10);
+        push_token_or_quoted(&mut value, authserv_id);
+        value.push_str("; none (");
+        push_comment(&mut value, comment.trim_end());
+        value.push(')');
+        headers.push((
+            "Authentication-Results",
+            fold("Authentication-Results", &value, 78),
+        ));
+    }
+    headers
 }
 
 /// The authserv-id of an Authentication-Results value: the first token,
@@ -565,5 +637,78 @@ mod tests {
             ours
         ));
         assert!(!is_forged_trace_header("X-Received-SPF", "pass", ours));
+    }
+
+    #[test]
+    fn header_type_selects_the_headers_top_first() {
+        let o = outcome(SpfResult::Fail);
+        let names = |t| -> Vec<&str> {
+            spf_headers(t, "mx.example.net", &o, &tx())
+                .into_iter()
+                .map(|(n, _)| n)
+                .collect()
+        };
+        assert_eq!(names(HeaderType::Spf), ["Received-SPF"]);
+        assert_eq!(names(HeaderType::Ar), ["Authentication-Results"]);
+        assert_eq!(
+            names(HeaderType::Both),
+            ["Received-SPF", "Authentication-Results"]
+        );
+        assert!(names(HeaderType::None).is_empty());
+        let both = spf_headers(HeaderType::Both, "mx.example.net", &o, &tx());
+        for (name, value) in &both {
+            assert!(!value.contains('\r'), "{name}: {value:?}");
+            for line in value.split('\n').skip(1) {
+                assert!(line.starts_with('\t'), "{name}: {value:?}");
+            }
+        }
+        assert!(
+            both[1].1.starts_with("mx.example.net; spf=fail "),
+            "{:?}",
+            both[1].1
+        );
+    }
+
+    #[test]
+    fn skipped_sessions_get_the_reference_comment() {
+        let t = Transaction {
+            client_ip: "127.0.0.1".parse().unwrap(),
+            helo: "localhost",
+            envelope_from: "a@example.com",
+            receiver: "<UNKNOWN>",
+        };
+        let h = skip_headers(
+            HeaderType::Both,
+            "mx.example.net",
+            SkipReason::LocalConnection,
+            &t,
+        );
+        assert_eq!(h[0].0, "X-Comment");
+        assert_eq!(
+            h[0].1.replace("\n\t", " "),
+            "SPF check N/A for local connections - client-ip=127.0.0.1; helo=localhost; \
+             envelope-from=a@example.com; receiver=<UNKNOWN> "
+        );
+        assert_eq!(h[1].0, "Authentication-Results");
+        assert_eq!(
+            h[1].1.replace("\n\t", " "),
+            "mx.example.net; none (SPF check N/A for local connections - client-ip=127.0.0.1; \
+             helo=localhost; envelope-from=a@example.com; receiver=<UNKNOWN>)"
+        );
+    }
+
+    #[test]
+    fn the_receiver_is_the_first_recipients_domain_unless_hidden() {
+        assert_eq!(
+            header_receiver(false, Some("<bob@rcpt.example>")),
+            "rcpt.example"
+        );
+        assert_eq!(
+            header_receiver(false, Some("bob@rcpt.example")),
+            "rcpt.example"
+        );
+        assert_eq!(header_receiver(true, Some("bob@rcpt.example")), "<UNKNOWN>");
+        assert_eq!(header_receiver(false, None), "<UNKNOWN>");
+        assert_eq!(header_receiver(false, Some("postmaster")), "<UNKNOWN>");
     }
 }
