@@ -26,11 +26,13 @@ use spfmilter::spf::{Evaluator, Identity, Limits, Request, SpfOutcome, TraceStep
 )]
 struct Cli {
     #[command(subcommand)]
-    command: Command,
+    command: Option<Command>,
 }
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run the milter (the default when no command is given).
+    Run(ConfigArgs),
     /// Evaluate SPF for a connection, as the milter would, and explain why.
     Check(CheckArgs),
     /// Flatten a domain's SPF policy into the networks it authorizes.
@@ -123,9 +125,14 @@ enum ExpandFormat {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let command = match cli.command {
-        Command::Config(cmd) => return config_main(cmd),
-        other => other,
+        Some(Command::Config(cmd)) => return config_main(cmd),
+        Some(other) => other,
+        // Plain `spfmilter` runs the milter with the default configuration.
+        None => Command::Run(ConfigArgs::default()),
     };
+    if let Command::Run(args) = &command {
+        return run_main(args);
+    }
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -136,7 +143,9 @@ pub fn main() -> ExitCode {
     let result = match command {
         Command::Check(args) => runtime.block_on(check(args)),
         Command::Expand(args) => runtime.block_on(expand(args)),
-        Command::Config(_) => unreachable!("handled above"),
+        Command::Config(_) | Command::Run(_) => {
+            return setup_error("internal: command dispatched twice");
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -332,7 +341,7 @@ enum ConfigCommand {
 
 /// Which configuration to read, and the command line's settings on top of
 /// it (the daemon takes the same options).
-#[derive(Debug, clap::Args)]
+#[derive(Debug, Default, clap::Args)]
 struct ConfigArgs {
     /// Native configuration file (TOML). Default: /etc/spfmilter/spfmilter.toml
     /// if it exists, else the built-in defaults.
@@ -413,6 +422,32 @@ struct ConfigConvertArgs {
     /// The policyd-spf.conf to convert.
     #[arg(value_name = "POLICYD_SPF_CONF")]
     file: std::path::PathBuf,
+}
+
+/// `spfmilter run`: load the configuration (errors stop the start, with
+/// FILE:LINE messages; warnings are printed), then serve until SIGTERM.
+fn run_main(args: &ConfigArgs) -> ExitCode {
+    use spfmilter::config::Config;
+    let loaded = match Config::load(&args.source()) {
+        Ok(loaded) => loaded,
+        Err(e) => {
+            print_diagnostics(&e.diagnostics);
+            return setup_error("configuration refused, not starting");
+        }
+    };
+    print_diagnostics(&loaded.warnings);
+    let config = std::sync::Arc::new(loaded.config.with_overrides(&args.overrides()));
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => return setup_error(&format!("cannot start the async runtime: {e}")),
+    };
+    match runtime.block_on(spfmilter::milter::run(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => setup_error(&e),
+    }
 }
 
 fn config_main(cmd: ConfigCommand) -> ExitCode {

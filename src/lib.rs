@@ -6,5 +6,6 @@
 
 pub mod config;
 pub mod dns;
+pub mod milter;
 pub mod policy;
 pub mod spf;

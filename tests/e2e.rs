@@ -11,8 +11,7 @@
 //! `/etc/resolv.conf` and `/dev/log`, and cannot reach or change anything
 //! outside. The checks live in `e2e/scenarios.rs`, written once for any
 //! milter; the tests below run them against Debian's pyspf-milter, the
-//! reference. When `spfmilter run` exists, the same scenarios run against
-//! it through `MilterUnderTest::spfmilter()`, with one difference in
+//! reference, and against spfmilter, with one difference in
 //! `header_results`: RFC 7208 §5 makes servfail.test and broken.test
 //! `temperror` where pydns-based pyspf reports fail and none.
 //!
@@ -29,8 +28,8 @@
 //! Mail is sent with swaks from "192.0.2.10" (XCLIENT ADDR, NAME = HELO),
 //! accepted messages are held and read back with `postcat`.
 //!
-//! `spfmilter` will be started as `spfmilter run --socket
-//! inet:127.0.0.1:8891 --policyd-conf FILE` (see `e2e/milter.rs`). Debugging: `-- --nocapture` shows the
+//! `spfmilter` is started as `spfmilter run --socket inet:127.0.0.1:8891
+//! --policyd-conf FILE` (see `e2e/milter.rs`). Debugging: `-- --nocapture` shows the
 //! phases and timings; `SPFMILTER_E2E_VERBOSE=1` prints every lab's logs
 //! (maillog, the milters' syslog lines, NSD, DNS queries, SMTP transcripts),
 //! which a failing test prints anyway.
@@ -100,4 +99,53 @@ fn pyspf_milter_down() {
 #[test]
 fn pyspf_reference_quirks() {
     isolated("pyspf_reference_quirks", scenarios::reference_quirks);
+}
+
+// ---- spfmilter: the same scenarios -----------------------------------------
+
+fn spfmilter() -> MilterUnderTest {
+    MilterUnderTest::spfmilter()
+}
+
+#[test]
+fn spfmilter_header_mode() {
+    isolated("spfmilter_header_mode", |dir| {
+        scenarios::header_mode(dir, &spfmilter())
+    });
+}
+
+#[test]
+fn spfmilter_header_results() {
+    isolated("spfmilter_header_results", |dir| {
+        scenarios::header_results(
+            dir,
+            &spfmilter(),
+            &[
+                ("pass.test", "pass", "pass"),
+                ("fail.test", "fail", "fail"),
+                ("softfail.test", "softfail", "fail"),
+                ("neutral.test", "neutral", "fail"),
+                ("none.test", "none", "fail"),
+                ("permerror.test", "permerror", "fail"),
+                ("temperror.test", "temperror", "fail"),
+                // RFC 7208 §5: SERVFAIL is a temperror.
+                ("servfail.test", "temperror", "fail"),
+                ("broken.test", "temperror", "none"),
+            ],
+        );
+    });
+}
+
+#[test]
+fn spfmilter_reject_mode() {
+    isolated("spfmilter_reject_mode", |dir| {
+        scenarios::reject_mode(dir, &spfmilter())
+    });
+}
+
+#[test]
+fn spfmilter_milter_down() {
+    isolated("spfmilter_milter_down", |dir| {
+        scenarios::milter_down(dir, &spfmilter())
+    });
 }

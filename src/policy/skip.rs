@@ -71,7 +71,7 @@ pub struct Session<'a> {
     pub authenticated: bool,
     /// An MTA macro by name without braces (`daemon_name`, `j`), for
     /// `MacroList`; `None` when the MTA did not send it.
-    pub macro_value: &'a dyn Fn(&str) -> Option<String>,
+    pub macro_value: &'a (dyn Fn(&str) -> Option<String> + Sync),
 }
 
 impl std::fmt::Debug for Session<'_> {
@@ -618,11 +618,17 @@ mod tests {
         let submission = |m: &str| (m == "daemon_name").then(|| "submission".to_owned());
         let flagged = |m: &str| (m == "x_check").then(|| "1".to_owned());
         let mut s = session("192.0.2.1", "h.test");
-        for f in [&inbound as &dyn Fn(&str) -> Option<String>, &flagged] {
+        for f in [
+            &inbound as &(dyn Fn(&str) -> Option<String> + Sync),
+            &flagged,
+        ] {
             s.macro_value = f;
             assert_eq!(run(&c, Zone::new(), &s).await, Skip::Check);
         }
-        for f in [&submission as &dyn Fn(&str) -> Option<String>, &no_macros] {
+        for f in [
+            &submission as &(dyn Fn(&str) -> Option<String> + Sync),
+            &no_macros,
+        ] {
             s.macro_value = f;
             assert!(matches!(run(&c, Zone::new(), &s).await, Skip::Silent(_)));
         }

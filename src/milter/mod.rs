@@ -1,0 +1,374 @@
+//! The milter adapter: indymilter callbacks around [`crate::policy`].
+//!
+//! Thin on purpose: each callback records what Postfix said (client
+//! address, HELO, sender, first recipient, incoming trace headers) in the
+//! per-connection state, and at MAIL FROM hands the session to
+//! [`skip`] and [`decide`]; a reject or defer is answered there, accepted
+//! mail gets its trace headers at end of message, inserted at index 0
+//! (above Postfix's own `Received:`), after forged ones are deleted.
+//!
+//! Logging goes to standard error for now (one line per action, the
+//! policyd-spf result lines at debugLevel 2); syslog comes with the
+//! daemon's remaining work.
+
+use std::ffi::{CStr, CString};
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use indymilter::{
+    Actions, Callbacks, ContextActions, MacroStage, NegotiateContext, SetErrorReply, SocketInfo,
+    Status,
+};
+
+use crate::config::{AuthservId, Config, LogLevel, SocketSpec};
+use crate::dns::{CachingLookup, HickoryLookup, ResolverOptions, cache::CacheOptions};
+use crate::policy::decide::{Action, Decision, Inputs, Reply, decide};
+use crate::policy::headers::{
+    Transaction, header_receiver, is_forged_trace_header, skip_headers, spf_headers,
+};
+use crate::policy::skip::{Session as SkipSession, Skip, SkipReason, skip};
+use crate::spf::Evaluator;
+
+type Lookup = CachingLookup<HickoryLookup>;
+
+/// What every connection shares: the configuration and the evaluator
+/// (with its DNS cache).
+pub struct Shared {
+    pub config: Arc<Config>,
+    pub evaluator: Evaluator<Lookup>,
+}
+
+impl Shared {
+    /// Builds the resolver and evaluator the configuration asks for.
+    pub fn new(config: Arc<Config>) -> Result<Self, String> {
+        let options = ResolverOptions {
+            nameservers: config.dns.nameservers.clone(),
+            timeout: config.dns.timeout,
+            ..ResolverOptions::default()
+        };
+        let hickory = HickoryLookup::new(&options).map_err(|e| e.to_string())?;
+        let evaluator = Evaluator::new(CachingLookup::new(hickory, CacheOptions::default()))
+            .with_limits(config.spf_limits());
+        Ok(Self { config, evaluator })
+    }
+
+    fn log(&self, level: LogLevel, line: &str) {
+        if self.config.log.level >= level {
+            eprintln!("spfmilter[{}]: {line}", std::process::id());
+        }
+    }
+}
+
+/// Per connection.
+#[derive(Debug, Default)]
+struct Connection {
+    client_ip: Option<IpAddr>,
+    helo: String,
+    /// The MTA's `j` macro (Postfix `myhostname`), the default authserv-id.
+    mta_name: Option<String>,
+    message: Message,
+}
+
+/// Per message; reset at MAIL FROM and on abort.
+#[derive(Debug, Default)]
+struct Message {
+    sender: String,
+    first_recipient: Option<String>,
+    decision: Option<Decision>,
+    skipped: Option<SkipReason>,
+    /// Occurrences (name, 1-based index among headers of that name) of
+    /// incoming headers to delete.
+    forged: Vec<(String, i32)>,
+    seen: Vec<(String, i32)>,
+}
+
+fn lossy(s: &CStr) -> String {
+    String::from_utf8_lossy(s.to_bytes()).into_owned()
+}
+
+/// Reply text for the milter protocol: Postfix expands `%` printf-style.
+fn protocol_text(text: &str) -> String {
+    text.replace('%', "%%")
+}
+
+fn set_reply(reply: &mut indymilter::SmtpReply, r: &Reply) {
+    let code = r.code.to_string();
+    let text = protocol_text(&r.text);
+    // A text the library refuses (it cannot be, after sanitizing) still
+    // gets the status code.
+    let _ = reply.set_error_reply(&code, r.enhanced, [text.as_str()]);
+}
+
+/// The authserv-id: configured, the host name, or the MTA's `j` macro.
+fn authserv_id(config: &Config, mta_name: Option<&str>) -> String {
+    match &config.milter.authserv_id {
+        AuthservId::Fixed(id) => id.clone(),
+        AuthservId::Hostname => host_name(),
+        AuthservId::MtaHostname => mta_name.map_or_else(host_name, str::to_owned),
+    }
+}
+
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_else(|_| "localhost".to_owned())
+}
+
+/// The callbacks.
+fn callbacks(shared: Arc<Shared>) -> Callbacks<Connection> {
+    let on_negotiate = Arc::clone(&shared);
+    let on_connect = Arc::clone(&shared);
+    let on_mail = Arc::clone(&shared);
+    let on_header = Arc::clone(&shared);
+    let on_eom = Arc::clone(&shared);
+    let _ = on_negotiate;
+    Callbacks::new()
+        .on_negotiate(|cx: &mut NegotiateContext<Connection>, _, _| {
+            Box::pin(async move {
+                cx.requested_actions = Actions::ADD_HEADER | Actions::CHANGE_HEADER;
+                cx.requested_macros.insert(MacroStage::Connect, c"j".into());
+                cx.requested_macros
+                    .insert(MacroStage::Mail, c"{auth_authen}".into());
+                Status::Continue
+            })
+        })
+        .on_connect(move |cx, _hostname, socket| {
+            let shared = Arc::clone(&on_connect);
+            Box::pin(async move {
+                let mut conn = Connection {
+                    mta_name: cx.macros.get(c"j").map(lossy),
+                    ..Connection::default()
+                };
+                if let SocketInfo::Inet(addr) = socket {
+                    conn.client_ip = Some(addr.ip());
+                }
+                shared.log(
+                    LogLevel::Requests,
+                    &format!("connect from {:?}", conn.client_ip),
+                );
+                cx.data = Some(conn);
+                Status::Continue
+            })
+        })
+        .on_helo(|cx, helo| {
+            Box::pin(async move {
+                if let Some(conn) = cx.data.as_mut() {
+                    conn.helo = lossy(&helo);
+                }
+                Status::Continue
+            })
+        })
+        .on_mail(move |cx, args| {
+            let shared = Arc::clone(&on_mail);
+            Box::pin(async move {
+                let authenticated = cx
+                    .macros
+                    .get(c"{auth_authen}")
+                    .is_some_and(|v| !v.is_empty());
+                let Some(conn) = cx.data.as_mut() else {
+                    return Status::Continue;
+                };
+                let sender = args.first().map(|a| lossy(a)).unwrap_or_default();
+                let sender = sender
+                    .trim()
+                    .trim_start_matches('<')
+                    .trim_end_matches('>')
+                    .to_owned();
+                conn.message = Message {
+                    sender,
+                    ..Message::default()
+                };
+                let config = &shared.config;
+                let macro_value = |name: &str| -> Option<String> {
+                    let name = CString::new(format!("{{{name}}}")).ok()?;
+                    cx.macros.get(&name).map(lossy)
+                };
+                let session = SkipSession {
+                    client_ip: conn.client_ip,
+                    helo: &conn.helo,
+                    sender: &conn.message.sender,
+                    authenticated,
+                    macro_value: &macro_value,
+                };
+                match skip(config, &shared.evaluator, &session).await {
+                    Skip::Check => {}
+                    Skip::Silent(why) => {
+                        shared.log(LogLevel::Results, &format!("not checked: {why}"));
+                        return Status::Continue;
+                    }
+                    Skip::Traced(reason) => {
+                        shared.log(LogLevel::Actions, reason.comment());
+                        if let Some(conn) = cx.data.as_mut() {
+                            conn.message.skipped = Some(reason);
+                        }
+                        return Status::Continue;
+                    }
+                }
+                let inputs = Inputs {
+                    client_ip: conn.client_ip,
+                    helo: &conn.helo,
+                    sender: &conn.message.sender,
+                };
+                let decision = decide(config, &shared.evaluator, &inputs).await;
+                for line in &decision.log {
+                    shared.log(LogLevel::Results, line);
+                }
+                let status = match &decision.action {
+                    Action::Accept => Status::Continue,
+                    Action::Reject(reply) => {
+                        set_reply(&mut cx.reply, reply);
+                        Status::Reject
+                    }
+                    Action::Defer(reply) => {
+                        set_reply(&mut cx.reply, reply);
+                        Status::Tempfail
+                    }
+                };
+                if let Some(conn) = cx.data.as_mut() {
+                    conn.message.decision = Some(decision);
+                }
+                status
+            })
+        })
+        .on_rcpt(|cx, args| {
+            Box::pin(async move {
+                if let Some(conn) = cx.data.as_mut()
+                    && conn.message.first_recipient.is_none()
+                {
+                    conn.message.first_recipient = args.first().map(|a| lossy(a));
+                }
+                Status::Continue
+            })
+        })
+        .on_header(move |cx, name, value| {
+            let shared = Arc::clone(&on_header);
+            Box::pin(async move {
+                let Some(conn) = cx.data.as_mut() else {
+                    return Status::Continue;
+                };
+                let name = lossy(&name);
+                let lower = name.to_ascii_lowercase();
+                let index = match conn.message.seen.iter_mut().find(|(n, _)| *n == lower) {
+                    Some((_, count)) => {
+                        *count += 1;
+                        *count
+                    }
+                    None => {
+                        conn.message.seen.push((lower, 1));
+                        1
+                    }
+                };
+                if shared.config.milter.remove_forged_headers {
+                    let id = authserv_id(&shared.config, conn.mta_name.as_deref());
+                    if is_forged_trace_header(&name, &lossy(&value), &id) {
+                        conn.message.forged.push((name, index));
+                    }
+                }
+                Status::Continue
+            })
+        })
+        .on_eom(move |cx| {
+            let shared = Arc::clone(&on_eom);
+            Box::pin(async move {
+                let Some(conn) = cx.data.as_mut() else {
+                    return Status::Continue;
+                };
+                let config = &shared.config;
+                let message = std::mem::take(&mut conn.message);
+                // Forged trace headers go first (postfix-opendmarc.md).
+                for (name, index) in &message.forged {
+                    shared.log(
+                        LogLevel::Actions,
+                        &format!("removing forged {name} header #{index}"),
+                    );
+                    let _ = cx
+                        .actions
+                        .change_header(name.as_str(), *index, None::<&str>)
+                        .await;
+                }
+                let id = authserv_id(config, conn.mta_name.as_deref());
+                let receiver = header_receiver(
+                    config.milter.hide_receiver,
+                    message.first_recipient.as_deref(),
+                );
+                let headers = match (&message.skipped, &message.decision) {
+                    (Some(reason), _) => conn.client_ip.map(|ip| {
+                        skip_headers(
+                            config.milter.header_type,
+                            &id,
+                            *reason,
+                            &Transaction {
+                                client_ip: ip,
+                                helo: &conn.helo,
+                                envelope_from: &message.sender,
+                                receiver,
+                            },
+                        )
+                    }),
+                    (None, Some(decision)) => match (decision.header_outcome(), decision.ip) {
+                        (Some(outcome), Some(ip)) => Some(spf_headers(
+                            config.milter.header_type,
+                            &id,
+                            outcome,
+                            &Transaction {
+                                client_ip: ip,
+                                helo: &conn.helo,
+                                envelope_from: &message.sender,
+                                receiver,
+                            },
+                        )),
+                        _ => None,
+                    },
+                    (None, None) => None,
+                };
+                // Inserted at index 0 in reverse, so the first ends on top.
+                for (name, value) in headers.unwrap_or_default().iter().rev() {
+                    shared.log(
+                        LogLevel::Actions,
+                        &format!("prepend {name}: {}", value.replace("\n\t", " ")),
+                    );
+                    let _ = cx.actions.insert_header(0, *name, value.as_str()).await;
+                }
+                Status::Continue
+            })
+        })
+        .on_abort(|cx| {
+            Box::pin(async move {
+                if let Some(conn) = cx.data.as_mut() {
+                    conn.message = Message::default();
+                }
+                Status::Continue
+            })
+        })
+}
+
+/// Runs the milter on the configured socket until SIGTERM or SIGINT.
+pub async fn run(config: Arc<Config>) -> Result<(), String> {
+    let shared = Arc::new(Shared::new(Arc::clone(&config))?);
+    let milter_config = indymilter::Config {
+        max_connections: usize::try_from(config.milter.max_connections).unwrap_or(usize::MAX),
+        ..Default::default()
+    };
+    let shutdown = async {
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending::<()>().await } } => {}
+        }
+    };
+    match &config.milter.socket {
+        SocketSpec::Tcp(addr) => {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+            shared.log(LogLevel::Errors, &format!("listening on inet:{addr}"));
+            indymilter::run(listener, callbacks(shared), milter_config, shutdown)
+                .await
+                .map_err(|e| e.to_string())
+        }
+        other => Err(format!(
+            "socket {other}: only inet sockets with an address are supported yet"
+        )),
+    }
+}
