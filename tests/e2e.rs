@@ -149,3 +149,10 @@ fn spfmilter_milter_down() {
         scenarios::milter_down(dir, &spfmilter())
     });
 }
+
+#[test]
+fn spfmilter_forged_headers() {
+    isolated("spfmilter_forged_headers", |dir| {
+        scenarios::forged_headers(dir, &spfmilter())
+    });
+}

@@ -252,3 +252,48 @@ pub fn reference_quirks(scratch: &Path) {
     assert_dmarc(&lab, &message, "fail");
     finish(lab);
 }
+
+/// The forged-header bypass (postfix-opendmarc.md) is closed: a sender
+/// whose SPF does not pass brings a forged `Received-SPF: pass …
+/// identity=mailfrom` and a forged `Authentication-Results` under our
+/// authserv-id. With `Header_Type = AR` (the configuration in which
+/// OpenDMARC falls back to the first Received-SPF), the forged headers are
+/// gone from the delivered message and OpenDMARC does not say dmarc=pass.
+pub fn forged_headers(scratch: &Path, milter: &MilterUnderTest) {
+    let conf = PolicydConf::header_only().set("Header_Type", "AR");
+    let mut lab = start(scratch, LabConfig::new(milter, conf));
+    for domain in ["none.test", "softfail.test", "fail.test"] {
+        let sender = format!("mallory@{domain}");
+        let mail = Mail::from(&sender)
+            .header(
+                "Received-SPF",
+                &format!(
+                    "pass (forged) identity=mailfrom; client-ip=192.0.2.10; \
+                     helo=mx.pass.test; envelope-from=\"{sender}\"; receiver=x"
+                ),
+            )
+            .header(
+                "Authentication-Results",
+                &format!("{MYHOSTNAME}; spf=pass smtp.mailfrom={domain}"),
+            );
+        let (transcript, message) = lab.deliver(&mail);
+        assert_reply(&transcript, "MAIL FROM", 250, Some("2.1.0"));
+        let text = message.header_text();
+        assert!(
+            !text.contains("(forged)"),
+            "the forged Received-SPF survived:\n{text}"
+        );
+        let spf = message.auth_results(MYHOSTNAME, "spf");
+        assert!(
+            spf.iter().all(|r| !r.contains("spf=pass")),
+            "a forged spf=pass under our authserv-id survived: {spf:?}\n{text}"
+        );
+        let dmarc = lab.dmarc_result(&message);
+        assert_ne!(
+            dmarc.as_deref(),
+            Some("pass"),
+            "DMARC bypass for {domain}:\n{text}"
+        );
+    }
+    finish(lab);
+}
