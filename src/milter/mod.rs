@@ -7,9 +7,9 @@
 //! mail gets its trace headers at end of message, inserted at index 0
 //! (above Postfix's own `Received:`), after forged ones are deleted.
 //!
-//! Logging goes to standard error for now (one line per action, the
-//! policyd-spf result lines at debugLevel 2); syslog comes with the
-//! daemon's remaining work.
+//! Logging follows `debugLevel` (one line per action, the policyd-spf
+//! result lines at 2): to syslog (facility mail, through `/dev/log`) by
+//! default, or to standard error.
 
 use std::ffi::{CStr, CString};
 use std::net::IpAddr;
@@ -20,7 +20,7 @@ use indymilter::{
     Status,
 };
 
-use crate::config::{AuthservId, Config, LogLevel, SocketSpec};
+use crate::config::{AuthservId, Config, Family, LogLevel, LogTarget, SocketSpec};
 use crate::dns::{CachingLookup, HickoryLookup, ResolverOptions, cache::CacheOptions};
 use crate::policy::decide::{Action, Decision, Inputs, Reply, decide};
 use crate::policy::headers::{
@@ -36,6 +36,44 @@ type Lookup = CachingLookup<HickoryLookup>;
 pub struct Shared {
     pub config: Arc<Config>,
     pub evaluator: Evaluator<Lookup>,
+    logger: Logger,
+}
+
+/// Where log lines go.
+enum Logger {
+    /// `/dev/log`, RFC 3164 framing without a timestamp (the syslog daemon
+    /// adds it), facility mail as Postfix's own lines.
+    Syslog(std::os::unix::net::UnixDatagram),
+    Stderr,
+}
+
+impl Logger {
+    fn new(target: LogTarget) -> Logger {
+        if target == LogTarget::Syslog {
+            if let Ok(socket) = std::os::unix::net::UnixDatagram::unbound()
+                && socket.connect("/dev/log").is_ok()
+            {
+                return Logger::Syslog(socket);
+            }
+            eprintln!("spfmilter: /dev/log is not available, logging to standard error");
+        }
+        Logger::Stderr
+    }
+
+    fn log(&self, level: LogLevel, line: &str) {
+        let pid = std::process::id();
+        match self {
+            Logger::Syslog(socket) => {
+                // facility mail (2) * 8 + severity: err (3) or info (6).
+                let priority = if level <= LogLevel::Errors { 19 } else { 22 };
+                let message = format!("<{priority}>spfmilter[{pid}]: {line}");
+                if socket.send(message.as_bytes()).is_err() {
+                    eprintln!("spfmilter[{pid}]: {line}");
+                }
+            }
+            Logger::Stderr => eprintln!("spfmilter[{pid}]: {line}"),
+        }
+    }
 }
 
 impl Shared {
@@ -49,12 +87,17 @@ impl Shared {
         let hickory = HickoryLookup::new(&options).map_err(|e| e.to_string())?;
         let evaluator = Evaluator::new(CachingLookup::new(hickory, CacheOptions::default()))
             .with_limits(config.spf_limits());
-        Ok(Self { config, evaluator })
+        let logger = Logger::new(config.log.target);
+        Ok(Self {
+            config,
+            evaluator,
+            logger,
+        })
     }
 
     fn log(&self, level: LogLevel, line: &str) {
         if self.config.log.level >= level {
-            eprintln!("spfmilter[{}]: {line}", std::process::id());
+            self.logger.log(level, line);
         }
     }
 }
@@ -357,18 +400,72 @@ pub async fn run(config: Arc<Config>) -> Result<(), String> {
             _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending::<()>().await } } => {}
         }
     };
+    let callbacks = callbacks(Arc::clone(&shared));
     match &config.milter.socket {
         SocketSpec::Tcp(addr) => {
             let listener = tokio::net::TcpListener::bind(addr)
                 .await
                 .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
-            shared.log(LogLevel::Errors, &format!("listening on inet:{addr}"));
-            indymilter::run(listener, callbacks(shared), milter_config, shutdown)
+            shared.log(
+                LogLevel::Errors,
+                &format!("listening on {}", config.milter.socket),
+            );
+            indymilter::run(listener, callbacks, milter_config, shutdown)
                 .await
                 .map_err(|e| e.to_string())
         }
-        other => Err(format!(
-            "socket {other}: only inet sockets with an address are supported yet"
+        SocketSpec::TcpName { name, port, family } => {
+            let addr = tokio::net::lookup_host((name.as_str(), *port))
+                .await
+                .map_err(|e| format!("cannot resolve {name}: {e}"))?
+                .find(|a| match family {
+                    Family::Inet => a.is_ipv4(),
+                    Family::Inet6 => a.is_ipv6(),
+                })
+                .ok_or_else(|| format!("{name} has no address of the socket's family"))?;
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|e| format!("cannot listen on {addr} ({name}): {e}"))?;
+            shared.log(
+                LogLevel::Errors,
+                &format!("listening on {addr} ({})", config.milter.socket),
+            );
+            indymilter::run(listener, callbacks, milter_config, shutdown)
+                .await
+                .map_err(|e| e.to_string())
+        }
+        SocketSpec::Unix(path) => {
+            remove_stale_socket(path)?;
+            let listener = tokio::net::UnixListener::bind(path)
+                .map_err(|e| format!("cannot listen on {}: {e}", path.display()))?;
+            if let Some(mode) = config.milter.socket_mode {
+                use std::os::unix::fs::PermissionsExt;
+                std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode.0))
+                    .map_err(|e| format!("cannot set the mode of {}: {e}", path.display()))?;
+            }
+            shared.log(
+                LogLevel::Errors,
+                &format!("listening on {}", config.milter.socket),
+            );
+            let served = indymilter::run(listener, callbacks, milter_config, shutdown).await;
+            // The socket file goes with the milter.
+            let _ = std::fs::remove_file(path);
+            served.map_err(|e| e.to_string())
+        }
+    }
+}
+
+/// A socket file left by a milter that did not exit cleanly would make the
+/// bind fail: remove it, but never anything that is not a socket.
+fn remove_stale_socket(path: &std::path::Path) -> Result<(), String> {
+    use std::os::unix::fs::FileTypeExt;
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.file_type().is_socket() => std::fs::remove_file(path)
+            .map_err(|e| format!("cannot remove the stale socket {}: {e}", path.display())),
+        Ok(_) => Err(format!(
+            "{} exists and is not a socket: not removing it",
+            path.display()
         )),
+        Err(_) => Ok(()),
     }
 }
