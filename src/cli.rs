@@ -444,7 +444,11 @@ fn run_main(args: &ConfigArgs) -> ExitCode {
         Ok(rt) => rt,
         Err(e) => return setup_error(&format!("cannot start the async runtime: {e}")),
     };
-    match runtime.block_on(spfmilter::milter::run(config)) {
+    match runtime.block_on(spfmilter::milter::run(
+        config,
+        args.source(),
+        args.overrides(),
+    )) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => setup_error(&e),
     }

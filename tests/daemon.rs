@@ -106,3 +106,72 @@ fn a_broken_configuration_stops_the_start_with_file_and_line() {
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// Collects a child's standard error as it comes.
+fn collect_stderr(child: &mut Child) -> std::sync::Arc<std::sync::Mutex<String>> {
+    use std::io::Read;
+    let text = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let mut stderr = child.stderr.take().expect("piped stderr");
+    let sink = std::sync::Arc::clone(&text);
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = stderr.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            sink.lock()
+                .unwrap()
+                .push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+    });
+    text
+}
+
+#[test]
+fn sighup_reloads_and_a_broken_file_keeps_the_old_configuration() {
+    let dir = std::env::temp_dir().join(format!("spfmilter-daemon-hup-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("milter.sock");
+    let conf = dir.join("spfmilter.toml");
+    std::fs::write(&conf, "[policy]\nhelo_reject = \"Fail\"\n").unwrap();
+    let spec = format!("unix:{}", path.display());
+    let mut child = spfmilter(&["run", "--config", conf.to_str().unwrap(), "--socket", &spec]);
+    let stderr = collect_stderr(&mut child);
+    wait_for("the socket", || {
+        std::os::unix::net::UnixStream::connect(&path).is_ok()
+    });
+    let hangup = |child: &Child| {
+        Command::new("kill")
+            .args(["-HUP", &child.id().to_string()])
+            .status()
+            .expect("kill -HUP");
+    };
+
+    std::fs::write(&conf, "[policy]\nhelo_reject = \"Fail\"\nfrobnicate = 1\n").unwrap();
+    hangup(&child);
+    wait_for("the refusal", || {
+        stderr
+            .lock()
+            .unwrap()
+            .contains("keeping the old configuration")
+    });
+    let text = stderr.lock().unwrap().clone();
+    assert!(
+        text.contains(&format!("{}:3: error", conf.display())),
+        "{text}"
+    );
+    assert!(
+        std::os::unix::net::UnixStream::connect(&path).is_ok(),
+        "still serving after a refused reload"
+    );
+
+    std::fs::write(&conf, "[policy]\nhelo_reject = \"SPF_Not_Pass\"\n").unwrap();
+    hangup(&child);
+    wait_for("the reload", || {
+        stderr.lock().unwrap().contains("configuration reloaded")
+    });
+
+    let status = terminate(&mut child);
+    assert!(status.success(), "{status:?}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}

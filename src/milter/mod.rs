@@ -20,7 +20,9 @@ use indymilter::{
     Status,
 };
 
-use crate::config::{AuthservId, Config, Family, LogLevel, LogTarget, SocketSpec};
+use crate::config::{
+    AuthservId, Config, Family, LogLevel, LogTarget, Overrides, SocketSpec, Source,
+};
 use crate::dns::{CachingLookup, HickoryLookup, ResolverOptions, cache::CacheOptions};
 use crate::policy::decide::{Action, Decision, Inputs, Reply, decide};
 use crate::policy::headers::{
@@ -103,8 +105,11 @@ impl Shared {
 }
 
 /// Per connection.
-#[derive(Debug, Default)]
+#[derive(Default)]
 struct Connection {
+    /// The configuration and evaluator current when the connection came:
+    /// a reload applies to new connections, never mid-message.
+    shared: Option<Arc<Shared>>,
     client_ip: Option<IpAddr>,
     helo: String,
     /// The MTA's `j` macro (Postfix `myhostname`), the default authserv-id.
@@ -157,14 +162,37 @@ fn host_name() -> String {
         .unwrap_or_else(|_| "localhost".to_owned())
 }
 
+/// The running milter: the current configuration, swapped whole on reload.
+pub struct Milter {
+    current: std::sync::RwLock<Arc<Shared>>,
+}
+
+impl Milter {
+    pub fn new(shared: Shared) -> Self {
+        Self {
+            current: std::sync::RwLock::new(Arc::new(shared)),
+        }
+    }
+
+    fn current(&self) -> Arc<Shared> {
+        Arc::clone(
+            &self
+                .current
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        )
+    }
+
+    fn replace(&self, shared: Shared) {
+        *self
+            .current
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(shared);
+    }
+}
+
 /// The callbacks.
-fn callbacks(shared: Arc<Shared>) -> Callbacks<Connection> {
-    let on_negotiate = Arc::clone(&shared);
-    let on_connect = Arc::clone(&shared);
-    let on_mail = Arc::clone(&shared);
-    let on_header = Arc::clone(&shared);
-    let on_eom = Arc::clone(&shared);
-    let _ = on_negotiate;
+fn callbacks(milter: Arc<Milter>) -> Callbacks<Connection> {
     Callbacks::new()
         .on_negotiate(|cx: &mut NegotiateContext<Connection>, _, _| {
             Box::pin(async move {
@@ -176,9 +204,10 @@ fn callbacks(shared: Arc<Shared>) -> Callbacks<Connection> {
             })
         })
         .on_connect(move |cx, _hostname, socket| {
-            let shared = Arc::clone(&on_connect);
+            let shared = milter.current();
             Box::pin(async move {
                 let mut conn = Connection {
+                    shared: Some(Arc::clone(&shared)),
                     mta_name: cx.macros.get(c"j").map(lossy),
                     ..Connection::default()
                 };
@@ -201,14 +230,16 @@ fn callbacks(shared: Arc<Shared>) -> Callbacks<Connection> {
                 Status::Continue
             })
         })
-        .on_mail(move |cx, args| {
-            let shared = Arc::clone(&on_mail);
+        .on_mail(|cx, args| {
             Box::pin(async move {
                 let authenticated = cx
                     .macros
                     .get(c"{auth_authen}")
                     .is_some_and(|v| !v.is_empty());
                 let Some(conn) = cx.data.as_mut() else {
+                    return Status::Continue;
+                };
+                let Some(shared) = conn.shared.clone() else {
                     return Status::Continue;
                 };
                 let sender = args.first().map(|a| lossy(a)).unwrap_or_default();
@@ -283,10 +314,12 @@ fn callbacks(shared: Arc<Shared>) -> Callbacks<Connection> {
                 Status::Continue
             })
         })
-        .on_header(move |cx, name, value| {
-            let shared = Arc::clone(&on_header);
+        .on_header(|cx, name, value| {
             Box::pin(async move {
                 let Some(conn) = cx.data.as_mut() else {
+                    return Status::Continue;
+                };
+                let Some(shared) = conn.shared.clone() else {
                     return Status::Continue;
                 };
                 let name = lossy(&name);
@@ -310,10 +343,12 @@ fn callbacks(shared: Arc<Shared>) -> Callbacks<Connection> {
                 Status::Continue
             })
         })
-        .on_eom(move |cx| {
-            let shared = Arc::clone(&on_eom);
+        .on_eom(|cx| {
             Box::pin(async move {
                 let Some(conn) = cx.data.as_mut() else {
+                    return Status::Continue;
+                };
+                let Some(shared) = conn.shared.clone() else {
                     return Status::Continue;
                 };
                 let config = &shared.config;
@@ -386,8 +421,14 @@ fn callbacks(shared: Arc<Shared>) -> Callbacks<Connection> {
 }
 
 /// Runs the milter on the configured socket until SIGTERM or SIGINT.
-pub async fn run(config: Arc<Config>) -> Result<(), String> {
-    let shared = Arc::new(Shared::new(Arc::clone(&config))?);
+///
+/// SIGHUP reloads the configuration from `source` (with the same
+/// command-line `overrides`): new connections use it; a file that does not
+/// load keeps the old configuration, and the log says why.
+pub async fn run(config: Arc<Config>, source: Source, overrides: Overrides) -> Result<(), String> {
+    let milter = Arc::new(Milter::new(Shared::new(Arc::clone(&config))?));
+    let shared = milter.current();
+    tokio::spawn(reload_on_hangup(Arc::clone(&milter), source, overrides));
     let milter_config = indymilter::Config {
         max_connections: usize::try_from(config.milter.max_connections).unwrap_or(usize::MAX),
         ..Default::default()
@@ -400,7 +441,7 @@ pub async fn run(config: Arc<Config>) -> Result<(), String> {
             _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending::<()>().await } } => {}
         }
     };
-    let callbacks = callbacks(Arc::clone(&shared));
+    let callbacks = callbacks(Arc::clone(&milter));
     match &config.milter.socket {
         SocketSpec::Tcp(addr) => {
             let listener = tokio::net::TcpListener::bind(addr)
@@ -451,6 +492,59 @@ pub async fn run(config: Arc<Config>) -> Result<(), String> {
             // The socket file goes with the milter.
             let _ = std::fs::remove_file(path);
             served.map_err(|e| e.to_string())
+        }
+    }
+}
+
+/// Waits for SIGHUP and reloads, forever.
+async fn reload_on_hangup(milter: Arc<Milter>, source: Source, overrides: Overrides) {
+    let Ok(mut hangup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+    else {
+        milter.current().log(
+            LogLevel::Errors,
+            "cannot catch SIGHUP: reloading is disabled",
+        );
+        return;
+    };
+    while hangup.recv().await.is_some() {
+        let old = milter.current();
+        match Config::load(&source) {
+            Ok(loaded) => {
+                for warning in &loaded.warnings {
+                    old.log(LogLevel::Errors, &warning.to_string());
+                }
+                let config = loaded.config.with_overrides(&overrides);
+                if config.milter.socket != old.config.milter.socket {
+                    old.log(
+                        LogLevel::Errors,
+                        &format!(
+                            "reload: the socket changed to {}; it takes effect at the next start",
+                            config.milter.socket
+                        ),
+                    );
+                }
+                match Shared::new(Arc::new(config)) {
+                    Ok(shared) => {
+                        milter.replace(shared);
+                        milter
+                            .current()
+                            .log(LogLevel::Errors, "configuration reloaded");
+                    }
+                    Err(e) => old.log(
+                        LogLevel::Errors,
+                        &format!("reload failed, keeping the old configuration: {e}"),
+                    ),
+                }
+            }
+            Err(e) => {
+                for diagnostic in &e.diagnostics {
+                    old.log(LogLevel::Errors, &diagnostic.to_string());
+                }
+                old.log(
+                    LogLevel::Errors,
+                    "configuration refused, keeping the old configuration",
+                );
+            }
         }
     }
 }
