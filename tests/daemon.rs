@@ -175,3 +175,41 @@ fn sighup_reloads_and_a_broken_file_keeps_the_old_configuration() {
     assert!(status.success(), "{status:?}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn settings_not_applied_yet_are_said_at_start() {
+    let dir = std::env::temp_dir().join(format!("spfmilter-daemon-us-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("milter.sock");
+    let conf = dir.join("pyspf-milter.conf");
+    std::fs::write(&conf, "PidFile = /run/x.pid\nUserID = nobody\n").unwrap();
+    let spec = format!("unix:{}", path.display());
+    let mut child = spfmilter(&[
+        "run",
+        "--policyd-conf",
+        conf.to_str().unwrap(),
+        "--socket",
+        &spec,
+    ]);
+    let stderr = collect_stderr(&mut child);
+    wait_for("the socket", || {
+        std::os::unix::net::UnixStream::connect(&path).is_ok()
+    });
+    wait_for("the warnings", || {
+        stderr
+            .lock()
+            .unwrap()
+            .contains("UserID (user) is not supported")
+    });
+    terminate(&mut child);
+    let text = stderr.lock().unwrap().clone();
+    assert!(
+        text.contains("PidFile (pid_file) is not supported by this version yet"),
+        "{text}"
+    );
+    assert!(
+        text.contains("UserID (user) is not supported by this version yet"),
+        "{text}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}

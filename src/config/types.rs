@@ -519,13 +519,8 @@ impl CidrList {
     }
 }
 
-/// `::ffff:a.b.c.d` → `a.b.c.d`.
-pub fn canonical_ip(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
-        IpAddr::V4(_) => ip,
-    }
-}
+/// `::ffff:a.b.c.d` → `a.b.c.d`: the SPF engine's rule, shared.
+pub use crate::spf::identity::canonical_ip;
 
 /// An IPv6 network inside `::ffff:0:0/96` → the IPv4 network it maps.
 pub fn normalise_net(net: IpNet) -> IpNet {

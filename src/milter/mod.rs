@@ -112,8 +112,9 @@ struct Connection {
     shared: Option<Arc<Shared>>,
     client_ip: Option<IpAddr>,
     helo: String,
-    /// The MTA's `j` macro (Postfix `myhostname`), the default authserv-id.
-    mta_name: Option<String>,
+    /// Ours in Authentication-Results, settled at connect (the MTA's `j`
+    /// macro by default): every header of the session is compared with it.
+    authserv_id: String,
     message: Message,
 }
 
@@ -206,9 +207,10 @@ fn callbacks(milter: Arc<Milter>) -> Callbacks<Connection> {
         .on_connect(move |cx, _hostname, socket| {
             let shared = milter.current();
             Box::pin(async move {
+                let mta_name = cx.macros.get(c"j").map(lossy);
                 let mut conn = Connection {
+                    authserv_id: authserv_id(&shared.config, mta_name.as_deref()),
                     shared: Some(Arc::clone(&shared)),
-                    mta_name: cx.macros.get(c"j").map(lossy),
                     ..Connection::default()
                 };
                 if let SocketInfo::Inet(addr) = socket {
@@ -334,11 +336,14 @@ fn callbacks(milter: Arc<Milter>) -> Callbacks<Connection> {
                         1
                     }
                 };
-                if shared.config.milter.remove_forged_headers {
-                    let id = authserv_id(&shared.config, conn.mta_name.as_deref());
-                    if is_forged_trace_header(&name, &lossy(&value), &id) {
-                        conn.message.forged.push((name, index));
-                    }
+                if shared.config.milter.remove_forged_headers
+                    && is_forged_trace_header(
+                        &name,
+                        &String::from_utf8_lossy(value.to_bytes()),
+                        &conn.authserv_id,
+                    )
+                {
+                    conn.message.forged.push((name, index));
                 }
                 Status::Continue
             })
@@ -364,7 +369,7 @@ fn callbacks(milter: Arc<Milter>) -> Callbacks<Connection> {
                         .change_header(name.as_str(), *index, None::<&str>)
                         .await;
                 }
-                let id = authserv_id(config, conn.mta_name.as_deref());
+                let id = &conn.authserv_id;
                 let receiver = header_receiver(
                     config.milter.hide_receiver,
                     message.first_recipient.as_deref(),
@@ -373,7 +378,7 @@ fn callbacks(milter: Arc<Milter>) -> Callbacks<Connection> {
                     (Some(reason), _) => conn.client_ip.map(|ip| {
                         skip_headers(
                             config.milter.header_type,
-                            &id,
+                            id,
                             *reason,
                             &Transaction {
                                 client_ip: ip,
@@ -386,7 +391,7 @@ fn callbacks(milter: Arc<Milter>) -> Callbacks<Connection> {
                     (None, Some(decision)) => match (decision.header_outcome(), decision.ip) {
                         (Some(outcome), Some(ip)) => Some(spf_headers(
                             config.milter.header_type,
-                            &id,
+                            id,
                             outcome,
                             &Transaction {
                                 client_ip: ip,
@@ -428,6 +433,12 @@ fn callbacks(milter: Arc<Milter>) -> Callbacks<Connection> {
 pub async fn run(config: Arc<Config>, source: Source, overrides: Overrides) -> Result<(), String> {
     let milter = Arc::new(Milter::new(Shared::new(Arc::clone(&config))?));
     let shared = milter.current();
+    for unsupported in unsupported_settings(&config) {
+        shared.log(
+            LogLevel::Errors,
+            &format!("{unsupported} is not supported by this version yet: ignored"),
+        );
+    }
     tokio::spawn(reload_on_hangup(Arc::clone(&milter), source, overrides));
     let milter_config = indymilter::Config {
         max_connections: usize::try_from(config.milter.max_connections).unwrap_or(usize::MAX),
@@ -494,6 +505,22 @@ pub async fn run(config: Arc<Config>, source: Source, overrides: Overrides) -> R
             served.map_err(|e| e.to_string())
         }
     }
+}
+
+/// Process settings the configuration accepts but this daemon does not
+/// apply yet; said at start rather than ignored silently.
+fn unsupported_settings(config: &Config) -> Vec<&'static str> {
+    let m = &config.milter;
+    [
+        (m.pid_file.is_some(), "PidFile (pid_file)"),
+        (m.user.is_some(), "UserID (user)"),
+        (m.umask.is_some(), "UMask (umask)"),
+        (m.socket_owner.is_some(), "socket_owner"),
+        (m.socket_group.is_some(), "socket_group"),
+    ]
+    .into_iter()
+    .filter_map(|(set, name)| set.then_some(name))
+    .collect()
 }
 
 /// Waits for SIGHUP and reloads, forever.

@@ -1,6 +1,7 @@
 //! check_host() (RFC 7208 §4–§6) with the processing limits of §4.6.4.
 
 use std::borrow::Cow;
+use std::fmt;
 use std::future::Future;
 use std::net::IpAddr;
 use std::pin::Pin;
@@ -10,7 +11,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use compact_str::CompactString;
 
-use crate::dns::{DnsError, Lookup, Txt};
+use crate::dns::{Answer, DnsError, Lookup, Txt};
 
 use super::identity::{self, SenderParts};
 use super::macros::{MacroContext, MacroLetter, MacroString, MacroSyntax};
@@ -518,39 +519,29 @@ impl<'a, L: Lookup> Eval<'a, L> {
         cidr: DualCidr,
         count_void: bool,
     ) -> Result<bool, Fault> {
+        let tracing = self.trace.is_some();
         let (kind, answer) = match self.ip {
-            IpAddr::V4(client) => {
-                let answer = self.evaluator.lookup.a(name).await;
-                let matched = answer.as_ref().map(|addrs| {
-                    let found = addrs.iter().any(|a| prefix_match_v4(client, *a, cidr.v4));
-                    (addrs.is_empty(), found)
-                });
-                if self.trace.is_some()
-                    && let Ok(addrs) = &answer
-                    && !addrs.is_empty()
-                {
-                    self.note(|| format!("A {name}: {:?}", &**addrs));
-                }
-                ("A", matched.map_err(Clone::clone))
-            }
-            IpAddr::V6(client) => {
-                let answer = self.evaluator.lookup.aaaa(name).await;
-                let matched = answer.as_ref().map(|addrs| {
-                    let found = addrs.iter().any(|a| prefix_match_v6(client, *a, cidr.v6));
-                    (addrs.is_empty(), found)
-                });
-                if self.trace.is_some()
-                    && let Ok(addrs) = &answer
-                    && !addrs.is_empty()
-                {
-                    self.note(|| format!("AAAA {name}: {:?}", &**addrs));
-                }
-                ("AAAA", matched.map_err(Clone::clone))
-            }
+            IpAddr::V4(client) => (
+                "A",
+                scan_addresses(self.evaluator.lookup.a(name).await, tracing, |a| {
+                    prefix_match_v4(client, *a, cidr.v4)
+                }),
+            ),
+            IpAddr::V6(client) => (
+                "AAAA",
+                scan_addresses(self.evaluator.lookup.aaaa(name).await, tracing, |a| {
+                    prefix_match_v6(client, *a, cidr.v6)
+                }),
+            ),
         };
         match answer {
-            Ok((false, found)) => Ok(found),
-            Ok((true, _)) | Err(DnsError::NxDomain) => {
+            Ok(Some((found, listing))) => {
+                if let Some(listing) = listing {
+                    self.note(|| format!("{kind} {name}: {listing}"));
+                }
+                Ok(found)
+            }
+            Ok(None) | Err(DnsError::NxDomain) => {
                 self.note(|| format!("{kind} {name}: no records"));
                 if count_void {
                     self.count_void(|| format!("{kind} {name}"))?;
@@ -800,6 +791,22 @@ impl<'a, L: Lookup> Eval<'a, L> {
         self.note(|| format!("explanation: {explanation:?}"));
         Some(explanation)
     }
+}
+
+/// An A or AAAA answer reduced to what `address_matches` needs: `None`
+/// when there is no record, else whether one satisfies `hit`, and (when
+/// tracing) the addresses as text.
+fn scan_addresses<T: fmt::Debug>(
+    answer: Answer<T>,
+    tracing: bool,
+    hit: impl Fn(&T) -> bool,
+) -> Result<Option<(bool, Option<String>)>, DnsError> {
+    let addrs = answer?;
+    if addrs.is_empty() {
+        return Ok(None);
+    }
+    let listing = tracing.then(|| format!("{:?}", &*addrs));
+    Ok(Some((addrs.iter().any(hit), listing)))
 }
 
 /// §7.3 `%{p}`: a validated name equal to the domain, else one below it,
