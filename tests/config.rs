@@ -243,6 +243,15 @@ fn cases() -> Vec<Case> {
             bad_toml: "0",
         },
         Case {
+            toml_key: "milter.decision_time_limit",
+            legacy_key: None,
+            legacy_value: "",
+            toml_value: "\"1500ms\"",
+            check: |c| c.milter.decision_time_limit == Duration::from_millis(1500),
+            bad_legacy: "",
+            bad_toml: "\"soon\"",
+        },
+        Case {
             toml_key: "milter.on_internal_error",
             legacy_key: None,
             legacy_value: "",

@@ -176,40 +176,129 @@ fn sighup_reloads_and_a_broken_file_keeps_the_old_configuration() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+/// Whether this test runs as root (CI does): switching users needs it.
+fn is_root() -> bool {
+    nix::unistd::Uid::effective().is_root()
+}
+
 #[test]
-fn settings_not_applied_yet_are_said_at_start() {
-    let dir = std::env::temp_dir().join(format!("spfmilter-daemon-us-{}", std::process::id()));
+fn process_settings_umask_socket_group_pid_file_user_and_systemd_readiness() {
+    if !is_root() {
+        eprintln!("not root: the user switch cannot be tested here (CI runs as root)");
+        return;
+    }
+    let nobody = nix::unistd::User::from_name("nobody")
+        .unwrap()
+        .expect("user nobody");
+    let mail = nix::unistd::Group::from_name("mail")
+        .unwrap()
+        .expect("group mail");
+    let dir = std::env::temp_dir().join(format!("spfmilter-daemon-ps-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join("milter.sock");
-    let conf = dir.join("pyspf-milter.conf");
-    std::fs::write(&conf, "PidFile = /run/x.pid\nUserID = nobody\n").unwrap();
-    let spec = format!("unix:{}", path.display());
-    let mut child = spfmilter(&[
-        "run",
-        "--policyd-conf",
-        conf.to_str().unwrap(),
-        "--socket",
-        &spec,
-    ]);
+    // The socket's directory belongs to the milter's user, as
+    // RuntimeDirectory= makes it, so it can remove the socket at exit.
+    std::os::unix::fs::chown(&dir, Some(nobody.uid.as_raw()), None).unwrap();
+    let socket = dir.join("milter.sock");
+    let pid_path = dir.join("spfmilter.pid");
+    // systemd's side of sd_notify: a datagram socket named by NOTIFY_SOCKET.
+    let notify_path = dir.join("notify");
+    let notify = std::os::unix::net::UnixDatagram::bind(&notify_path).unwrap();
+    std::fs::set_permissions(&notify_path, std::fs::Permissions::from_mode(0o777)).unwrap();
+    notify
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let conf = dir.join("spfmilter.toml");
+    std::fs::write(
+        &conf,
+        format!(
+            "[milter]\nsocket = \"unix:{}\"\numask = \"0027\"\nsocket_group = \"mail\"\n\
+             pid_file = \"{}\"\nuser = \"nobody\"\n",
+            socket.display(),
+            pid_path.display()
+        ),
+    )
+    .unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_spfmilter"))
+        .args(["run", "--config", conf.to_str().unwrap()])
+        .args(["--nameserver", "127.0.0.1:1", "--log-target", "stderr"])
+        .env("NOTIFY_SOCKET", &notify_path)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start spfmilter");
     let stderr = collect_stderr(&mut child);
-    wait_for("the socket", || {
-        std::os::unix::net::UnixStream::connect(&path).is_ok()
-    });
-    wait_for("the warnings", || {
-        stderr
-            .lock()
-            .unwrap()
-            .contains("UserID (user) is not supported")
-    });
-    terminate(&mut child);
-    let text = stderr.lock().unwrap().clone();
-    assert!(
-        text.contains("PidFile (pid_file) is not supported by this version yet"),
-        "{text}"
+    let mut datagram = [0u8; 512];
+    let n = notify
+        .recv(&mut datagram)
+        .unwrap_or_else(|e| panic!("no readiness notification: {e}\n{}", stderr.lock().unwrap()));
+    assert_eq!(datagram[..n].trim_ascii_end(), b"READY=1");
+    // Ready means serving: the socket answers at once.
+    assert!(std::os::unix::net::UnixStream::connect(&socket).is_ok());
+
+    let pid = child.id();
+    assert_eq!(
+        std::fs::read_to_string(&pid_path).unwrap(),
+        format!("{pid}\n")
     );
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let ids = |key: &str| -> Vec<u32> {
+        let line = status
+            .lines()
+            .find(|l| l.starts_with(key))
+            .unwrap_or_else(|| panic!("{key} in {status}"));
+        line.split_whitespace()
+            .skip(1)
+            .map(|n| n.parse().unwrap())
+            .collect()
+    };
+    // Real, effective, saved and filesystem ids all dropped.
+    assert_eq!(ids("Uid:"), vec![nobody.uid.as_raw(); 4]);
+    assert_eq!(ids("Gid:"), vec![nobody.gid.as_raw(); 4]);
+    let meta = std::fs::symlink_metadata(&socket).unwrap();
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(meta.gid(), mail.gid.as_raw(), "socket_group");
+    // umask 027 on a socket created 0777: 0750.
+    assert_eq!(meta.mode() & 0o777, 0o750, "umask");
+
+    let status = terminate(&mut child);
+    assert!(status.success(), "{status:?}\n{}", stderr.lock().unwrap());
+    let n = notify.recv(&mut datagram).expect("a stopping notification");
+    assert_eq!(datagram[..n].trim_ascii_end(), b"STOPPING=1");
+    assert!(!pid_path.exists(), "the pid file is removed at exit");
+    assert!(!socket.exists(), "the socket is removed at exit");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn a_pid_file_of_a_running_milter_stops_a_second_start() {
+    let dir = std::env::temp_dir().join(format!("spfmilter-daemon-pid-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let first_socket = dir.join("first.sock");
+    let pid_path = dir.join("spfmilter.pid");
+    let pid_arg = pid_path.to_str().unwrap();
+    let spec = format!("unix:{}", first_socket.display());
+    let mut first = spfmilter(&["run", "--socket", &spec, "--pid-file", pid_arg]);
+    wait_for("the first milter", || {
+        std::os::unix::net::UnixStream::connect(&first_socket).is_ok()
+    });
+    let second_spec = format!("unix:{}", dir.join("second.sock").display());
+    let second = spfmilter(&["run", "--socket", &second_spec, "--pid-file", pid_arg])
+        .wait_with_output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    assert!(!second.status.success());
     assert!(
-        text.contains("UserID (user) is not supported by this version yet"),
-        "{text}"
+        stderr.contains(&format!(
+            "{pid_arg}: spfmilter is already running with pid {}",
+            first.id()
+        )),
+        "{stderr}"
     );
+    // The running milter's pid file is untouched.
+    assert_eq!(
+        std::fs::read_to_string(&pid_path).unwrap(),
+        format!("{}\n", first.id())
+    );
+    assert!(terminate(&mut first).success());
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -588,6 +588,11 @@ pub(crate) fn apply(cfg: &mut Config, opt: Opt, raw: Raw<'_>, cx: &mut Cx<'_>) {
                 m.max_connections = v;
             }
         }
+        Opt::DecisionTimeLimit => {
+            if let Some(v) = duration(raw, cx) {
+                m.decision_time_limit = v;
+            }
+        }
         Opt::OnInternalError => {
             if let Some(t) = text(raw, cx) {
                 let names = InternalErrorAction::ALL.map(|a| (a.as_str(), a));

@@ -68,6 +68,9 @@ pub struct MilterConfig {
     pub max_connections: u32,
     /// Reply when the milter fails internally.
     pub on_internal_error: InternalErrorAction,
+    /// Everything done at MAIL FROM (bypass lookups, both evaluations)
+    /// within this, to stay inside Postfix's `milter_command_timeout`.
+    pub decision_time_limit: Duration,
     /// `Header_Type`.
     pub header_type: HeaderType,
     /// `Authserv_Id`.
@@ -94,6 +97,7 @@ impl Default for MilterConfig {
             socket_group: None,
             max_connections: 1024,
             on_internal_error: InternalErrorAction::Tempfail,
+            decision_time_limit: Duration::from_secs(25),
             header_type: HeaderType::Spf,
             authserv_id: AuthservId::MtaHostname,
             hide_receiver: false,

@@ -43,6 +43,7 @@ struct RawMilter {
     socket_group: Field,
     max_connections: Field,
     on_internal_error: Field,
+    decision_time_limit: Field,
     #[serde(alias = "Header_Type")]
     header_type: Field,
     #[serde(alias = "Authserv_Id")]
@@ -146,6 +147,7 @@ impl RawToml {
             (Opt::SocketGroup, &m.socket_group, false),
             (Opt::MaxConnections, &m.max_connections, false),
             (Opt::OnInternalError, &m.on_internal_error, false),
+            (Opt::DecisionTimeLimit, &m.decision_time_limit, false),
             (Opt::HeaderType, &m.header_type, false),
             (Opt::AuthservId, &m.authserv_id, false),
             (Opt::HideReceiver, &m.hide_receiver, false),

@@ -13,6 +13,7 @@ pub(crate) enum Opt {
     SocketGroup,
     MaxConnections,
     OnInternalError,
+    DecisionTimeLimit,
     HeaderType,
     AuthservId,
     HideReceiver,
@@ -132,6 +133,14 @@ pub static OPTIONS: &[OptionInfo] = &[
         None,
         "`1024`",
         "MTA connections served at once; further ones wait to be accepted."
+    ),
+    opt!(
+        DecisionTimeLimit,
+        "milter",
+        "decision_time_limit",
+        None,
+        "`25` (seconds)",
+        "Time limit of everything done at MAIL FROM (bypass lookups, HELO and MAIL FROM evaluations together); each evaluation gets the smaller of `lookup_time` and what is left, and running out is TempError. Keep it below Postfix's `milter_command_timeout` (30 s). Seconds, or a string with a unit."
     ),
     opt!(
         OnInternalError,

@@ -197,6 +197,35 @@ impl Zone {
     }
 }
 
+/// A zone whose every answer takes `delay` (a slow or unreachable DNS
+/// server, for time-limit tests; with tokio's paused clock they take no
+/// real time).
+#[derive(Debug, Clone)]
+pub struct Slow(pub Zone, pub std::time::Duration);
+
+impl Lookup for Slow {
+    async fn txt(&self, name: &str) -> Answer<Txt> {
+        tokio::time::sleep(self.1).await;
+        self.0.txt(name).await
+    }
+    async fn a(&self, name: &str) -> Answer<Ipv4Addr> {
+        tokio::time::sleep(self.1).await;
+        self.0.a(name).await
+    }
+    async fn aaaa(&self, name: &str) -> Answer<Ipv6Addr> {
+        tokio::time::sleep(self.1).await;
+        self.0.aaaa(name).await
+    }
+    async fn mx(&self, name: &str) -> Answer<Mx> {
+        tokio::time::sleep(self.1).await;
+        self.0.mx(name).await
+    }
+    async fn ptr(&self, ip: IpAddr) -> Answer<String> {
+        tokio::time::sleep(self.1).await;
+        self.0.ptr(ip).await
+    }
+}
+
 impl Lookup for Zone {
     fn txt(&self, name: &str) -> impl Future<Output = Answer<Txt>> + Send {
         ready(self.answer(name, RecordType::Txt, |e| match e {

@@ -20,9 +20,7 @@ use indymilter::{
     Status,
 };
 
-use crate::config::{
-    AuthservId, Config, Family, LogLevel, LogTarget, Overrides, SocketSpec, Source,
-};
+use crate::config::{AuthservId, Config, InternalErrorAction, LogLevel};
 use crate::dns::{CachingLookup, HickoryLookup, ResolverOptions, cache::CacheOptions};
 use crate::policy::decide::{Action, Decision, Inputs, Reply, decide};
 use crate::policy::headers::{
@@ -30,6 +28,13 @@ use crate::policy::headers::{
 };
 use crate::policy::skip::{Session as SkipSession, Skip, SkipReason, skip};
 use crate::spf::Evaluator;
+
+mod daemon;
+pub mod io;
+mod log;
+
+pub use daemon::run;
+use log::Logger;
 
 type Lookup = CachingLookup<HickoryLookup>;
 
@@ -39,43 +44,6 @@ pub struct Shared {
     pub config: Arc<Config>,
     pub evaluator: Evaluator<Lookup>,
     logger: Logger,
-}
-
-/// Where log lines go.
-enum Logger {
-    /// `/dev/log`, RFC 3164 framing without a timestamp (the syslog daemon
-    /// adds it), facility mail as Postfix's own lines.
-    Syslog(std::os::unix::net::UnixDatagram),
-    Stderr,
-}
-
-impl Logger {
-    fn new(target: LogTarget) -> Logger {
-        if target == LogTarget::Syslog {
-            if let Ok(socket) = std::os::unix::net::UnixDatagram::unbound()
-                && socket.connect("/dev/log").is_ok()
-            {
-                return Logger::Syslog(socket);
-            }
-            eprintln!("spfmilter: /dev/log is not available, logging to standard error");
-        }
-        Logger::Stderr
-    }
-
-    fn log(&self, level: LogLevel, line: &str) {
-        let pid = std::process::id();
-        match self {
-            Logger::Syslog(socket) => {
-                // facility mail (2) * 8 + severity: err (3) or info (6).
-                let priority = if level <= LogLevel::Errors { 19 } else { 22 };
-                let message = format!("<{priority}>spfmilter[{pid}]: {line}");
-                if socket.send(message.as_bytes()).is_err() {
-                    eprintln!("spfmilter[{pid}]: {line}");
-                }
-            }
-            Logger::Stderr => eprintln!("spfmilter[{pid}]: {line}"),
-        }
-    }
 }
 
 impl Shared {
@@ -101,6 +69,15 @@ impl Shared {
         if self.config.log.level >= level {
             self.logger.log(level, line);
         }
+    }
+
+    /// Defaults, a nameserver that is never asked, and standard error.
+    #[cfg(test)]
+    fn for_tests() -> Shared {
+        let mut config = Config::default();
+        config.dns.nameservers = vec!["127.0.0.1:1".parse().expect("an address")];
+        config.log.target = crate::config::LogTarget::Stderr;
+        Shared::new(Arc::new(config)).expect("a resolver")
     }
 }
 
@@ -192,15 +169,111 @@ impl Milter {
     }
 }
 
+/// The milter macros a connection asks Postfix for, per stage. Asking
+/// replaces Postfix's default list of that stage (`milter_*_macros`), so
+/// every macro used is named: `j` (the authserv-id), `i` (the queue ID,
+/// for the log), `{auth_authen}` (the SMTP AUTH skip) and the macros of
+/// `MacroList`.
+fn requested_macros(config: &Config) -> [(MacroStage, CString); 3] {
+    let mut mail = String::from("i {auth_authen}");
+    for rule in &config.skip.macro_list {
+        mail.push(' ');
+        mail.push_str(&macro_request_name(&rule.name));
+    }
+    let c = |s: String| CString::new(s).unwrap_or_default();
+    [
+        (MacroStage::Connect, c("j".to_owned())),
+        (MacroStage::Mail, c(mail)),
+        (MacroStage::Eom, c("i".to_owned())),
+    ]
+}
+
+/// Sendmail macro names: one character bare (`j`), longer ones in braces
+/// (`{daemon_name}`).
+fn macro_request_name(name: &str) -> String {
+    if name.chars().count() == 1 {
+        name.to_owned()
+    } else {
+        format!("{{{name}}}")
+    }
+}
+
+/// A macro's value, by its name without braces.
+fn macro_value(macros: &indymilter::Macros, name: &str) -> Option<String> {
+    let name = CString::new(macro_request_name(name)).ok()?;
+    macros.get(&name).map(lossy)
+}
+
+/// The queue ID for log lines: Postfix's `i`, or `NOQUEUE` before Postfix
+/// has assigned one (at MAIL FROM, by default).
+fn queue_id(macros: &indymilter::Macros) -> String {
+    macro_value(macros, "i")
+        .filter(|id| !id.is_empty())
+        .unwrap_or_else(|| "NOQUEUE".to_owned())
+}
+
+/// What a panic in a callback is answered with (`on_internal_error`).
+fn internal_error(
+    shared: &Shared,
+    reply: &mut indymilter::SmtpReply,
+    stage: &str,
+    queue_id: &str,
+    panic: &(dyn std::any::Any + Send),
+) -> Status {
+    let what = panic
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("(no message)");
+    let action = shared.config.milter.on_internal_error;
+    shared.log(
+        LogLevel::Errors,
+        &format!(
+            "{queue_id}: internal error at {stage}: {what}; answering {action} (on_internal_error)"
+        ),
+    );
+    let (status, answer) = internal_error_answer(action);
+    if let Some(answer) = answer {
+        set_reply(reply, &answer);
+    }
+    status
+}
+
+/// The status and reply of `on_internal_error`.
+fn internal_error_answer(action: InternalErrorAction) -> (Status, Option<Reply>) {
+    match action {
+        // Accepted as if the milter were not there: no header.
+        InternalErrorAction::Accept => (Status::Accept, None),
+        InternalErrorAction::Tempfail => (
+            Status::Tempfail,
+            Some(Reply {
+                code: 451,
+                enhanced: Some("4.3.0"),
+                text: "Temporary internal error in the SPF check".to_owned(),
+            }),
+        ),
+        InternalErrorAction::Reject => (
+            Status::Reject,
+            Some(Reply {
+                code: 550,
+                enhanced: Some("5.7.1"),
+                text: "Internal error in the SPF check".to_owned(),
+            }),
+        ),
+    }
+}
+
 /// The callbacks.
 fn callbacks(milter: Arc<Milter>) -> Callbacks<Connection> {
+    let negotiating = Arc::clone(&milter);
     Callbacks::new()
-        .on_negotiate(|cx: &mut NegotiateContext<Connection>, _, _| {
+        .on_negotiate(move |cx: &mut NegotiateContext<Connection>, _, _| {
+            let shared = negotiating.current();
             Box::pin(async move {
                 cx.requested_actions = Actions::ADD_HEADER | Actions::CHANGE_HEADER;
-                cx.requested_macros.insert(MacroStage::Connect, c"j".into());
-                cx.requested_macros
-                    .insert(MacroStage::Mail, c"{auth_authen}".into());
+                for (stage, macros) in requested_macros(&shared.config) {
+                    cx.requested_macros.insert(stage, macros);
+                }
                 Status::Continue
             })
         })
@@ -218,7 +291,11 @@ fn callbacks(milter: Arc<Milter>) -> Callbacks<Connection> {
                 }
                 shared.log(
                     LogLevel::Requests,
-                    &format!("connect from {:?}", conn.client_ip),
+                    &format!(
+                        "connect from {}",
+                        conn.client_ip
+                            .map_or_else(|| "an unknown address".to_owned(), |ip| ip.to_string())
+                    ),
                 );
                 cx.data = Some(conn);
                 Status::Continue
@@ -226,6 +303,7 @@ fn callbacks(milter: Arc<Milter>) -> Callbacks<Connection> {
         })
         .on_helo(|cx, helo| {
             Box::pin(async move {
+                // A second HELO/EHLO (after STARTTLS) replaces the first.
                 if let Some(conn) = cx.data.as_mut() {
                     conn.helo = lossy(&helo);
                 }
@@ -234,76 +312,20 @@ fn callbacks(milter: Arc<Milter>) -> Callbacks<Connection> {
         })
         .on_mail(|cx, args| {
             Box::pin(async move {
-                let authenticated = cx
-                    .macros
-                    .get(c"{auth_authen}")
-                    .is_some_and(|v| !v.is_empty());
-                let Some(conn) = cx.data.as_mut() else {
+                let Some(shared) = cx.data.as_ref().and_then(|c| c.shared.clone()) else {
                     return Status::Continue;
                 };
-                let Some(shared) = conn.shared.clone() else {
-                    return Status::Continue;
-                };
-                let sender = args.first().map(|a| lossy(a)).unwrap_or_default();
-                let sender = sender
-                    .trim()
-                    .trim_start_matches('<')
-                    .trim_end_matches('>')
-                    .to_owned();
-                conn.message = Message {
-                    sender,
-                    ..Message::default()
-                };
-                let config = &shared.config;
-                let macro_value = |name: &str| -> Option<String> {
-                    let name = CString::new(format!("{{{name}}}")).ok()?;
-                    cx.macros.get(&name).map(lossy)
-                };
-                let session = SkipSession {
-                    client_ip: conn.client_ip,
-                    helo: &conn.helo,
-                    sender: &conn.message.sender,
-                    authenticated,
-                    macro_value: &macro_value,
-                };
-                match skip(config, &shared.evaluator, &session).await {
-                    Skip::Check => {}
-                    Skip::Silent(why) => {
-                        shared.log(LogLevel::Results, &format!("not checked: {why}"));
-                        return Status::Continue;
-                    }
-                    Skip::Traced(reason) => {
-                        shared.log(LogLevel::Actions, reason.comment());
+                let queue_id = queue_id(&cx.macros);
+                let guarded = std::panic::AssertUnwindSafe(at_mail(cx, &args, &shared, &queue_id));
+                match futures_util::FutureExt::catch_unwind(guarded).await {
+                    Ok(status) => status,
+                    Err(panic) => {
                         if let Some(conn) = cx.data.as_mut() {
-                            conn.message.skipped = Some(reason);
+                            conn.message = Message::default();
                         }
-                        return Status::Continue;
+                        internal_error(&shared, &mut cx.reply, "MAIL FROM", &queue_id, &*panic)
                     }
                 }
-                let inputs = Inputs {
-                    client_ip: conn.client_ip,
-                    helo: &conn.helo,
-                    sender: &conn.message.sender,
-                };
-                let decision = decide(config, &shared.evaluator, &inputs).await;
-                for line in &decision.log {
-                    shared.log(LogLevel::Results, line);
-                }
-                let status = match &decision.action {
-                    Action::Accept => Status::Continue,
-                    Action::Reject(reply) => {
-                        set_reply(&mut cx.reply, reply);
-                        Status::Reject
-                    }
-                    Action::Defer(reply) => {
-                        set_reply(&mut cx.reply, reply);
-                        Status::Tempfail
-                    }
-                };
-                if let Some(conn) = cx.data.as_mut() {
-                    conn.message.decision = Some(decision);
-                }
-                status
             })
         })
         .on_rcpt(|cx, args| {
@@ -350,69 +372,18 @@ fn callbacks(milter: Arc<Milter>) -> Callbacks<Connection> {
         })
         .on_eom(|cx| {
             Box::pin(async move {
-                let Some(conn) = cx.data.as_mut() else {
+                let Some(shared) = cx.data.as_ref().and_then(|c| c.shared.clone()) else {
                     return Status::Continue;
                 };
-                let Some(shared) = conn.shared.clone() else {
-                    return Status::Continue;
-                };
-                let config = &shared.config;
-                let message = std::mem::take(&mut conn.message);
-                // Forged trace headers go first (postfix-opendmarc.md).
-                for (name, index) in &message.forged {
-                    shared.log(
-                        LogLevel::Actions,
-                        &format!("removing forged {name} header #{index}"),
-                    );
-                    let _ = cx
-                        .actions
-                        .change_header(name.as_str(), *index, None::<&str>)
-                        .await;
+                let queue_id = queue_id(&cx.macros);
+                let guarded =
+                    std::panic::AssertUnwindSafe(at_end_of_message(cx, &shared, &queue_id));
+                match futures_util::FutureExt::catch_unwind(guarded).await {
+                    Ok(status) => status,
+                    Err(panic) => {
+                        internal_error(&shared, &mut cx.reply, "end of message", &queue_id, &*panic)
+                    }
                 }
-                let id = &conn.authserv_id;
-                let receiver = header_receiver(
-                    config.milter.hide_receiver,
-                    message.first_recipient.as_deref(),
-                );
-                let headers = match (&message.skipped, &message.decision) {
-                    (Some(reason), _) => conn.client_ip.map(|ip| {
-                        skip_headers(
-                            config.milter.header_type,
-                            id,
-                            *reason,
-                            &Transaction {
-                                client_ip: ip,
-                                helo: &conn.helo,
-                                envelope_from: &message.sender,
-                                receiver,
-                            },
-                        )
-                    }),
-                    (None, Some(decision)) => match (decision.header_outcome(), decision.ip) {
-                        (Some(outcome), Some(ip)) => Some(spf_headers(
-                            config.milter.header_type,
-                            id,
-                            outcome,
-                            &Transaction {
-                                client_ip: ip,
-                                helo: &conn.helo,
-                                envelope_from: &message.sender,
-                                receiver,
-                            },
-                        )),
-                        _ => None,
-                    },
-                    (None, None) => None,
-                };
-                // Inserted at index 0 in reverse, so the first ends on top.
-                for (name, value) in headers.unwrap_or_default().iter().rev() {
-                    shared.log(
-                        LogLevel::Actions,
-                        &format!("prepend {name}: {}", value.replace("\n\t", " ")),
-                    );
-                    let _ = cx.actions.insert_header(0, *name, value.as_str()).await;
-                }
-                Status::Continue
             })
         })
         .on_abort(|cx| {
@@ -425,168 +396,212 @@ fn callbacks(milter: Arc<Milter>) -> Callbacks<Connection> {
         })
 }
 
-/// Runs the milter on the configured socket until SIGTERM or SIGINT.
-///
-/// SIGHUP reloads the configuration from `source` (with the same
-/// command-line `overrides`): new connections use it; a file that does not
-/// load keeps the old configuration, and the log says why.
-pub async fn run(config: Arc<Config>, source: Source, overrides: Overrides) -> Result<(), String> {
-    let milter = Arc::new(Milter::new(Shared::new(Arc::clone(&config))?));
-    let shared = milter.current();
-    for unsupported in unsupported_settings(&config) {
+/// MAIL FROM: the bypass chain, then the decision; a reject or defer is
+/// answered here.
+async fn at_mail(
+    cx: &mut indymilter::Context<Connection>,
+    args: &[CString],
+    shared: &Shared,
+    queue_id: &str,
+) -> Status {
+    let config = &shared.config;
+    // The whole stage, bypass lookups and both evaluations, stays inside
+    // one budget below Postfix's milter_command_timeout.
+    let deadline = tokio::time::Instant::now() + config.milter.decision_time_limit;
+    let authenticated = cx
+        .macros
+        .get(c"{auth_authen}")
+        .is_some_and(|v| !v.is_empty());
+    let Some(conn) = cx.data.as_mut() else {
+        return Status::Continue;
+    };
+    let sender = args.first().map(|a| lossy(a)).unwrap_or_default();
+    let sender = sender
+        .trim()
+        .trim_start_matches('<')
+        .trim_end_matches('>')
+        .to_owned();
+    conn.message = Message {
+        sender,
+        ..Message::default()
+    };
+    let macros = &cx.macros;
+    let macro_lookup = |name: &str| macro_value(macros, name);
+    let session = SkipSession {
+        client_ip: conn.client_ip,
+        helo: &conn.helo,
+        sender: &conn.message.sender,
+        authenticated,
+        macro_value: &macro_lookup,
+    };
+    let skipped =
+        tokio::time::timeout_at(deadline, skip(config, &shared.evaluator, &session)).await;
+    match skipped.unwrap_or_else(|_| {
         shared.log(
             LogLevel::Errors,
-            &format!("{unsupported} is not supported by this version yet: ignored"),
+            &format!(
+                "{queue_id}: the bypass checks ran out of time (decision_time_limit): checking SPF"
+            ),
+        );
+        Skip::Check
+    }) {
+        Skip::Check => {}
+        Skip::Silent(why) => {
+            shared.log(
+                LogLevel::Results,
+                &format!("{queue_id}: not checked: {why}"),
+            );
+            return Status::Continue;
+        }
+        Skip::Traced(reason) => {
+            shared.log(
+                LogLevel::Actions,
+                &format!("{queue_id}: {}", reason.comment()),
+            );
+            conn.message.skipped = Some(reason);
+            return Status::Continue;
+        }
+    }
+    let inputs = Inputs {
+        client_ip: conn.client_ip,
+        helo: &conn.helo,
+        sender: &conn.message.sender,
+        deadline: Some(deadline),
+    };
+    let decision = decide(config, &shared.evaluator, &inputs).await;
+    for line in &decision.log {
+        shared.log(line.level, &format!("{queue_id}: {line}"));
+    }
+    let status = match &decision.action {
+        Action::Accept => Status::Continue,
+        Action::Reject(reply) => {
+            set_reply(&mut cx.reply, reply);
+            Status::Reject
+        }
+        Action::Defer(reply) => {
+            set_reply(&mut cx.reply, reply);
+            Status::Tempfail
+        }
+    };
+    if let Some(conn) = cx.data.as_mut() {
+        conn.message.decision = Some(decision);
+    }
+    status
+}
+
+/// End of message: forged trace headers deleted, ours inserted on top.
+async fn at_end_of_message(
+    cx: &mut indymilter::EomContext<Connection>,
+    shared: &Shared,
+    queue_id: &str,
+) -> Status {
+    let Some(conn) = cx.data.as_mut() else {
+        return Status::Continue;
+    };
+    let config = &shared.config;
+    let message = std::mem::take(&mut conn.message);
+    // Forged trace headers go first (postfix-opendmarc.md).
+    for (name, index) in &message.forged {
+        shared.log(
+            LogLevel::Actions,
+            &format!("{queue_id}: removing forged {name} header #{index}"),
+        );
+        let _ = cx
+            .actions
+            .change_header(name.as_str(), *index, None::<&str>)
+            .await;
+    }
+    let id = &conn.authserv_id;
+    let receiver = header_receiver(
+        config.milter.hide_receiver,
+        message.first_recipient.as_deref(),
+    );
+    let headers = match (&message.skipped, &message.decision) {
+        (Some(reason), _) => conn.client_ip.map(|ip| {
+            skip_headers(
+                config.milter.header_type,
+                id,
+                *reason,
+                &Transaction {
+                    client_ip: ip,
+                    helo: &conn.helo,
+                    envelope_from: &message.sender,
+                    receiver,
+                },
+            )
+        }),
+        (None, Some(decision)) => match (decision.header_outcome(), decision.ip) {
+            (Some(outcome), Some(ip)) => Some(spf_headers(
+                config.milter.header_type,
+                id,
+                outcome,
+                &Transaction {
+                    client_ip: ip,
+                    helo: &conn.helo,
+                    envelope_from: &message.sender,
+                    receiver,
+                },
+            )),
+            _ => None,
+        },
+        (None, None) => None,
+    };
+    // Inserted at index 0 in reverse, so the first ends on top.
+    for (name, value) in headers.unwrap_or_default().iter().rev() {
+        shared.log(
+            LogLevel::Actions,
+            &format!("{queue_id}: prepend {name}: {}", value.replace("\n\t", " ")),
+        );
+        let _ = cx.actions.insert_header(0, *name, value.as_str()).await;
+    }
+    Status::Continue
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::MacroRule;
+
+    #[test]
+    fn macro_lists_name_what_is_used_one_letter_bare_longer_in_braces() {
+        let mut config = Config::default();
+        config.skip.macro_list = vec![
+            MacroRule::parse("daemon_name|mx-in").unwrap(),
+            MacroRule::parse("{auth_type}").unwrap(),
+            MacroRule::parse("_").unwrap(),
+        ];
+        let lists = requested_macros(&config);
+        let list = |stage| {
+            lists
+                .iter()
+                .find(|(s, _)| *s == stage)
+                .map(|(_, l)| l.to_str().unwrap().to_owned())
+        };
+        assert_eq!(list(MacroStage::Connect).as_deref(), Some("j"));
+        assert_eq!(
+            list(MacroStage::Mail).as_deref(),
+            Some("i {auth_authen} {daemon_name} {auth_type} _")
+        );
+        assert_eq!(list(MacroStage::Eom).as_deref(), Some("i"));
+    }
+
+    #[test]
+    fn internal_errors_answer_as_configured() {
+        let (status, reply) = internal_error_answer(InternalErrorAction::Tempfail);
+        assert_eq!(status, Status::Tempfail);
+        let reply = reply.unwrap();
+        assert_eq!((reply.code, reply.enhanced), (451, Some("4.3.0")));
+        let (status, reply) = internal_error_answer(InternalErrorAction::Reject);
+        assert_eq!(status, Status::Reject);
+        assert_eq!(reply.unwrap().code, 550);
+        assert_eq!(
+            internal_error_answer(InternalErrorAction::Accept),
+            (Status::Accept, None)
         );
     }
-    tokio::spawn(reload_on_hangup(Arc::clone(&milter), source, overrides));
-    let milter_config = indymilter::Config {
-        max_connections: usize::try_from(config.milter.max_connections).unwrap_or(usize::MAX),
-        ..Default::default()
-    };
-    let shutdown = async {
-        let mut term =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending::<()>().await } } => {}
-        }
-    };
-    let callbacks = callbacks(Arc::clone(&milter));
-    match &config.milter.socket {
-        SocketSpec::Tcp(addr) => {
-            let listener = tokio::net::TcpListener::bind(addr)
-                .await
-                .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
-            shared.log(
-                LogLevel::Errors,
-                &format!("listening on {}", config.milter.socket),
-            );
-            indymilter::run(listener, callbacks, milter_config, shutdown)
-                .await
-                .map_err(|e| e.to_string())
-        }
-        SocketSpec::TcpName { name, port, family } => {
-            let addr = tokio::net::lookup_host((name.as_str(), *port))
-                .await
-                .map_err(|e| format!("cannot resolve {name}: {e}"))?
-                .find(|a| match family {
-                    Family::Inet => a.is_ipv4(),
-                    Family::Inet6 => a.is_ipv6(),
-                })
-                .ok_or_else(|| format!("{name} has no address of the socket's family"))?;
-            let listener = tokio::net::TcpListener::bind(addr)
-                .await
-                .map_err(|e| format!("cannot listen on {addr} ({name}): {e}"))?;
-            shared.log(
-                LogLevel::Errors,
-                &format!("listening on {addr} ({})", config.milter.socket),
-            );
-            indymilter::run(listener, callbacks, milter_config, shutdown)
-                .await
-                .map_err(|e| e.to_string())
-        }
-        SocketSpec::Unix(path) => {
-            remove_stale_socket(path)?;
-            let listener = tokio::net::UnixListener::bind(path)
-                .map_err(|e| format!("cannot listen on {}: {e}", path.display()))?;
-            if let Some(mode) = config.milter.socket_mode {
-                use std::os::unix::fs::PermissionsExt;
-                std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode.0))
-                    .map_err(|e| format!("cannot set the mode of {}: {e}", path.display()))?;
-            }
-            shared.log(
-                LogLevel::Errors,
-                &format!("listening on {}", config.milter.socket),
-            );
-            let served = indymilter::run(listener, callbacks, milter_config, shutdown).await;
-            // The socket file goes with the milter.
-            let _ = std::fs::remove_file(path);
-            served.map_err(|e| e.to_string())
-        }
-    }
-}
 
-/// Process settings the configuration accepts but this daemon does not
-/// apply yet; said at start rather than ignored silently.
-fn unsupported_settings(config: &Config) -> Vec<&'static str> {
-    let m = &config.milter;
-    [
-        (m.pid_file.is_some(), "PidFile (pid_file)"),
-        (m.user.is_some(), "UserID (user)"),
-        (m.umask.is_some(), "UMask (umask)"),
-        (m.socket_owner.is_some(), "socket_owner"),
-        (m.socket_group.is_some(), "socket_group"),
-    ]
-    .into_iter()
-    .filter_map(|(set, name)| set.then_some(name))
-    .collect()
-}
-
-/// Waits for SIGHUP and reloads, forever.
-async fn reload_on_hangup(milter: Arc<Milter>, source: Source, overrides: Overrides) {
-    let Ok(mut hangup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
-    else {
-        milter.current().log(
-            LogLevel::Errors,
-            "cannot catch SIGHUP: reloading is disabled",
-        );
-        return;
-    };
-    while hangup.recv().await.is_some() {
-        let old = milter.current();
-        match Config::load(&source) {
-            Ok(loaded) => {
-                for warning in &loaded.warnings {
-                    old.log(LogLevel::Errors, &warning.to_string());
-                }
-                let config = loaded.config.with_overrides(&overrides);
-                if config.milter.socket != old.config.milter.socket {
-                    old.log(
-                        LogLevel::Errors,
-                        &format!(
-                            "reload: the socket changed to {}; it takes effect at the next start",
-                            config.milter.socket
-                        ),
-                    );
-                }
-                match Shared::new(Arc::new(config)) {
-                    Ok(shared) => {
-                        milter.replace(shared);
-                        milter
-                            .current()
-                            .log(LogLevel::Errors, "configuration reloaded");
-                    }
-                    Err(e) => old.log(
-                        LogLevel::Errors,
-                        &format!("reload failed, keeping the old configuration: {e}"),
-                    ),
-                }
-            }
-            Err(e) => {
-                for diagnostic in &e.diagnostics {
-                    old.log(LogLevel::Errors, &diagnostic.to_string());
-                }
-                old.log(
-                    LogLevel::Errors,
-                    "configuration refused, keeping the old configuration",
-                );
-            }
-        }
-    }
-}
-
-/// A socket file left by a milter that did not exit cleanly would make the
-/// bind fail: remove it, but never anything that is not a socket.
-fn remove_stale_socket(path: &std::path::Path) -> Result<(), String> {
-    use std::os::unix::fs::FileTypeExt;
-    match std::fs::symlink_metadata(path) {
-        Ok(meta) if meta.file_type().is_socket() => std::fs::remove_file(path)
-            .map_err(|e| format!("cannot remove the stale socket {}: {e}", path.display())),
-        Ok(_) => Err(format!(
-            "{} exists and is not a socket: not removing it",
-            path.display()
-        )),
-        Err(_) => Ok(()),
+    #[test]
+    fn reply_text_percent_signs_are_doubled_for_postfix() {
+        assert_eq!(protocol_text("100% sure, 5%s"), "100%% sure, 5%%s");
     }
 }

@@ -65,7 +65,7 @@
 
 use std::net::IpAddr;
 
-use crate::config::{Config, PolicyConfig, RejectPolicy};
+use crate::config::{Config, LogLevel, PolicyConfig, RejectPolicy};
 use crate::dns::Lookup;
 use crate::spf::eval::is_same_or_subdomain;
 use crate::spf::record::is_spf1;
@@ -92,6 +92,42 @@ pub struct Inputs<'a> {
     pub helo: &'a str,
     /// MAIL FROM without angle brackets; empty for the null sender `<>`.
     pub sender: &'a str,
+    /// When the whole decision must be done (the milter's
+    /// `decision_time_limit`): an evaluation still running then is
+    /// TempError. `None`: each evaluation has `Lookup_Time` only.
+    pub deadline: Option<tokio::time::Instant>,
+}
+
+/// One log line of a decision, with the `debugLevel` it belongs to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogLine {
+    /// `Actions` (1): what was done (replies, `TestOnly: would …`,
+    /// `No_Mail`); `Results` (2): how (a line per identity checked, why
+    /// nothing was checked).
+    pub level: LogLevel,
+    pub text: String,
+}
+
+impl LogLine {
+    fn detail(text: impl Into<String>) -> LogLine {
+        LogLine {
+            level: LogLevel::Results,
+            text: text.into(),
+        }
+    }
+
+    fn action(text: impl Into<String>) -> LogLine {
+        LogLine {
+            level: LogLevel::Actions,
+            text: text.into(),
+        }
+    }
+}
+
+impl std::fmt::Display for LogLine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.text)
+    }
 }
 
 /// An SMTP reply.
@@ -137,11 +173,11 @@ pub struct Decision {
     /// Test mode: what normal mode would have done instead of accepting.
     pub would: Option<Action>,
     /// policyd-spf style log lines (per identity checked, and the action).
-    pub log: Vec<String>,
+    pub log: Vec<LogLine>,
 }
 
 impl Decision {
-    fn nothing(ip: Option<IpAddr>, log: Vec<String>) -> Decision {
+    fn nothing(ip: Option<IpAddr>, log: Vec<LogLine>) -> Decision {
         Decision {
             action: Action::Accept,
             ip,
@@ -201,7 +237,7 @@ pub async fn decide<L: Lookup>(
 
     // Step 1: the address.
     let Some(ip) = policy.prospective.or(inputs.client_ip) else {
-        log.push("no client address: SPF not checked".to_owned());
+        log.push(LogLine::detail("no client address: SPF not checked"));
         return Decision::nothing(None, log);
     };
 
@@ -210,7 +246,9 @@ pub async fn decide<L: Lookup>(
     let null_sender = sender.is_empty();
     let given_helo = inputs.helo.trim();
     if null_sender && given_helo.is_empty() {
-        log.push("no sender and no HELO name: SPF not checked".to_owned());
+        log.push(LogLine::detail(
+            "no sender and no HELO name: SPF not checked",
+        ));
         return Decision::nothing(Some(ip), log);
     }
     let helo: &str = if given_helo.is_empty() {
@@ -229,10 +267,15 @@ pub async fn decide<L: Lookup>(
 
     // Step 4: HELO.
     if policy.helo_reject != RejectPolicy::NoCheck {
-        let outcome = evaluator.check(&request, Identity::Helo).await;
-        decision
-            .log
-            .push(result_log(&outcome, ip, helo, header_sender));
+        let outcome = evaluator
+            .check_until(&request, Identity::Helo, inputs.deadline)
+            .await;
+        decision.log.push(LogLine::detail(result_log(
+            &outcome,
+            ip,
+            helo,
+            header_sender,
+        )));
         let verdict = if policy.helo_reject == RejectPolicy::Null && !null_sender {
             Verdict::Pass
         } else {
@@ -262,19 +305,24 @@ pub async fn decide<L: Lookup>(
         decision.header = Some(HeaderSource::Helo);
     } else if null_sender {
         // Step 5 with No_Check: no check, no header.
-        decision
-            .log
-            .push("null sender and HELO_reject = No_Check: SPF not checked".to_owned());
+        decision.log.push(LogLine::detail(
+            "null sender and HELO_reject = No_Check: SPF not checked",
+        ));
         return decision;
     }
 
     // Step 6: MAIL FROM (step 5: not for the null sender; the HELO verdict
     // stands).
     if !null_sender && policy.mail_from_reject != RejectPolicy::NoCheck {
-        let outcome = evaluator.check(&request, Identity::MailFrom).await;
-        decision
-            .log
-            .push(result_log(&outcome, ip, helo, header_sender));
+        let outcome = evaluator
+            .check_until(&request, Identity::MailFrom, inputs.deadline)
+            .await;
+        decision.log.push(LogLine::detail(result_log(
+            &outcome,
+            ip,
+            helo,
+            header_sender,
+        )));
         let listed = is_listed(policy, &outcome.domain);
         let effective = if listed {
             RejectPolicy::SpfNotPass
@@ -300,9 +348,9 @@ pub async fn decide<L: Lookup>(
             return decision;
         }
     } else if !null_sender && policy.helo_reject == RejectPolicy::NoCheck {
-        decision
-            .log
-            .push("HELO_reject and Mail_From_reject = No_Check: SPF not checked".to_owned());
+        decision.log.push(LogLine::detail(
+            "HELO_reject and Mail_From_reject = No_Check: SPF not checked",
+        ));
         return decision;
     }
 
@@ -311,7 +359,9 @@ pub async fn decide<L: Lookup>(
         && decision.header_outcome().map(|o| o.result) == Some(SpfResult::Pass)
     {
         decision.header = None;
-        decision.log.push("Prospective: pass, no header".to_owned());
+        decision
+            .log
+            .push(LogLine::detail("Prospective: pass, no header"));
     }
     decision
 }
@@ -329,12 +379,14 @@ fn finish_if_blocking(
     }
     let line = reply_log(&action);
     if policy.test_mode {
-        decision.log.push(format!("TestOnly: would {line}"));
+        decision
+            .log
+            .push(LogLine::action(format!("TestOnly: would {line}")));
         decision.would = Some(action);
         decision.action = Action::Accept;
         decision.header = Some(source);
     } else {
-        decision.log.push(line);
+        decision.log.push(LogLine::action(line));
         decision.action = action;
         decision.header = None;
     }
@@ -388,7 +440,7 @@ async fn act<L: Lookup>(
     scope: Scope,
     id: &str,
     ip: IpAddr,
-    log: &mut Vec<String>,
+    log: &mut Vec<LogLine>,
 ) -> Action {
     let policy = &config.policy;
     let (receiver, defer) = match verdict {
@@ -397,12 +449,12 @@ async fn act<L: Lookup>(
         Verdict::Defer => (false, true),
     };
     if !defer && policy.no_mail && !sends_no_mail(evaluator, &outcome.domain).await {
-        log.push(format!(
+        log.push(LogLine::action(format!(
             "No_Mail: {} is not v=spf1 -all; {} {} not rejected",
             outcome.domain,
             outcome.identity,
             outcome.result.capitalized()
-        ));
+        )));
         return Action::Accept;
     }
     let spf_text = if receiver {

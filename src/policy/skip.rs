@@ -342,8 +342,8 @@ async fn bounded<T>(limit: Duration, future: impl Future<Output = T>) -> Option<
 mod tests {
     use super::*;
     use crate::config::{CidrList, DomainName, MacroRule};
-    use crate::dns::{Answer, Mx, Txt, Zone};
-    use std::net::{Ipv4Addr, Ipv6Addr};
+    use crate::dns::Zone;
+    use crate::dns::zone::Slow;
 
     fn ip(s: &str) -> IpAddr {
         s.parse().unwrap()
@@ -652,32 +652,6 @@ mod tests {
         let mut s = session("127.0.0.1", "h.test");
         s.client_ip = None;
         assert_eq!(run(&c, Zone::new(), &s).await, Skip::Check);
-    }
-
-    /// A zone whose every answer takes `delay`.
-    struct Slow(Zone, Duration);
-
-    impl Lookup for Slow {
-        async fn txt(&self, name: &str) -> Answer<Txt> {
-            tokio::time::sleep(self.1).await;
-            self.0.txt(name).await
-        }
-        async fn a(&self, name: &str) -> Answer<Ipv4Addr> {
-            tokio::time::sleep(self.1).await;
-            self.0.a(name).await
-        }
-        async fn aaaa(&self, name: &str) -> Answer<Ipv6Addr> {
-            tokio::time::sleep(self.1).await;
-            self.0.aaaa(name).await
-        }
-        async fn mx(&self, name: &str) -> Answer<Mx> {
-            tokio::time::sleep(self.1).await;
-            self.0.mx(name).await
-        }
-        async fn ptr(&self, ip: IpAddr) -> Answer<String> {
-            tokio::time::sleep(self.1).await;
-            self.0.ptr(ip).await
-        }
     }
 
     #[tokio::test(start_paused = true)]

@@ -130,7 +130,19 @@ impl<L: Lookup> Evaluator<L> {
         request: &'s Request<'_>,
         identity: Identity,
     ) -> impl Future<Output = SpfOutcome> + Send + 's {
-        self.run(request, identity, None)
+        self.run(request, identity, None, None)
+    }
+
+    /// Like [`Evaluator::check`], ending by `deadline` at the latest (when
+    /// it comes before the time limit): a caller's budget for several
+    /// evaluations (the milter's HELO and MAIL FROM checks together).
+    pub fn check_until<'s>(
+        &'s self,
+        request: &'s Request<'_>,
+        identity: Identity,
+        deadline: Option<tokio::time::Instant>,
+    ) -> impl Future<Output = SpfOutcome> + Send + 's {
+        self.run(request, identity, None, deadline)
     }
 
     /// Like [`Evaluator::check`], recording every step in `trace`.
@@ -140,7 +152,7 @@ impl<L: Lookup> Evaluator<L> {
         identity: Identity,
         trace: &'s mut Vec<TraceStep>,
     ) -> impl Future<Output = SpfOutcome> + Send + 's {
-        self.run(request, identity, Some(trace))
+        self.run(request, identity, Some(trace), None)
     }
 
     /// check_host() for an explicit domain and sender, as used by the
@@ -153,7 +165,7 @@ impl<L: Lookup> Evaluator<L> {
             sender: &sender,
             receiver: None,
         };
-        self.run(&request, Identity::MailFrom, None).await
+        self.run(&request, Identity::MailFrom, None, None).await
     }
 
     async fn run(
@@ -161,6 +173,7 @@ impl<L: Lookup> Evaluator<L> {
         request: &Request<'_>,
         identity: Identity,
         trace: Option<&mut Vec<TraceStep>>,
+        deadline: Option<tokio::time::Instant>,
     ) -> SpfOutcome {
         let ip = identity::canonical_ip(request.ip);
         let parts = match identity {
@@ -193,20 +206,36 @@ impl<L: Lookup> Evaluator<L> {
                 let limit = self.limits.time;
                 let mut evaluation = std::pin::pin!(state.check_host(&domain, true));
                 let mut timer: Option<Pin<Box<tokio::time::Sleep>>> = None;
+                // Whether the caller's deadline, not our limit, ends it.
+                let mut cut_by_deadline = false;
                 let finished = std::future::poll_fn(|cx| {
                     if let Poll::Ready(verdict) = evaluation.as_mut().poll(cx) {
                         return Poll::Ready(Some(verdict));
                     }
-                    let timer = timer.get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
+                    let timer = timer.get_or_insert_with(|| {
+                        let own = tokio::time::Instant::now() + limit;
+                        let end = match deadline {
+                            Some(deadline) if deadline < own => {
+                                cut_by_deadline = true;
+                                deadline
+                            }
+                            _ => own,
+                        };
+                        Box::pin(tokio::time::sleep_until(end))
+                    });
                     timer.as_mut().poll(cx).map(|()| None)
                 })
                 .await;
                 // Dropping the evaluation cancels every query in flight.
                 finished.unwrap_or_else(|| {
-                    Err(Fault::Temp(format!(
-                        "time limit of {} s for the SPF evaluation exceeded",
-                        limit.as_secs_f32()
-                    )))
+                    Err(Fault::Temp(if cut_by_deadline {
+                        "the time for the whole SPF decision ran out".to_owned()
+                    } else {
+                        format!(
+                            "time limit of {} s for the SPF evaluation exceeded",
+                            limit.as_secs_f32()
+                        )
+                    }))
                 })
             }
             Err(why) => {

@@ -49,6 +49,7 @@ async fn run_with(config: &Config, ev: &Evaluator<Zone>, helo: &str, sender: &st
         client_ip: Some(ip(CLIENT)),
         helo,
         sender,
+        deadline: None,
     };
     decide(config, ev, &inputs).await
 }
@@ -487,6 +488,7 @@ async fn no_address_is_nothing() {
         client_ip: None,
         helo: "fail.test",
         sender: "a@fail.test",
+        deadline: None,
     };
     let d = decide(&c, &evaluator(), &inputs).await;
     check(&d, Want::Nothing, "no IP");
@@ -635,6 +637,7 @@ async fn prospective() {
         client_ip: Some(ip("198.51.100.7")),
         helo: "pass.test",
         sender: "a@pass.test",
+        deadline: None,
     };
     let d = decide(&c, &evaluator(), &inputs).await;
     assert_eq!(d.action, Action::Accept);
@@ -645,6 +648,7 @@ async fn prospective() {
         client_ip: None,
         helo: "pass.test",
         sender: "a@none.test",
+        deadline: None,
     };
     let d = decide(&c, &evaluator(), &inputs).await;
     check(&d, Want::HdrMf(SpfResult::None), "Prospective, none");
@@ -652,6 +656,7 @@ async fn prospective() {
         client_ip: None,
         helo: "pass.test",
         sender: "a@fail.test",
+        deadline: None,
     };
     let d = decide(&c, &evaluator(), &inputs).await;
     check(&d, Want::Reject(Identity::MailFrom), "Prospective, fail");
@@ -675,7 +680,10 @@ async fn test_mode_helo_would_reject() {
     };
     assert_eq!((r.code, r.enhanced), (550, Some("5.7.23")));
     assert!(
-        d.log.iter().any(|l| l.contains("would 550 5.7.23")),
+        d.log
+            .iter()
+            .any(|l| l.text.contains("would 550 5.7.23")
+                && l.level == crate::config::LogLevel::Actions),
         "{:?}",
         d.log
     );
@@ -801,4 +809,62 @@ async fn test_mode_null_sender_would_reject_on_helo() {
         "test mode <>, HELO fail",
     );
     assert!(matches!(&d.would, Some(Action::Reject(r)) if r.enhanced == Some("5.7.23")));
+}
+
+/// The milter's budget for the whole MAIL FROM stage: with DNS that never
+/// answers in time, HELO and MAIL FROM together end at the deadline (each
+/// alone would have its full Lookup_Time), and both are TempError.
+#[tokio::test(start_paused = true)]
+async fn the_deadline_bounds_helo_and_mail_from_together() {
+    let mut c = config(RejectPolicy::Fail, RejectPolicy::Fail);
+    c.policy.temperror_defer = true;
+    c.spf.lookup_time = Duration::from_secs(20);
+    let slow = crate::dns::zone::Slow(zone(), Duration::from_secs(3600));
+    let evaluator = Evaluator::new(slow).with_limits(Limits {
+        time: Duration::from_secs(20),
+        ..Limits::default()
+    });
+    let start = tokio::time::Instant::now();
+    let inputs = Inputs {
+        client_ip: Some(ip(CLIENT)),
+        helo: "pass.test",
+        sender: "a@pass.test",
+        deadline: Some(start + Duration::from_secs(25)),
+    };
+    let d = decide(&c, &evaluator, &inputs).await;
+    // HELO: its own 20 s limit, then the defer.
+    assert_eq!(start.elapsed(), Duration::from_secs(20));
+    let helo = d.helo.as_ref().expect("HELO checked");
+    assert_eq!(helo.result, SpfResult::TempError);
+    assert!(
+        helo.problem
+            .as_deref()
+            .unwrap_or("")
+            .contains("time limit of 20 s"),
+        "{helo:?}"
+    );
+    // TempError_Defer: the HELO TempError defers at once, so MAIL FROM is
+    // only reached without it.
+    assert!(matches!(d.action, Action::Defer(_)), "{:?}", d.action);
+
+    c.policy.temperror_defer = false;
+    let start = tokio::time::Instant::now();
+    let inputs = Inputs {
+        deadline: Some(start + Duration::from_secs(25)),
+        ..inputs
+    };
+    let d = decide(&c, &evaluator, &inputs).await;
+    // HELO: 20 s; MAIL FROM: the 5 s left, not another 20.
+    assert_eq!(start.elapsed(), Duration::from_secs(25));
+    let mail_from = d.mail_from.as_ref().expect("MAIL FROM checked");
+    assert_eq!(mail_from.result, SpfResult::TempError);
+    assert!(
+        mail_from
+            .problem
+            .as_deref()
+            .unwrap_or("")
+            .contains("the time for the whole SPF decision ran out"),
+        "{mail_from:?}"
+    );
+    assert_eq!(d.action, Action::Accept);
 }
