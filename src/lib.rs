@@ -6,6 +6,7 @@
 
 pub mod config;
 pub mod dns;
+pub mod metrics;
 pub mod milter;
 pub mod policy;
 pub mod spf;

@@ -243,6 +243,15 @@ fn cases() -> Vec<Case> {
             bad_toml: "0",
         },
         Case {
+            toml_key: "metrics.listen",
+            legacy_key: None,
+            legacy_value: "",
+            toml_value: "\"127.0.0.1:9891\"",
+            check: |c| c.metrics.listen == Some("127.0.0.1:9891".parse().unwrap()),
+            bad_legacy: "",
+            bad_toml: "\"localhost\"",
+        },
+        Case {
             toml_key: "milter.decision_time_limit",
             legacy_key: None,
             legacy_value: "",

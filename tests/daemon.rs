@@ -302,3 +302,79 @@ fn a_pid_file_of_a_running_milter_stops_a_second_start() {
     assert!(terminate(&mut first).success());
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn the_metrics_endpoint_is_served_where_configured() {
+    use std::io::{Read, Write};
+    let dir = std::env::temp_dir().join(format!("spfmilter-daemon-metrics-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let socket = dir.join("milter.sock");
+    let conf = dir.join("spfmilter.toml");
+    // Port 0: the log line says which port it got.
+    std::fs::write(&conf, "[metrics]\nlisten = \"127.0.0.1:0\"\n").unwrap();
+    let spec = format!("unix:{}", socket.display());
+    let mut child = spfmilter(&["run", "--config", conf.to_str().unwrap(), "--socket", &spec]);
+    let stderr = collect_stderr(&mut child);
+    let mut url = String::new();
+    wait_for("the metrics line", || {
+        let text = stderr.lock().unwrap();
+        match text.split("metrics on http://").nth(1) {
+            Some(rest) => {
+                url = rest
+                    .split_whitespace()
+                    .next()
+                    .unwrap_or_default()
+                    .to_owned();
+                true
+            }
+            None => false,
+        }
+    });
+    let addr = url.strip_suffix("/metrics").expect("a /metrics URL");
+    let mut http = std::net::TcpStream::connect(addr).unwrap();
+    http.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .unwrap();
+    let mut reply = String::new();
+    http.read_to_string(&mut reply).unwrap();
+    assert!(reply.starts_with("HTTP/1.1 200 OK"), "{reply}");
+    for line in [
+        "spfmilter_connections_open 0",
+        "spfmilter_dns_queries_total 0",
+        "# TYPE spfmilter_decision_seconds histogram",
+    ] {
+        assert!(reply.lines().any(|l| l == line), "{line:?} in {reply}");
+    }
+    assert!(terminate(&mut child).success());
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn under_systemds_journal_lines_carry_a_priority_and_no_name() {
+    let dir = std::env::temp_dir().join(format!("spfmilter-daemon-journal-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let socket = dir.join("milter.sock");
+    let spec = format!("unix:{}", socket.display());
+    let mut child = Command::new(env!("CARGO_BIN_EXE_spfmilter"))
+        .args(["run", "--socket", &spec])
+        .args(["--nameserver", "127.0.0.1:1", "--log-target", "stderr"])
+        // What systemd sets when standard error is the journal.
+        .env("JOURNAL_STREAM", "8:12345")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start spfmilter");
+    let stderr = collect_stderr(&mut child);
+    wait_for("the socket", || {
+        std::os::unix::net::UnixStream::connect(&socket).is_ok()
+    });
+    assert!(terminate(&mut child).success());
+    let text = stderr.lock().unwrap().clone();
+    // journald adds "spfmilter[PID]:" itself; <3> is err, the priority of
+    // start and stop lines (debugLevel 0).
+    assert!(
+        text.lines().any(|l| l == format!("<3>listening on {spec}")),
+        "{text}"
+    );
+    assert!(!text.contains("spfmilter["), "{text}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -824,6 +824,23 @@ pub(crate) fn apply(cfg: &mut Config, opt: Opt, raw: Raw<'_>, cx: &mut Cx<'_>) {
                 cfg.log.level = v;
             }
         }
+        Opt::MetricsListen => {
+            let v = optional(raw, cx, |t| {
+                t.trim().parse::<std::net::SocketAddr>().map_err(|_| {
+                    format!("{t:?} is not ADDRESS:PORT (\"127.0.0.1:9891\", \"[::1]:9891\")")
+                })
+            });
+            if let Some(v) = v {
+                if let Some(addr) = v
+                    && !addr.ip().is_loopback()
+                {
+                    cx.warning(format!(
+                        "{addr} is not a loopback address: the metrics endpoint has no access control"
+                    ));
+                }
+                cfg.metrics.listen = v;
+            }
+        }
     }
 }
 

@@ -51,6 +51,7 @@ pub struct Config {
     pub spf: SpfConfig,
     pub dns: DnsConfig,
     pub log: LogConfig,
+    pub metrics: MetricsConfig,
 }
 
 /// `[milter]`: the socket, the process, and the headers written.
@@ -243,6 +244,13 @@ impl Default for DnsConfig {
             timeout: Duration::from_secs(5),
         }
     }
+}
+
+/// `[metrics]`.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct MetricsConfig {
+    /// Where the Prometheus endpoint listens; `None`: nowhere.
+    pub listen: Option<SocketAddr>,
 }
 
 /// `[log]`.

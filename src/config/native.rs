@@ -31,6 +31,7 @@ pub(crate) struct RawToml {
     spf: RawSpf,
     dns: RawDns,
     log: RawLog,
+    metrics: RawMetrics,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -135,6 +136,12 @@ struct RawLog {
     level: Field,
 }
 
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct RawMetrics {
+    listen: Field,
+}
+
 impl RawToml {
     /// Each option with its value, if written. `TestOnly` comes as
     /// `Opt::TestMode` with `true` for its legacy meaning.
@@ -187,6 +194,7 @@ impl RawToml {
             (Opt::DnsTimeout, &self.dns.timeout, false),
             (Opt::LogTarget, &self.log.target, false),
             (Opt::LogLevel, &self.log.level, false),
+            (Opt::MetricsListen, &self.metrics.listen, false),
         ]
     }
 }

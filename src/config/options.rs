@@ -47,6 +47,7 @@ pub(crate) enum Opt {
     Nameservers,
     DnsTimeout,
     LogTarget,
+    MetricsListen,
     LogLevel,
 }
 
@@ -67,7 +68,7 @@ pub struct OptionInfo {
 }
 
 /// The tables, in file order, with their heading comment.
-pub(crate) const TABLES: [(&str, &str); 6] = [
+pub(crate) const TABLES: [(&str, &str); 7] = [
     ("milter", "The milter: socket, process, headers written."),
     (
         "policy",
@@ -77,6 +78,7 @@ pub(crate) const TABLES: [(&str, &str); 6] = [
     ("spf", "Limits of one SPF evaluation (RFC 7208 §4.6.4)."),
     ("dns", "DNS resolution."),
     ("log", "Logging."),
+    ("metrics", "Prometheus metrics (off unless listen is set)."),
 ];
 
 macro_rules! opt {
@@ -421,6 +423,14 @@ pub static OPTIONS: &[OptionInfo] = &[
         Some("debugLevel"),
         "`1`",
         "policyd-spf's debugLevel: -1 nothing, 0 errors, 1 one line per action, 2 a line per identity checked, 3 configuration and header text, 4 raw request data, 5 internals."
+    ),
+    opt!(
+        MetricsListen,
+        "metrics",
+        "listen",
+        None,
+        "unset (no metrics endpoint)",
+        "ADDRESS:PORT of a Prometheus text endpoint (GET /metrics); keep it on loopback (\"127.0.0.1:9891\"), it has no access control."
     ),
 ];
 

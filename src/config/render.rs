@@ -135,6 +135,7 @@ fn value(cfg: &Config, opt: Opt) -> Option<String> {
         Opt::DnsTimeout => duration_to_toml(cfg.dns.timeout),
         Opt::LogTarget => quote(cfg.log.target.as_str()),
         Opt::LogLevel => cfg.log.level.as_int().to_string(),
+        Opt::MetricsListen => quote(&cfg.metrics.listen?.to_string()),
     };
     Some(v)
 }
@@ -150,6 +151,7 @@ fn example(opt: Opt) -> &'static str {
         Opt::User => "\"spfmilter:spfmilter\"",
         Opt::Umask => "\"0007\"",
         Opt::Prospective => "\"192.0.2.1\"",
+        Opt::MetricsListen => "\"127.0.0.1:9891\"",
         _ => {
             debug_assert!(false, "{} has no example", info(opt).key);
             "\"\""

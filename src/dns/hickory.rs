@@ -25,6 +25,8 @@
 use std::fmt;
 use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use hickory_resolver::TokioResolver;
@@ -89,11 +91,31 @@ pub const DEFAULT_NEGATIVE_TTL: Duration = Duration::from_secs(300);
 /// fail to time out by itself.
 const DEADLINE_SLACK: Duration = Duration::from_secs(1);
 
-/// The five SPF queries on hickory-resolver. Cloning shares the resolver.
+/// The five SPF queries on hickory-resolver. Cloning shares the resolver
+/// (and the counters).
 #[derive(Clone)]
 pub struct HickoryLookup {
     resolver: TokioResolver,
     deadline: Duration,
+    counters: Arc<QueryCounters>,
+}
+
+/// Queries sent through a [`HickoryLookup`] and how they ended, for the
+/// metrics.
+#[derive(Debug, Default)]
+struct QueryCounters {
+    queries: AtomicU64,
+    timeouts: AtomicU64,
+    /// Other temporary failures (SERVFAIL, REFUSED, network errors).
+    failures: AtomicU64,
+}
+
+/// A snapshot of a [`HickoryLookup`]'s counters.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct QueryStats {
+    pub queries: u64,
+    pub timeouts: u64,
+    pub failures: u64,
 }
 
 impl fmt::Debug for HickoryLookup {
@@ -159,7 +181,20 @@ impl HickoryLookup {
             .timeout
             .saturating_mul(u32::try_from(attempts).unwrap_or(u32::MAX))
             .saturating_add(DEADLINE_SLACK);
-        Ok(Self { resolver, deadline })
+        Ok(Self {
+            resolver,
+            deadline,
+            counters: Arc::default(),
+        })
+    }
+
+    /// Queries sent so far, and how many timed out or failed otherwise.
+    pub fn stats(&self) -> QueryStats {
+        QueryStats {
+            queries: self.counters.queries.load(Ordering::Relaxed),
+            timeouts: self.counters.timeouts.load(Ordering::Relaxed),
+            failures: self.counters.failures.load(Ordering::Relaxed),
+        }
     }
 
     /// Asks for `name`/`rtype` and extracts the records of that type that
@@ -178,9 +213,12 @@ impl HickoryLookup {
             // errors, or a sender could force a deferral.
             return (Err(DnsError::NxDomain), DEFAULT_NEGATIVE_TTL);
         };
+        self.counters.queries.fetch_add(1, Ordering::Relaxed);
         let lookup =
             tokio::time::timeout(self.deadline, self.resolver.lookup(qname.clone(), rtype));
-        match lookup.await {
+        let answer = lookup.await;
+        let timed_out = matches!(answer, Err(_) | Ok(Err(NetError::Timeout)));
+        let sourced = match answer {
             Err(_) => (
                 Err(DnsError::Temporary(format!(
                     "timeout querying {name} {rtype}"
@@ -201,7 +239,13 @@ impl HickoryLookup {
                 (Ok(records), ttl)
             }
             Ok(Err(e)) => map_error(&e, name, rtype),
+        };
+        if timed_out {
+            self.counters.timeouts.fetch_add(1, Ordering::Relaxed);
+        } else if matches!(sourced.0, Err(DnsError::Temporary(_))) {
+            self.counters.failures.fetch_add(1, Ordering::Relaxed);
         }
+        sourced
     }
 }
 

@@ -28,9 +28,17 @@ pub async fn run(config: Arc<Config>, source: Source, overrides: Overrides) -> R
     if let Some(mask) = settings.umask {
         nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(mask.0));
     }
-    let milter = Arc::new(Milter::new(Shared::new(Arc::clone(&config))?));
+    let milter = Milter::new(Shared::new(Arc::clone(&config))?);
     let shared = milter.current();
     let listener = bind(settings).await?;
+    let metrics_listener = match config.metrics.listen {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|e| format!("metrics: cannot listen on {addr}: {e}"))?,
+        ),
+        None => None,
+    };
     // From here on the socket file, if any, is ours to remove at exit.
     let socket_file = SocketFile(match &listener {
         Bound::Unix(_, path) => Some(path.clone()),
@@ -60,6 +68,19 @@ pub async fn run(config: Arc<Config>, source: Source, overrides: Overrides) -> R
         LogLevel::Errors,
         &format!("listening on {}", listener.describe()),
     );
+    if let Some(metrics_listener) = metrics_listener {
+        let addr = metrics_listener
+            .local_addr()
+            .map_or_else(|_| "?".to_owned(), |a| a.to_string());
+        shared.log(
+            LogLevel::Errors,
+            &format!("metrics on http://{addr}/metrics"),
+        );
+        tokio::spawn(crate::metrics::serve(
+            metrics_listener,
+            Arc::clone(milter.metrics()),
+        ));
+    }
     tokio::spawn(reload_on_hangup(Arc::clone(&milter), source, overrides));
     let milter_config = indymilter::Config {
         max_connections: usize::try_from(settings.max_connections).unwrap_or(usize::MAX),

@@ -9,6 +9,10 @@ pub enum Logger {
     /// adds it), facility mail.
     Syslog(std::os::unix::net::UnixDatagram),
     Stderr,
+    /// Standard error connected to systemd's journal (`JOURNAL_STREAM`
+    /// set): journald adds the name and pid itself and reads the priority
+    /// from an `<N>` prefix, so a line is `<6>text`.
+    Journal,
 }
 
 impl Logger {
@@ -21,7 +25,11 @@ impl Logger {
             }
             eprintln!("spfmilter: /dev/log is not available, logging to standard error");
         }
-        Logger::Stderr
+        if std::env::var_os("JOURNAL_STREAM").is_some() {
+            Logger::Journal
+        } else {
+            Logger::Stderr
+        }
     }
 
     pub fn log(&self, level: LogLevel, line: &str) {
@@ -36,6 +44,11 @@ impl Logger {
                 }
             }
             Logger::Stderr => eprintln!("spfmilter[{pid}]: {line}"),
+            Logger::Journal => {
+                // sd-daemon(3) priorities: err (3) or info (6).
+                let priority = if level <= LogLevel::Errors { 3 } else { 6 };
+                eprintln!("<{priority}>{line}");
+            }
         }
     }
 }

@@ -14,6 +14,7 @@
 use std::ffi::{CStr, CString};
 use std::net::IpAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use indymilter::{
     Actions, Callbacks, ContextActions, MacroStage, NegotiateContext, SetErrorReply, SocketInfo,
@@ -22,6 +23,7 @@ use indymilter::{
 
 use crate::config::{AuthservId, Config, InternalErrorAction, LogLevel};
 use crate::dns::{CachingLookup, HickoryLookup, ResolverOptions, cache::CacheOptions};
+use crate::metrics::{DnsStatsSource, MessageAction, Metrics};
 use crate::policy::decide::{Action, Decision, Inputs, Reply, decide};
 use crate::policy::headers::{
     Transaction, header_receiver, is_forged_trace_header, skip_headers, spf_headers,
@@ -87,6 +89,7 @@ struct Connection {
     /// The configuration and evaluator current when the connection came:
     /// a reload applies to new connections, never mid-message.
     shared: Option<Arc<Shared>>,
+    metrics: Option<Arc<Metrics>>,
     client_ip: Option<IpAddr>,
     helo: String,
     /// Ours in Authentication-Results, settled at connect (the MTA's `j`
@@ -140,16 +143,33 @@ fn host_name() -> String {
         .unwrap_or_else(|_| "localhost".to_owned())
 }
 
-/// The running milter: the current configuration, swapped whole on reload.
+/// The running milter: the current configuration, swapped whole on
+/// reload, and the metrics, which outlive reloads.
 pub struct Milter {
     current: std::sync::RwLock<Arc<Shared>>,
+    metrics: Arc<Metrics>,
 }
 
 impl Milter {
-    pub fn new(shared: Shared) -> Self {
-        Self {
-            current: std::sync::RwLock::new(Arc::new(shared)),
-        }
+    pub fn new(shared: Shared) -> Arc<Self> {
+        Arc::new_cyclic(|milter: &std::sync::Weak<Milter>| {
+            // The DNS figures are those of the configuration in use.
+            let milter = milter.clone();
+            let dns: DnsStatsSource = Arc::new(move || {
+                milter.upgrade().map_or_else(Default::default, |m| {
+                    let lookup = m.current().evaluator.lookup().clone();
+                    (lookup.source().stats(), lookup.stats())
+                })
+            });
+            Self {
+                current: std::sync::RwLock::new(Arc::new(shared)),
+                metrics: Arc::new(Metrics::new(dns)),
+            }
+        })
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
     }
 
     fn current(&self) -> Arc<Shared> {
@@ -215,6 +235,7 @@ fn queue_id(macros: &indymilter::Macros) -> String {
 /// What a panic in a callback is answered with (`on_internal_error`).
 fn internal_error(
     shared: &Shared,
+    metrics: Option<&Metrics>,
     reply: &mut indymilter::SmtpReply,
     stage: &str,
     queue_id: &str,
@@ -226,6 +247,9 @@ fn internal_error(
         .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
         .unwrap_or("(no message)");
     let action = shared.config.milter.on_internal_error;
+    if let Some(metrics) = metrics {
+        metrics.message(MessageAction::InternalError, &[], Duration::ZERO);
+    }
     shared.log(
         LogLevel::Errors,
         &format!(
@@ -237,6 +261,17 @@ fn internal_error(
         set_reply(reply, &answer);
     }
     status
+}
+
+/// The `reason` label of a bypass in the metrics.
+fn skip_label(reason: SkipReason) -> &'static str {
+    match reason {
+        SkipReason::LocalConnection => "local",
+        SkipReason::WhitelistedRelay => "whitelist",
+        SkipReason::WhitelistedDomain => "domain_whitelist",
+        SkipReason::WhitelistedHelo => "helo_whitelist",
+        SkipReason::PtrWhitelistedDomain => "ptr_whitelist",
+    }
 }
 
 /// The status and reply of `on_internal_error`.
@@ -279,11 +314,14 @@ fn callbacks(milter: Arc<Milter>) -> Callbacks<Connection> {
         })
         .on_connect(move |cx, _hostname, socket| {
             let shared = milter.current();
+            let metrics = Arc::clone(milter.metrics());
             Box::pin(async move {
                 let mta_name = cx.macros.get(c"j").map(lossy);
+                metrics.connection_opened();
                 let mut conn = Connection {
                     authserv_id: authserv_id(&shared.config, mta_name.as_deref()),
                     shared: Some(Arc::clone(&shared)),
+                    metrics: Some(metrics),
                     ..Connection::default()
                 };
                 if let SocketInfo::Inet(addr) = socket {
@@ -320,10 +358,18 @@ fn callbacks(milter: Arc<Milter>) -> Callbacks<Connection> {
                 match futures_util::FutureExt::catch_unwind(guarded).await {
                     Ok(status) => status,
                     Err(panic) => {
-                        if let Some(conn) = cx.data.as_mut() {
+                        let metrics = cx.data.as_mut().and_then(|conn| {
                             conn.message = Message::default();
-                        }
-                        internal_error(&shared, &mut cx.reply, "MAIL FROM", &queue_id, &*panic)
+                            conn.metrics.clone()
+                        });
+                        internal_error(
+                            &shared,
+                            metrics.as_deref(),
+                            &mut cx.reply,
+                            "MAIL FROM",
+                            &queue_id,
+                            &*panic,
+                        )
                     }
                 }
             })
@@ -381,7 +427,15 @@ fn callbacks(milter: Arc<Milter>) -> Callbacks<Connection> {
                 match futures_util::FutureExt::catch_unwind(guarded).await {
                     Ok(status) => status,
                     Err(panic) => {
-                        internal_error(&shared, &mut cx.reply, "end of message", &queue_id, &*panic)
+                        let metrics = cx.data.as_ref().and_then(|conn| conn.metrics.clone());
+                        internal_error(
+                            &shared,
+                            metrics.as_deref(),
+                            &mut cx.reply,
+                            "end of message",
+                            &queue_id,
+                            &*panic,
+                        )
                     }
                 }
             })
@@ -390,6 +444,14 @@ fn callbacks(milter: Arc<Milter>) -> Callbacks<Connection> {
             Box::pin(async move {
                 if let Some(conn) = cx.data.as_mut() {
                     conn.message = Message::default();
+                }
+                Status::Continue
+            })
+        })
+        .on_close(|cx| {
+            Box::pin(async move {
+                if let Some(metrics) = cx.data.take().and_then(|c| c.metrics) {
+                    metrics.connection_closed();
                 }
                 Status::Continue
             })
@@ -407,7 +469,8 @@ async fn at_mail(
     let config = &shared.config;
     // The whole stage, bypass lookups and both evaluations, stays inside
     // one budget below Postfix's milter_command_timeout.
-    let deadline = tokio::time::Instant::now() + config.milter.decision_time_limit;
+    let started = tokio::time::Instant::now();
+    let deadline = started + config.milter.decision_time_limit;
     let authenticated = cx
         .macros
         .get(c"{auth_authen}")
@@ -451,6 +514,9 @@ async fn at_mail(
                 LogLevel::Results,
                 &format!("{queue_id}: not checked: {why}"),
             );
+            if let Some(metrics) = &conn.metrics {
+                metrics.message(MessageAction::Unchecked, &[], started.elapsed());
+            }
             return Status::Continue;
         }
         Skip::Traced(reason) => {
@@ -458,6 +524,9 @@ async fn at_mail(
                 LogLevel::Actions,
                 &format!("{queue_id}: {}", reason.comment()),
             );
+            if let Some(metrics) = &conn.metrics {
+                metrics.skipped(skip_label(reason), started.elapsed());
+            }
             conn.message.skipped = Some(reason);
             return Status::Continue;
         }
@@ -471,6 +540,19 @@ async fn at_mail(
     let decision = decide(config, &shared.evaluator, &inputs).await;
     for line in &decision.log {
         shared.log(line.level, &format!("{queue_id}: {line}"));
+    }
+    if let Some(metrics) = &conn.metrics {
+        let action = match decision.action {
+            Action::Accept => MessageAction::Accept,
+            Action::Reject(_) => MessageAction::Reject,
+            Action::Defer(_) => MessageAction::Defer,
+        };
+        let checks: Vec<_> = [&decision.helo, &decision.mail_from]
+            .into_iter()
+            .flatten()
+            .map(|o| (o.identity.as_str(), o.result.as_str()))
+            .collect();
+        metrics.message(action, &checks, started.elapsed());
     }
     let status = match &decision.action {
         Action::Accept => Status::Continue,
