@@ -104,10 +104,8 @@ fn reference_defaults() {
         c.policy.reason_message.to_string(),
         "Message {rejectdefer} due to: {spf}. Please see {url}"
     );
-    assert_eq!(
-        c.policy.reason_url.to_string(),
-        "http://www.openspf.net/Why?s={0};id={1};ip={2};r={3}"
-    );
+    // No URL by default: policyd-spf's points at a defunct site.
+    assert_eq!(c.policy.reason_url.to_string(), "");
     assert_eq!(c.milter.socket.to_string(), "inet:127.0.0.1:8891");
     assert_eq!(c.skip.internal_hosts.len(), 1);
     assert_eq!(c.skip.internal_hosts[0].to_string(), "127.0.0.1");

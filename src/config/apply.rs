@@ -718,13 +718,13 @@ pub(crate) fn apply(cfg: &mut Config, opt: Opt, raw: Raw<'_>, cx: &mut Cx<'_>) {
         Opt::ReasonUrl => {
             if let Some(t) = text(raw, cx) {
                 if legacy && t.is_empty() {
-                    cx.warning("empty: policyd-spf then uses the default URL, and so does spfmilter (leave {url} out of Reason_Message to show no URL)");
-                    p.reason_url = ReasonUrl::default();
-                } else {
-                    match t.parse::<ReasonUrl>() {
-                        Ok(v) => p.reason_url = v,
-                        Err(e) => cx.error(e),
-                    }
+                    // policyd-spf falls back to its (defunct) default URL;
+                    // spfmilter's default is no URL.
+                    cx.warning("empty: no URL in replies (policyd-spf would show its defunct default, http://www.openspf.net/Why?…)");
+                }
+                match t.parse::<ReasonUrl>() {
+                    Ok(v) => p.reason_url = v,
+                    Err(e) => cx.error(e),
                 }
             }
         }

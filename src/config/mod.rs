@@ -33,8 +33,8 @@ pub use options::{OPTIONS, OptionInfo, options_markdown_table};
 pub use types::{
     AuthservId, CidrList, DEFAULT_REASON_MESSAGE, DEFAULT_REASON_URL, DomainName, Family,
     HeaderType, HostKind, HostPattern, InternalErrorAction, LogLevel, LogTarget, MacroRule,
-    MessageField, MessagePart, Mode, ReasonMessage, ReasonUrl, RejectPolicy, SocketSpec, UrlField,
-    UrlPart, UserSpec, canonical_ip, normalise_net,
+    MessageField, MessagePart, Mode, POLICYD_SPF_REASON_URL, ReasonMessage, ReasonUrl,
+    RejectPolicy, SocketSpec, UrlField, UrlPart, UserSpec, canonical_ip, normalise_net,
 };
 
 /// Where the native configuration is looked for when none is named.

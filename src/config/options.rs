@@ -293,8 +293,8 @@ pub static OPTIONS: &[OptionInfo] = &[
         "policy",
         "reason_url",
         Some("Reason_URL"),
-        "`http://www.openspf.net/Why?s={0};id={1};ip={2};r={3}`",
-        "The {url} of reason_message: {0} helo or mfrom, {1} the HELO name or sender, {2} the client IP, {3} the receiver. (The default site is defunct, as in policyd-spf.)"
+        "`\"\"` (no URL; policyd-spf's default, http://www.openspf.net/Why?s={0};id={1};ip={2};r={3}, is a defunct site)",
+        "The {url} of reason_message: {0} helo or mfrom, {1} the HELO name or sender, {2} the client IP, {3} the receiver. Empty: no URL, and the default reason_message ends after {spf}."
     ),
     opt!(
         SkipAddresses,

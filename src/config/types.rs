@@ -999,7 +999,15 @@ pub struct ReasonMessage {
 }
 
 pub const DEFAULT_REASON_MESSAGE: &str = "Message {rejectdefer} due to: {spf}. Please see {url}";
-pub const DEFAULT_REASON_URL: &str = "http://www.openspf.net/Why?s={0};id={1};ip={2};r={3}";
+/// No URL by default: policyd-spf's default,
+/// [`POLICYD_SPF_REASON_URL`], points at a site that no longer exists.
+pub const DEFAULT_REASON_URL: &str = "";
+/// policyd-spf's `Reason_URL` default (www.openspf.net is defunct).
+pub const POLICYD_SPF_REASON_URL: &str = "http://www.openspf.net/Why?s={0};id={1};ip={2};r={3}";
+
+/// What comes before `{url}` in [`DEFAULT_REASON_MESSAGE`]: with no URL,
+/// it goes too.
+const URL_LEAD_IN: &str = " Please see ";
 
 impl Default for ReasonMessage {
     fn default() -> Self {
@@ -1031,9 +1039,25 @@ impl FromStr for ReasonMessage {
 }
 
 impl ReasonMessage {
+    /// The text. With an empty `url`, a message ending in `… Please see
+    /// {url}` (the default does) ends before ` Please see `: no dangling
+    /// "Please see".
     pub fn render(&self, rejectdefer: &str, spf: &str, url: &str) -> String {
+        let mut parts = self.parts.as_slice();
+        let mut last_text: Option<&str> = None;
+        if url.is_empty()
+            && let [
+                init @ ..,
+                MessagePart::Text(lead),
+                MessagePart::Field(MessageField::Url),
+            ] = parts
+            && let Some(kept) = lead.strip_suffix(URL_LEAD_IN)
+        {
+            parts = init;
+            last_text = Some(kept);
+        }
         let mut out = String::new();
-        for part in &self.parts {
+        for part in parts {
             match part {
                 MessagePart::Text(t) => out.push_str(t),
                 MessagePart::Field(MessageField::RejectDefer) => out.push_str(rejectdefer),
@@ -1041,6 +1065,7 @@ impl ReasonMessage {
                 MessagePart::Field(MessageField::Url) => out.push_str(url),
             }
         }
+        out.push_str(last_text.unwrap_or_default());
         out
     }
 }
@@ -1291,8 +1316,19 @@ mod tests {
         for bad in ["{0}", "{spf!r}", "{spf:>3}", "{", "}", "{sp", "a\nb"] {
             assert!(bad.parse::<ReasonMessage>().is_err(), "{bad:?}");
         }
-        let u: ReasonUrl = DEFAULT_REASON_URL.parse().unwrap();
-        assert_eq!(u.to_string(), DEFAULT_REASON_URL);
+        // No URL by default: the default message then ends after {spf}.
+        assert_eq!(
+            m.render("rejected", "SPF fail - not authorized", ""),
+            "Message rejected due to: SPF fail - not authorized."
+        );
+        let own: ReasonMessage = "{spf} see {url}".parse().unwrap();
+        assert_eq!(own.render("rejected", "S", ""), "S see ");
+        assert_eq!(
+            ReasonUrl::default().render(["mfrom", "a@b", "192.0.2.1", "r"]),
+            ""
+        );
+        let u: ReasonUrl = POLICYD_SPF_REASON_URL.parse().unwrap();
+        assert_eq!(u.to_string(), POLICYD_SPF_REASON_URL);
         assert_eq!(
             u.render(["mfrom", "a@b", "192.0.2.1", "<UNKNOWN>"]),
             "http://www.openspf.net/Why?s=mfrom;id=a@b;ip=192.0.2.1;r=<UNKNOWN>"
