@@ -62,6 +62,26 @@ fn zone() -> Zone {
         // (written %% in the macro-string, §7.1).
         .with_txt("exp.test", "v=spf1 -all exp=why.exp.test")
         .with_txt("why.exp.test", "100%% of %{d} mail from %{i} is forged")
+        // An explanation with far more text than one SMTP reply line
+        // holds.
+        .with_txt("longexp.test", "v=spf1 -all exp=why.longexp.test")
+        .with(
+            "why.longexp.test",
+            Entry::Txt(vec![
+                b"first line ".to_vec(),
+                "100%% ".repeat(100).into_bytes(),
+                "x".repeat(250).into_bytes(),
+                "y".repeat(250).into_bytes(),
+                "z".repeat(250).into_bytes(),
+            ]),
+        )
+        // An explanation that is no explain-string (RFC 7208 §7.1: visible
+        // ASCII and spaces only): a line break and a non-ASCII character.
+        .with_txt("badexp.test", "v=spf1 -all exp=why.badexp.test")
+        .with(
+            "why.badexp.test",
+            Entry::Txt(vec![b"line\r\nX-Injected: yes caf\xc3\xa9".to_vec()]),
+        )
         // Domain_Whitelist: passes for 203.0.113.0/25.
         .with_txt("wl-domain.test", "v=spf1 ip4:203.0.113.0/25 -all")
         // HELO_Whitelist: the name's address.
@@ -1253,6 +1273,57 @@ async fn forged_trace_headers_are_deleted() {
     assert_eq!(eom.result().len(), 3);
 }
 
+/// Forged trace headers go also when this milter adds nothing of its own
+/// (Header_Type = None, a skipped client, an authenticated one): a filter
+/// after it (OpenDMARC, postfix-opendmarc.md) would otherwise read them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_trace_headers_are_deleted_when_nothing_is_added() {
+    let dns = dns();
+    let forged: &[(&str, &str)] = &[
+        ("Received-SPF", "Pass (forged) identity=mailfrom"),
+        (
+            "Authentication-Results",
+            "mx.example.net; spf=pass smtp.mailfrom=fail.test",
+        ),
+        ("Subject", "hi"),
+    ];
+    let none = daemon(
+        Transport::Tcp,
+        &toml("[milter]\nheader_type = \"None\"\n"),
+        &dns,
+    );
+    let plain = daemon(Transport::Unix, &toml(""), &dns);
+    let sessions = [
+        (&none, "192.0.2.1", &[][..], "Header_Type = None"),
+        (&plain, "127.0.0.1", &[][..], "InternalHosts"),
+        (
+            &plain,
+            "192.0.2.1",
+            &[("{auth_authen}", "alice")][..],
+            "SMTP AUTH",
+        ),
+    ];
+    for (d, client, mail_macros, context) in sessions {
+        let t = Tx {
+            ip: ip(client),
+            helo: Some("none.test"),
+            sender: "<a@softfail.test>",
+            mail_macros,
+            headers: forged,
+            ..Tx::default()
+        };
+        let eom = t.run(d).await.accepted();
+        assert_eq!(eom.status, Status::Continue, "{context}");
+        assert!(eom.inserted().is_empty(), "{context}: {:?}", eom.actions);
+        assert_eq!(
+            eom.result(),
+            vec![("Subject".to_owned(), "hi".to_owned())],
+            "{context}: {:?}",
+            eom.actions
+        );
+    }
+}
+
 /// Several forged headers of the same name: all of them must go. Postfix
 /// counts a header index among the headers still present (a deleted one is
 /// replaced by a skip pointer, `cleanup_milter.c`), so deleting #1 then #2
@@ -1494,6 +1565,95 @@ async fn a_percent_in_the_reply_is_escaped() {
     );
 }
 
+/// A reply stays one SMTP line however long the domain's explanation
+/// (postfix-opendmarc.md: at most 980 bytes a line): the text is cut, and
+/// each `%` is still sent as `%%`. An explanation that is not a valid
+/// explain-string (RFC 7208 §6.2, §7.1: here a CR LF and a non-ASCII
+/// character) is not used: the default explanation is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_or_invalid_explanation_stays_one_reply_line() {
+    let dns = dns();
+    let d = daemon(Transport::Tcp, &toml(""), &dns);
+    let v = tx("none.test", "<a@longexp.test>").run(&d).await;
+    let Verdict::Reject(text) = v else {
+        panic!("{v:?}")
+    };
+    assert!(
+        text.starts_with("550 5.7.23 Message rejected due to: first line 100%% 100%% "),
+        "{text}"
+    );
+    assert!(text.len() <= 980, "{} bytes: {text}", text.len());
+    assert!(text.bytes().all(|b| (b' '..=b'~').contains(&b)), "{text:?}");
+    // No lone '%' (Postfix would expand it): every '%' comes in a pair.
+    assert!(text.split("%%").all(|piece| !piece.contains('%')), "{text}");
+
+    expect(
+        &d,
+        &tx("none.test", "<a@badexp.test>"),
+        Want::Reject(Id::MailFrom, "Fail"),
+        "invalid explanation",
+    )
+    .await;
+}
+
+/// Many connections at once, each with its own client, HELO and sender:
+/// no state leaks from one connection to another.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_connections_keep_their_own_state() {
+    let dns = dns();
+    let d = Arc::new(daemon(Transport::Unix, &toml(""), &dns));
+    const CASES: [(&str, Option<&str>); 7] = [
+        ("pass", Some("Pass")),
+        ("fail", None),
+        ("softfail", Some("Softfail")),
+        ("neutral", Some("Neutral")),
+        ("none", Some("None")),
+        ("permerror", Some("Permerror")),
+        ("temperror", Some("Temperror")),
+    ];
+    let mut tasks = Vec::new();
+    for round in 0..4 {
+        for (n, (domain, result)) in CASES.iter().enumerate() {
+            let d = Arc::clone(&d);
+            tasks.push(tokio::spawn(async move {
+                let sender = format!("<u{round}x{n}@{domain}.test>");
+                let rcpt = format!("<r@r{round}x{n}.example>");
+                let t = Tx {
+                    helo: Some("none.test"),
+                    sender: &sender,
+                    rcpt: &rcpt,
+                    ..Tx::default()
+                };
+                let context = format!("concurrent {sender}");
+                match (t.run(&d).await, result) {
+                    (Verdict::Reject(text), None) => {
+                        assert!(text.starts_with("550 5.7.23 "), "{context}: {text}");
+                        assert!(
+                            text.contains(&format!("id=u{round}x{n}@fail.test;")),
+                            "{context}: {text}"
+                        );
+                    }
+                    (Verdict::Accept(eom), Some(result)) => {
+                        let h = received_spf_of(&eom, &context);
+                        assert_eq!(h.result, *result, "{context}");
+                        let from = sender.trim_matches(['<', '>']);
+                        assert_eq!(h.get("envelope-from"), Some(from), "{context}");
+                        assert_eq!(
+                            h.get("receiver"),
+                            Some(format!("r{round}x{n}.example").as_str()),
+                            "{context}"
+                        );
+                    }
+                    (got, want) => panic!("{context}: wanted {want:?}, got {got:?}"),
+                }
+            }));
+        }
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+}
+
 // ------------------------------------------------------------ legacy file
 
 /// Spec §1: a policyd-spf.conf read unchanged (comments, `Key = Value`,
@@ -1673,10 +1833,23 @@ async fn several_messages_per_connection(transport: Transport) {
     assert_eq!(h.get("receiver"), Some("second.example"));
     assert!(eom.deleted().is_empty(), "{:?}", eom.actions);
 
-    // 5: the null sender: HELO identity.
+    // 5: ESMTP parameters come as further MAIL arguments (Postfix passes
+    // them that way); the sender is the first.
+    let status = c
+        .conn
+        .mail(["<d@pass.test>", "SIZE=100", "BODY=8BITMIME"])
+        .await
+        .unwrap();
+    assert_eq!(status, Status::Continue);
+    let eom = c.message("<user@rcpt.example>", &[]).await;
+    let h = received_spf_of(&eom, "message 5");
+    assert_eq!(h.result, "Pass");
+    assert_eq!(h.get("envelope-from"), Some("d@pass.test"));
+
+    // 6: the null sender: HELO identity.
     assert_eq!(c.mail("<>", &[]).await, Status::Continue);
     let eom = c.message("<user@third.example>", &[]).await;
-    let h = received_spf_of(&eom, "message 5");
+    let h = received_spf_of(&eom, "message 6");
     assert_eq!(h.get("identity"), Some("helo"));
     assert_eq!(h.get("envelope-from"), Some("<>"));
     c.close().await;
