@@ -82,6 +82,9 @@ fn zone() -> Zone {
             "why.badexp.test",
             Entry::Txt(vec![b"line\r\nX-Injected: yes caf\xc3\xa9".to_vec()]),
         )
+        // A server that never answers for this name.
+        .with("slow.test", Entry::Timeout)
+        .with_txt("slowinclude.test", "v=spf1 include:slow.test -all")
         // Domain_Whitelist: passes for 203.0.113.0/25.
         .with_txt("wl-domain.test", "v=spf1 ip4:203.0.113.0/25 -all")
         // HELO_Whitelist: the name's address.
@@ -1652,6 +1655,111 @@ async fn concurrent_connections_keep_their_own_state() {
     for task in tasks {
         task.await.unwrap();
     }
+}
+
+/// Prospective (spec §2, §3 step 1): evaluate as if the client were this
+/// address; passing mail gets no header; the URL names that address.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prospective_evaluates_another_address() {
+    let dns = dns();
+    let d = daemon(
+        Transport::Unix,
+        &toml("[policy]\nprospective = \"192.0.2.1\"\n"),
+        &dns,
+    );
+    // 198.18.0.1 is not allowed by pass.test, 192.0.2.1 is.
+    let other = |sender| Tx {
+        ip: ip("198.18.0.1"),
+        helo: Some("none.test"),
+        sender,
+        ..Tx::default()
+    };
+    expect(
+        &d,
+        &other("<a@pass.test>"),
+        Want::Nothing,
+        "Prospective pass",
+    )
+    .await;
+    let v = other("<a@fail.test>").run(&d).await;
+    let Verdict::Reject(text) = v else {
+        panic!("{v:?}")
+    };
+    assert!(
+        text.ends_with(&url("mfrom", "a@fail.test", CLIENT)),
+        "{text}"
+    );
+    let eom = other("<a@softfail.test>").run(&d).await.accepted();
+    let h = received_spf_of(&eom, "Prospective softfail");
+    assert_eq!(h.result, "Softfail");
+}
+
+/// InternalHosts (pyspf-milter, spec §2) with host names (forward-confirmed
+/// PTR names) and a `!` exclusion: such clients get no check and no header.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn internal_hosts_by_name_and_exclusion() {
+    let dns = dns();
+    let d = daemon(
+        Transport::Tcp,
+        &toml(
+            "[skip]\ninternal_hosts = [\"host.ptr-wl.test\", \"fake.ptr-wl.test\", \"198.18.0.0/24\", \"!198.18.0.1\"]\n",
+        ),
+        &dns,
+    );
+    for (client, want) in [
+        ("203.0.113.150", Want::Nothing),
+        // Its PTR name is not confirmed by the name's address.
+        ("203.0.113.151", Want::Reject(Id::MailFrom, "Fail")),
+        ("198.18.0.2", Want::Nothing),
+        ("198.18.0.1", Want::Reject(Id::MailFrom, "Fail")),
+    ] {
+        let t = Tx {
+            ip: ip(client),
+            helo: Some("none.test"),
+            sender: "<a@fail.test>",
+            ..Tx::default()
+        };
+        expect(&d, &t, want, &format!("InternalHosts, client {client}")).await;
+    }
+}
+
+/// Lookup_Time and Whitelist_Lookup_Time (spec §2): a DNS server that does
+/// not answer gives TempError within the evaluation's time limit (well
+/// inside Postfix's 30 s milter command timeout), and a whitelist lookup
+/// that times out means "not whitelisted".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn time_limits_bound_a_silent_dns_server() {
+    let dns = dns();
+    let d = daemon(
+        Transport::Tcp,
+        &toml(
+            "[policy]\ntemperror_defer = true\n[spf]\nlookup_time = \"700ms\"\nwhitelist_lookup_time = \"300ms\"\n[skip]\ndomain_whitelist = [\"slow.test\"]\n[dns]\ntimeout = 5\n",
+        ),
+        &dns,
+    );
+    for sender in ["<a@slow.test>", "<a@slowinclude.test>"] {
+        let start = Instant::now();
+        let v = tx("none.test", sender).run(&d).await;
+        let elapsed = start.elapsed();
+        let Verdict::Tempfail(text) = v else {
+            panic!("{sender}: {v:?}")
+        };
+        assert!(
+            text.starts_with("450 4.7.24 Message deferred due to: SPF Temporary Error: "),
+            "{text}"
+        );
+        // At most the whitelist's 0.3 s, HELO's and MAIL FROM's 0.7 s each,
+        // and some slack for a loaded machine.
+        assert!(elapsed < Duration::from_secs(4), "{sender}: {elapsed:?}");
+    }
+    // The whitelist lookup timed out: checked as usual.
+    expect(
+        &d,
+        &tx("none.test", "<a@fail.test>"),
+        Want::Reject(Id::MailFrom, "Fail"),
+        "after a whitelist timeout",
+    )
+    .await;
 }
 
 // ------------------------------------------------------------ legacy file
