@@ -82,6 +82,11 @@ fn zone() -> Zone {
             "why.badexp.test",
             Entry::Txt(vec![b"line\r\nX-Injected: yes caf\xc3\xa9".to_vec()]),
         )
+        // Three void lookups (RFC 7208 §4.6.4) before the pass.
+        .with_txt(
+            "voids.test",
+            "v=spf1 a:v1.voids.test a:v2.voids.test a:v3.voids.test ip4:192.0.2.1 -all",
+        )
         // A server that never answers for this name.
         .with("slow.test", Entry::Timeout)
         .with_txt("slowinclude.test", "v=spf1 include:slow.test -all")
@@ -1760,6 +1765,28 @@ async fn time_limits_bound_a_silent_dns_server() {
         "after a whitelist timeout",
     )
     .await;
+}
+
+/// Void_Limit (spec §2, RFC 7208 §4.6.4) reaches the evaluation: three
+/// void lookups are a PermError at the default 2, not at 3.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn void_limit_is_applied() {
+    let dns = dns();
+    let default = daemon(Transport::Tcp, &toml(""), &dns);
+    let three = daemon(
+        Transport::Unix,
+        &ConfigFile::Policyd("Void_Limit = 3\n".to_owned()),
+        &dns,
+    );
+    let t = tx("none.test", "<a@voids.test>");
+    expect(
+        &default,
+        &t,
+        Want::Hdr(Id::MailFrom, "Permerror"),
+        "Void_Limit 2",
+    )
+    .await;
+    expect(&three, &t, Want::Hdr(Id::MailFrom, "Pass"), "Void_Limit 3").await;
 }
 
 // ------------------------------------------------------------ legacy file
