@@ -3,4 +3,5 @@
 #![allow(dead_code)]
 
 pub mod dns_server;
+pub mod milter;
 pub mod suite;
