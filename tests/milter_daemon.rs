@@ -30,8 +30,11 @@ const CLIENT: &str = "192.0.2.1";
 /// The receiver written in headers: the first recipient's domain
 /// (`Hide_Receiver = No`, spec §2).
 const RECEIVER: &str = "rcpt.example";
-/// `Reason_URL`'s default (spec §2); `{3}` is `<UNKNOWN>` at MAIL FROM,
-/// before any recipient.
+/// policyd-spf's `Reason_URL` default (spec §2), which [`daemon`] sets:
+/// its `s=` and `id=` tell which identity a reply is about. `{3}` is
+/// `<UNKNOWN>` at MAIL FROM, before any recipient.
+const POLICYD_SPF_URL: &str = "http://www.openspf.net/Why?s={0};id={1};ip={2};r={3}";
+
 fn url(scope: &str, id: &str, ip: &str) -> String {
     format!("http://www.openspf.net/Why?s={scope};id={id};ip={ip};r=<UNKNOWN>")
 }
@@ -112,8 +115,43 @@ fn toml(text: &str) -> ConfigFile {
     ConfigFile::Toml(text.to_owned())
 }
 
+/// A daemon with `config` plus policyd-spf's `Reason_URL` (spfmilter's
+/// default is no URL; see `the_default_reply_has_no_url`).
 fn daemon(transport: Transport, config: &ConfigFile, dns: &TestDnsServer) -> Daemon {
-    Daemon::start(transport, config, dns.addr())
+    let config = match config {
+        ConfigFile::Policyd(text) => {
+            ConfigFile::Policyd(format!("{text}\nReason_URL = {POLICYD_SPF_URL}\n"))
+        }
+        // Keys after a table header belong to it: the URL goes right
+        // after [policy], or into a [policy] of its own.
+        ConfigFile::Toml(text) => {
+            let line = format!("reason_url = \"{POLICYD_SPF_URL}\"\n");
+            ConfigFile::Toml(match text.find("[policy]\n") {
+                Some(at) => {
+                    let at = at + "[policy]\n".len();
+                    format!("{}{line}{}", &text[..at], &text[at..])
+                }
+                None => format!("{text}\n[policy]\n{line}"),
+            })
+        }
+    };
+    Daemon::start(transport, &config, dns.addr())
+}
+
+/// Without Reason_URL the default reply ends after the explanation
+/// (policyd-spf's default URL points at a defunct site).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_default_reply_has_no_url() {
+    let dns = dns();
+    let d = Daemon::start(Transport::Unix, &toml(""), dns.addr());
+    let v = tx("none.test", "<a@fail.test>").run(&d).await;
+    let Verdict::Reject(text) = v else {
+        panic!("{v:?}")
+    };
+    assert_eq!(
+        text,
+        "550 5.7.23 Message rejected due to: SPF fail - not authorized."
+    );
 }
 
 // ------------------------------------------------------------ expectations
@@ -1340,7 +1378,6 @@ async fn forged_trace_headers_are_deleted_when_nothing_is_added() {
 /// authserv-id survived and OpenDMARC said dmarc=pass for a sender with
 /// SPF none.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "bug: forged headers are deleted by their original indexes in ascending order; Postfix renumbers after each delete, so the 2nd forged Received-SPF / own-id Authentication-Results survives (DMARC bypass)"]
 async fn several_forged_headers_of_one_name_are_all_deleted() {
     let dns = dns();
     let d = daemon(Transport::Tcp, &toml(""), &dns);
@@ -2185,7 +2222,6 @@ async fn junk_envelopes_over_unix() {
 /// Bytes that are not ASCII in the HELO name or the sender (invalid UTF-8,
 /// and UTF-8 as an SMTPUTF8 client sends it, RFC 6531): the same promise.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "bug: a non-ASCII HELO or sender panics the connection task at end of message (src/policy/headers.rs push_escaped slices inside a character); the MTA sees the milter drop the connection"]
 async fn non_ascii_envelopes() {
     junk_envelopes(
         Transport::Tcp,
@@ -2204,7 +2240,6 @@ async fn non_ascii_envelopes() {
 /// sender is a 2000-byte address (one word, it cannot be folded: it has to
 /// be shortened).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "bug: a 2000-byte sender is written into Received-SPF and Authentication-Results as one line of over 998 octets"]
 async fn a_header_line_stays_within_998_octets() {
     let dns = dns();
     let d = daemon(

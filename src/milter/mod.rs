@@ -581,8 +581,12 @@ async fn at_end_of_message(
         return Status::Continue;
     };
     let config = &shared.config;
-    let message = std::mem::take(&mut conn.message);
-    // Forged trace headers go first (postfix-opendmarc.md).
+    let mut message = std::mem::take(&mut conn.message);
+    // Forged trace headers go first (postfix-opendmarc.md), the last of a
+    // name first: the MTA renumbers the headers of that name after each
+    // deletion, so deleting #1 before #2 would delete the third one and
+    // leave the second.
+    message.forged.sort_by_key(|&(_, index)| std::cmp::Reverse(index));
     for (name, index) in &message.forged {
         shared.log(
             LogLevel::Actions,

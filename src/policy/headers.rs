@@ -46,11 +46,42 @@ pub struct Transaction<'a> {
     pub receiver: &'a str,
 }
 
+/// At most this many bytes of an envelope value (HELO name, sender,
+/// receiver, domain) go into a trace header. RFC 5321 §4.5.3.1 allows 255
+/// for a domain and 256 for a path, so only invalid values are cut; a
+/// value without spaces cannot be folded, and a longer one would break
+/// RFC 5322's 998-octet line limit (§2.1.1).
+pub const MAX_TRACE_VALUE: usize = 256;
+
+/// `value`, cut to [`MAX_TRACE_VALUE`] bytes (at a character boundary)
+/// with `...` to show the cut.
+fn bounded(value: &str) -> std::borrow::Cow<'_, str> {
+    if value.len() <= MAX_TRACE_VALUE {
+        return value.into();
+    }
+    let mut end = MAX_TRACE_VALUE;
+    while !value.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}...", &value[..end]).into()
+}
+
 /// The value of a Received-SPF header field (everything after
 /// `Received-SPF:`), unfolded:
 /// `pass (comment) identity=mailfrom; client-ip=…; helo=…; envelope-from=…;
 /// receiver=…; mechanism=…` (or `problem=…` for errors).
 pub fn received_spf_value(outcome: &SpfOutcome, tx: &Transaction<'_>) -> String {
+    let (helo, envelope_from, receiver) = (
+        bounded(tx.helo),
+        bounded(tx.envelope_from),
+        bounded(tx.receiver),
+    );
+    let tx = Transaction {
+        helo: &helo,
+        envelope_from: &envelope_from,
+        receiver: &receiver,
+        ..*tx
+    };
     let mut v = String::with_capacity(200);
     v.push_str(outcome.result.capitalized());
     v.push_str(" (");
@@ -96,6 +127,18 @@ pub fn authentication_results_value(
     outcome: &SpfOutcome,
     tx: &Transaction<'_>,
 ) -> String {
+    let (helo, envelope_from, receiver) = (
+        bounded(tx.helo),
+        bounded(tx.envelope_from),
+        bounded(tx.receiver),
+    );
+    let tx = Transaction {
+        helo: &helo,
+        envelope_from: &envelope_from,
+        receiver: &receiver,
+        ..*tx
+    };
+    let domain = bounded(&outcome.domain);
     let mut v = String::with_capacity(200);
     push_token_or_quoted(&mut v, authserv_id);
     v.push_str("; spf=");
@@ -106,11 +149,11 @@ pub fn authentication_results_value(
     match outcome.identity {
         Identity::MailFrom => {
             v.push_str("smtp.mailfrom=");
-            push_token_or_quoted(&mut v, &outcome.domain);
+            push_token_or_quoted(&mut v, &domain);
         }
         Identity::Helo => {
             v.push_str("smtp.helo=");
-            push_token_or_quoted(&mut v, &outcome.domain);
+            push_token_or_quoted(&mut v, &domain);
         }
     }
     v.push_str(" (");
@@ -180,7 +223,13 @@ pub fn skip_headers(
     reason: SkipReason,
     tx: &Transaction<'_>,
 ) -> Vec<(&'static str, String)> {
-    let comment = x_comment_value(reason, tx.client_ip, tx.helo, tx.envelope_from, tx.receiver);
+    let comment = x_comment_value(
+        reason,
+        tx.client_ip,
+        &bounded(tx.helo),
+        &bounded(tx.envelope_from),
+        &bounded(tx.receiver),
+    );
     let mut headers = Vec::with_capacity(2);
     if header_type.received_spf() {
         headers.push(("X-Comment", fold("X-Comment", &comment, 78)));
@@ -367,21 +416,19 @@ fn push_comment(out: &mut String, text: &str) {
 /// each control or non-ASCII character replaced by one `?`. Runs of plain
 /// characters are copied whole (this runs for every header).
 fn push_escaped(out: &mut String, text: &str, special: &[u8]) {
-    let bytes = text.as_bytes();
     let mut run = 0;
-    for (i, &b) in bytes.iter().enumerate() {
-        let plain = (b' '..=b'~').contains(&b) && !special.contains(&b);
-        if plain {
+    for (i, c) in text.char_indices() {
+        let special_char = u8::try_from(c).is_ok_and(|b| special.contains(&b));
+        if (' '..='~').contains(&c) && !special_char {
             continue;
         }
         out.push_str(&text[run..i]);
-        run = i + 1;
-        if special.contains(&b) {
+        run = i + c.len_utf8();
+        if special_char {
             out.push('\\');
-            out.push(char::from(b));
-        } else if !(0x80..0xc0).contains(&b) {
-            // A control character or the first byte of a non-ASCII
-            // character (its continuation bytes are dropped silently).
+            out.push(c);
+        } else {
+            // A control or non-ASCII character.
             out.push('?');
         }
     }
@@ -710,5 +757,27 @@ mod tests {
         assert_eq!(header_receiver(true, Some("bob@rcpt.example")), "<UNKNOWN>");
         assert_eq!(header_receiver(false, None), "<UNKNOWN>");
         assert_eq!(header_receiver(false, Some("postmaster")), "<UNKNOWN>");
+    }
+}
+
+#[cfg(test)]
+mod envelope_junk {
+    use super::*;
+
+    #[test]
+    fn non_ascii_and_controls_become_one_question_mark_each() {
+        let mut out = String::new();
+        // Two- and three-byte characters, a lossy-decoded byte, a control.
+        push_escaped(&mut out, "jörg€\u{FFFD}\x01(x)", b"()\\");
+        assert_eq!(out, "j?rg???\\(x\\)");
+    }
+
+    #[test]
+    fn over_long_values_are_cut_at_a_character_boundary() {
+        let long = format!("{}ö{}", "a".repeat(MAX_TRACE_VALUE - 1), "b".repeat(500));
+        let cut = bounded(&long);
+        // The 2-byte ö straddles the limit: cut before it.
+        assert_eq!(cut, format!("{}...", "a".repeat(MAX_TRACE_VALUE - 1)));
+        assert_eq!(bounded("mx.example.com"), "mx.example.com");
     }
 }
