@@ -378,3 +378,76 @@ fn under_systemds_journal_lines_carry_a_priority_and_no_name() {
     assert!(!text.contains("spfmilter["), "{text}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// The README's first command: `spfmilter` with no argument and no
+/// configuration file runs with the built-in defaults and answers a milter
+/// handshake on inet:127.0.0.1:8891. Run in a private network namespace
+/// (entered by this test's own thread, which the child inherits), so that
+/// port 8891 of the machine is never involved.
+#[test]
+fn with_no_arguments_it_answers_a_handshake_on_127_0_0_1_8891() {
+    use std::io::{Read, Write};
+    if !is_root() {
+        eprintln!("not root: no private network namespace here (CI runs as root)");
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("spfmilter-daemon-default-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::thread::spawn(move || {
+        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).expect("a network namespace");
+        let up = Command::new("ip")
+            .args(["link", "set", "lo", "up"])
+            .status()
+            .expect("ip");
+        assert!(up.success());
+        // The default path must be absent for the built-in defaults to
+        // apply (the .deb test installs into a throwaway overlay only).
+        assert!(
+            !Path::new("/etc/spfmilter/spfmilter.toml").exists(),
+            "this test wants the built-in defaults"
+        );
+        let mut child = Command::new(env!("CARGO_BIN_EXE_spfmilter"))
+            .current_dir(&dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start spfmilter");
+        let stderr = collect_stderr(&mut child);
+        let mut stream = None;
+        wait_for("inet:127.0.0.1:8891", || {
+            stream = std::net::TcpStream::connect("127.0.0.1:8891").ok();
+            stream.is_some()
+        });
+        let mut stream = stream.unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        // SMFIC_OPTNEG as Postfix sends it: version 6, all actions, all
+        // protocol steps offered.
+        let mut optneg = vec![0, 0, 0, 13, b'O'];
+        optneg.extend_from_slice(&6u32.to_be_bytes());
+        optneg.extend_from_slice(&0x1ffu32.to_be_bytes());
+        optneg.extend_from_slice(&0x1f_ffffu32.to_be_bytes());
+        stream.write_all(&optneg).unwrap();
+        let mut head = [0u8; 5];
+        stream
+            .read_exact(&mut head)
+            .unwrap_or_else(|e| panic!("no negotiation reply: {e}\n{}", stderr.lock().unwrap()));
+        let len = u32::from_be_bytes(head[..4].try_into().unwrap()) as usize;
+        let mut body = vec![0u8; len - 1];
+        stream.read_exact(&mut body).unwrap();
+        assert_eq!(head[4], b'O', "an SMFIC_OPTNEG reply");
+        assert_eq!(u32::from_be_bytes(body[..4].try_into().unwrap()), 6);
+        // It asks to add and change headers (SMFIF_ADDHDRS | SMFIF_CHGHDRS).
+        let actions = u32::from_be_bytes(body[4..8].try_into().unwrap());
+        assert_eq!(actions & 0x11, 0x11, "actions {actions:#x}");
+        drop(stream);
+        assert!(terminate(&mut child).success());
+    })
+    .join()
+    .expect("the namespace thread");
+    std::fs::remove_dir_all(
+        std::env::temp_dir().join(format!("spfmilter-daemon-default-{}", std::process::id())),
+    )
+    .unwrap();
+}

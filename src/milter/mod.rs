@@ -586,7 +586,9 @@ async fn at_end_of_message(
     // name first: the MTA renumbers the headers of that name after each
     // deletion, so deleting #1 before #2 would delete the third one and
     // leave the second.
-    message.forged.sort_by_key(|&(_, index)| std::cmp::Reverse(index));
+    message
+        .forged
+        .sort_by_key(|&(_, index)| std::cmp::Reverse(index));
     for (name, index) in &message.forged {
         shared.log(
             LogLevel::Actions,
