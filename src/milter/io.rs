@@ -228,4 +228,14 @@ mod tests {
         peer.read_to_end(&mut all).await.unwrap();
         assert_eq!(all, b"\0\0\0\x05hX\0v\0");
     }
+
+    #[tokio::test]
+    async fn tcp_connections_have_nagle_off() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut listener = TcpMilterListener(listener);
+        let _client = TcpStream::connect(addr).await.unwrap();
+        let accepted = listener.accept().await.unwrap();
+        assert!(accepted.get_ref().inner.nodelay().unwrap());
+    }
 }
