@@ -422,24 +422,9 @@ fn with_no_arguments_it_answers_a_handshake_on_127_0_0_1_8891() {
         stream
             .set_read_timeout(Some(Duration::from_secs(5)))
             .unwrap();
-        // SMFIC_OPTNEG as Postfix sends it: version 6, all actions, all
-        // protocol steps offered.
-        let mut optneg = vec![0, 0, 0, 13, b'O'];
-        optneg.extend_from_slice(&6u32.to_be_bytes());
-        optneg.extend_from_slice(&0x1ffu32.to_be_bytes());
-        optneg.extend_from_slice(&0x1f_ffffu32.to_be_bytes());
-        stream.write_all(&optneg).unwrap();
-        let mut head = [0u8; 5];
-        stream
-            .read_exact(&mut head)
+        let actions = handshake(&mut stream)
             .unwrap_or_else(|e| panic!("no negotiation reply: {e}\n{}", stderr.lock().unwrap()));
-        let len = u32::from_be_bytes(head[..4].try_into().unwrap()) as usize;
-        let mut body = vec![0u8; len - 1];
-        stream.read_exact(&mut body).unwrap();
-        assert_eq!(head[4], b'O', "an SMFIC_OPTNEG reply");
-        assert_eq!(u32::from_be_bytes(body[..4].try_into().unwrap()), 6);
         // It asks to add and change headers (SMFIF_ADDHDRS | SMFIF_CHGHDRS).
-        let actions = u32::from_be_bytes(body[4..8].try_into().unwrap());
         assert_eq!(actions & 0x11, 0x11, "actions {actions:#x}");
         drop(stream);
         assert!(terminate(&mut child).success());
@@ -450,4 +435,76 @@ fn with_no_arguments_it_answers_a_handshake_on_127_0_0_1_8891() {
         std::env::temp_dir().join(format!("spfmilter-daemon-default-{}", std::process::id())),
     )
     .unwrap();
+}
+
+/// Postfix's SMFIC_OPTNEG (version 6, all actions, all protocol steps
+/// offered); returns the actions the milter asks for.
+fn handshake(stream: &mut (impl std::io::Read + std::io::Write)) -> std::io::Result<u32> {
+    let mut optneg = vec![0, 0, 0, 13, b'O'];
+    optneg.extend_from_slice(&6u32.to_be_bytes());
+    optneg.extend_from_slice(&0x1ffu32.to_be_bytes());
+    optneg.extend_from_slice(&0x1f_ffffu32.to_be_bytes());
+    stream.write_all(&optneg)?;
+    let mut head = [0u8; 5];
+    stream.read_exact(&mut head)?;
+    let len = u32::from_be_bytes(head[..4].try_into().unwrap()) as usize;
+    let mut body = vec![0u8; len.saturating_sub(1)];
+    stream.read_exact(&mut body)?;
+    assert_eq!(head[4], b'O', "an SMFIC_OPTNEG reply");
+    assert!(body.len() >= 12, "a short OPTNEG reply: {body:?}");
+    assert_eq!(u32::from_be_bytes(body[..4].try_into().unwrap()), 6);
+    Ok(u32::from_be_bytes(body[4..8].try_into().unwrap()))
+}
+
+/// Junk and abandoned connections: each bad session is a log line (at most
+/// five a second), and the next well-formed session is served.
+#[test]
+fn junk_and_abandoned_connections_are_logged_and_survived() {
+    use std::io::Write;
+    use std::os::unix::net::UnixStream;
+    let dir = std::env::temp_dir().join(format!("spfmilter-daemon-junk-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let socket = dir.join("milter.sock");
+    let spec = format!("unix:{}", socket.display());
+    let mut child = spfmilter(&["run", "--socket", &spec]);
+    let stderr = collect_stderr(&mut child);
+    wait_for("the socket", || UnixStream::connect(&socket).is_ok());
+    let started = Instant::now();
+
+    // A length of 4 GiB: refused, the connection closed.
+    let mut junk = UnixStream::connect(&socket).unwrap();
+    junk.write_all(b"\xff\xff\xff\xffjunk").unwrap();
+    wait_for("the junk line", || {
+        stderr
+            .lock()
+            .unwrap()
+            .contains("milter connection ended by an error")
+    });
+    // A truncated packet, then the peer goes away; and 2,000 connections
+    // opened and dropped at once.
+    let mut truncated = UnixStream::connect(&socket).unwrap();
+    truncated.write_all(b"\x00\x00\x00\x0dO\x00\x00").unwrap();
+    drop(truncated);
+    for _ in 0..2000 {
+        drop(UnixStream::connect(&socket).unwrap());
+    }
+    let mut good = UnixStream::connect(&socket).unwrap();
+    good.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let actions = handshake(&mut good).expect("served after the junk");
+    assert_eq!(actions & 0x11, 0x11);
+    drop(good);
+    assert!(terminate(&mut child).success());
+
+    let text = stderr.lock().unwrap().clone();
+    let lines = text
+        .lines()
+        .filter(|l| l.contains("milter connection ended by an error"))
+        .count();
+    let seconds = started.elapsed().as_secs() + 1;
+    assert!(lines >= 1, "{text}");
+    assert!(
+        lines as u64 <= 5 * seconds,
+        "{lines} lines in {seconds} s: not rate-limited"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -30,6 +30,14 @@ pub async fn run(config: Arc<Config>, source: Source, overrides: Overrides) -> R
     }
     let milter = Milter::new(Shared::new(Arc::clone(&config))?);
     let shared = milter.current();
+    // Sessions that die of a protocol or I/O error: one line each
+    // (rate-limited), through the configuration in use.
+    let logging = Arc::downgrade(&milter);
+    super::session_log::install(Box::new(move |line: &str| {
+        if let Some(milter) = logging.upgrade() {
+            milter.current().log(LogLevel::Errors, line);
+        }
+    }));
     let listener = bind(settings).await?;
     let metrics_listener = match config.metrics.listen {
         Some(addr) => Some(

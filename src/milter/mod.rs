@@ -34,6 +34,7 @@ use crate::spf::Evaluator;
 mod daemon;
 pub mod io;
 mod log;
+pub mod session_log;
 
 pub use daemon::run;
 use log::Logger;
