@@ -386,7 +386,6 @@ fn under_systemds_journal_lines_carry_a_priority_and_no_name() {
 /// port 8891 of the machine is never involved.
 #[test]
 fn with_no_arguments_it_answers_a_handshake_on_127_0_0_1_8891() {
-    use std::io::{Read, Write};
     if !is_root() {
         eprintln!("not root: no private network namespace here (CI runs as root)");
         return;
