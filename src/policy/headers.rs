@@ -402,35 +402,49 @@ fn push_value(out: &mut String, value: &str) {
 /// cannot inject header lines.
 fn push_quoted(out: &mut String, value: &str) {
     out.push('"');
-    push_escaped(out, value, b"\"\\");
+    push_escaped::<QUOTED_STRING>(out, value);
     out.push('"');
 }
 
 /// Comment text (RFC 5322 ctext): parentheses and backslashes escaped,
 /// controls replaced.
 fn push_comment(out: &mut String, text: &str) {
-    push_escaped(out, text, b"()\\");
+    push_escaped::<COMMENT>(out, text);
 }
 
-/// Appends `text` with each byte of `special` preceded by a backslash, and
-/// each control or non-ASCII character replaced by one `?`. Runs of plain
-/// characters are copied whole (this runs for every header).
-fn push_escaped(out: &mut String, text: &str, special: &[u8]) {
+/// What [`push_escaped`] escapes: in a quoted-string `"` and `\`, in a
+/// comment `(`, `)` and `\` (RFC 5322 §3.2.2, §3.2.4).
+const QUOTED_STRING: u8 = 0;
+const COMMENT: u8 = 1;
+
+/// Appends `text` with each special character of `KIND` preceded by a
+/// backslash, and each control or non-ASCII character replaced by one `?`.
+/// Runs of plain characters are copied whole (this runs for every header).
+fn push_escaped<const KIND: u8>(out: &mut String, text: &str) {
+    let special = |b: u8| match KIND {
+        COMMENT => matches!(b, b'(' | b')' | b'\\'),
+        _ => matches!(b, b'"' | b'\\'),
+    };
+    let bytes = text.as_bytes();
     let mut run = 0;
-    for (i, c) in text.char_indices() {
-        let special_char = u8::try_from(c).is_ok_and(|b| special.contains(&b));
-        if (' '..='~').contains(&c) && !special_char {
+    let mut i = 0;
+    while i < bytes.len() {
+        let b = bytes[i];
+        if (b' '..=b'~').contains(&b) && !special(b) {
+            i += 1;
             continue;
         }
         out.push_str(&text[run..i]);
-        run = i + c.len_utf8();
-        if special_char {
+        if special(b) {
             out.push('\\');
-            out.push(c);
+            out.push(char::from(b));
+            i += 1;
         } else {
-            // A control or non-ASCII character.
+            // A control or a non-ASCII character (all its bytes): one `?`.
             out.push('?');
+            i += text[i..].chars().next().map_or(1, char::len_utf8);
         }
+        run = i;
     }
     out.push_str(&text[run..]);
 }
@@ -768,7 +782,7 @@ mod envelope_junk {
     fn non_ascii_and_controls_become_one_question_mark_each() {
         let mut out = String::new();
         // Two- and three-byte characters, a lossy-decoded byte, a control.
-        push_escaped(&mut out, "jörg€\u{FFFD}\x01(x)", b"()\\");
+        push_escaped::<COMMENT>(&mut out, "jörg€\u{FFFD}\x01(x)");
         assert_eq!(out, "j?rg???\\(x\\)");
     }
 
