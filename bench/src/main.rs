@@ -65,6 +65,14 @@ enum Command {
     Idle(IdleArgs),
     /// UDP DNS front: forwards each query to UPSTREAM after a delay.
     DnsDelay(DelayArgs),
+    /// A syslog socket (unix datagram) that reads and discards every line,
+    /// so that milters logging to /dev/log pay what they pay with a real
+    /// syslog daemon, and nothing is written anywhere.
+    SyslogSink {
+        /// Where to bind, e.g. /dev/log (in a private mount namespace).
+        #[arg(long)]
+        path: std::path::PathBuf,
+    },
 }
 
 #[derive(Args, Clone)]
@@ -116,7 +124,8 @@ struct LoadArgs {
     #[arg(long, default_value = "postmaster@mx.bench.test")]
     rcpt: String,
     /// The expected verdict of every message: `accept` (no header),
-    /// `header:NAME[:VALUE-PREFIX]` (accepted, that header added),
+    /// `header:NAME[:TEXT]` (accepted, a header NAME added whose value
+    /// contains TEXT),
     /// `reject[:STAGE]` (5xx), `tempfail[:STAGE]` (4xx); STAGE is
     /// connect, helo, mail, rcpt, data, header, eoh, body or eom.
     #[arg(long, default_value = "accept")]
@@ -175,6 +184,7 @@ fn main() -> ExitCode {
             Command::Load(args) => load(args).await,
             Command::Idle(args) => idle(args).await,
             Command::DnsDelay(args) => dns_delay(args).await,
+            Command::SyslogSink { path } => syslog_sink(&path).await,
         }
     });
     match result {
@@ -262,7 +272,7 @@ enum Outcome {
 #[derive(Debug, Clone)]
 enum Expect {
     Accept,
-    Header { name: String, prefix: String },
+    Header { name: String, text: String },
     Reject(Option<Step>),
     Tempfail(Option<Step>),
 }
@@ -281,9 +291,9 @@ impl Expect {
                 name: parts
                     .next()
                     .filter(|n| !n.is_empty())
-                    .ok_or("header:NAME[:PREFIX]")?
+                    .ok_or("header:NAME[:TEXT]")?
                     .to_owned(),
-                prefix: parts.next().unwrap_or("").to_owned(),
+                text: parts.next().unwrap_or("").to_owned(),
             },
             "reject" => Expect::Reject(step(parts.next())?),
             "tempfail" => Expect::Tempfail(step(parts.next())?),
@@ -298,11 +308,9 @@ impl Expect {
     fn matches(&self, outcome: &Outcome) -> bool {
         match (self, outcome) {
             (Expect::Accept, Outcome::Accepted { headers }) => headers.is_empty(),
-            (Expect::Header { name, prefix }, Outcome::Accepted { headers }) => {
-                headers.iter().any(|(n, v)| {
-                    n.eq_ignore_ascii_case(name) && v.trim_start().starts_with(prefix.as_str())
-                })
-            }
+            (Expect::Header { name, text }, Outcome::Accepted { headers }) => headers
+                .iter()
+                .any(|(n, v)| n.eq_ignore_ascii_case(name) && v.contains(text.as_str())),
             (Expect::Reject(step), Outcome::Rejected(s))
             | (Expect::Tempfail(step), Outcome::Tempfailed(s)) => step.is_none_or(|st| st == *s),
             _ => false,
@@ -426,10 +434,17 @@ struct Conn<R, W> {
     buf: Vec<u8>,
     payload: Vec<u8>,
     timeout: Duration,
+    last: u8,
 }
 
 impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Conn<R, W> {
     async fn send(&mut self) -> Result<(), String> {
+        // The last command written, for error messages.
+        let mut i = 0;
+        while i + 5 <= self.buf.len() {
+            self.last = self.buf[i + 4];
+            i += 4 + u32::from_be_bytes(self.buf[i..i + 4].try_into().expect("4 bytes")) as usize;
+        }
         let r = tokio::time::timeout(self.timeout, self.w.write_all(&self.buf)).await;
         self.buf.clear();
         match r {
@@ -448,7 +463,10 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Conn<R, W> {
         {
             Ok(Ok(c)) => Ok(c),
             Ok(Err(e)) => Err(format!("read: {e}")),
-            Err(_) => Err("no reply within the time-out".to_owned()),
+            Err(_) => Err(format!(
+                "no reply after {:?} within the time-out",
+                self.last as char
+            )),
         }
     }
 
@@ -808,6 +826,7 @@ macro_rules! with_conn {
                         buf: Vec::with_capacity(2048),
                         payload: Vec::with_capacity(512),
                         timeout: $timeout,
+                        last: 0,
                     };
                     Ok($body)
                 }
@@ -822,6 +841,7 @@ macro_rules! with_conn {
                         buf: Vec::with_capacity(2048),
                         payload: Vec::with_capacity(512),
                         timeout: $timeout,
+                        last: 0,
                     };
                     Ok($body)
                 }
@@ -1282,5 +1302,21 @@ async fn dns_delay(args: DelayArgs) -> Result<ExitCode, String> {
                 let _ = socket.send_to(&answer[..n], from).await;
             }
         });
+    }
+}
+
+// ---------------------------------------------------------------- syslog-sink
+
+async fn syslog_sink(path: &std::path::Path) -> Result<ExitCode, String> {
+    use std::os::unix::fs::PermissionsExt;
+    let _ = std::fs::remove_file(path);
+    let socket = tokio::net::UnixDatagram::bind(path)
+        .map_err(|e| format!("bind {}: {e}", path.display()))?;
+    // Daemons that dropped their privileges log too.
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666))
+        .map_err(|e| format!("chmod {}: {e}", path.display()))?;
+    let mut buf = vec![0u8; 65536];
+    loop {
+        socket.recv(&mut buf).await.map_err(|e| e.to_string())?;
     }
 }
