@@ -171,6 +171,9 @@ struct DelayArgs {
     /// Delay of every answer, in milliseconds.
     #[arg(long, default_value_t = 50)]
     delay_ms: u64,
+    /// On SIGHUP, write the number of queries received so far here.
+    #[arg(long)]
+    count_file: Option<std::path::PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -1278,12 +1281,25 @@ async fn dns_delay(args: DelayArgs) -> Result<ExitCode, String> {
             .map_err(|e| format!("bind {}: {e}", args.listen))?,
     );
     let delay = Duration::from_millis(args.delay_ms);
+    let queries = Arc::new(AtomicU64::new(0));
+    if let Some(path) = args.count_file.clone() {
+        let queries = Arc::clone(&queries);
+        let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+            .map_err(|e| e.to_string())?;
+        tokio::spawn(async move {
+            while hup.recv().await.is_some() {
+                let n = queries.load(Ordering::Relaxed);
+                let _ = std::fs::write(&path, format!("{n}\n"));
+            }
+        });
+    }
     let mut buf = vec![0u8; 4096];
     loop {
         let (len, from) = socket
             .recv_from(&mut buf)
             .await
             .map_err(|e| e.to_string())?;
+        queries.fetch_add(1, Ordering::Relaxed);
         let query = buf[..len].to_vec();
         let socket = Arc::clone(&socket);
         let upstream = args.upstream;
