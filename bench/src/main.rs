@@ -772,7 +772,6 @@ impl Tally {
 struct Plan {
     next: AtomicU64,
     total: Option<u64>,
-    start: Instant,
     measure_from: Instant,
     end: Option<Instant>,
 }
@@ -1003,7 +1002,6 @@ async fn load(args: LoadArgs) -> Result<ExitCode, String> {
     let plan = Arc::new(Plan {
         next: AtomicU64::new(0),
         total: args.messages,
-        start,
         measure_from,
         end,
     });
@@ -1038,7 +1036,6 @@ async fn load(args: LoadArgs) -> Result<ExitCode, String> {
     }
     .as_secs_f64()
     .max(1e-9);
-    let _ = plan.start;
 
     let mut lat = std::mem::take(&mut tally.latencies);
     lat.sort_unstable();
@@ -1334,5 +1331,155 @@ async fn syslog_sink(path: &std::path::Path) -> Result<ExitCode, String> {
     let mut buf = vec![0u8; 65536];
     loop {
         socket.recv(&mut buf).await.map_err(|e| e.to_string())?;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncReadExt;
+
+    fn session() -> Session {
+        Session {
+            socket: "unix:/unused".to_owned(),
+            client_ip: "192.0.2.10".parse().unwrap(),
+            client_name: "mail.client.test".to_owned(),
+            helo: "mx1.w1.bench.test".to_owned(),
+            timeout: 5.0,
+            nodelay: false,
+        }
+    }
+
+    /// Reads one whole packet (length, command, payload) from the MTA side.
+    async fn next<R: AsyncRead + Unpin>(r: &mut R) -> (u8, Vec<u8>) {
+        let mut p = Vec::new();
+        let c = proto::read_packet(r, &mut p).await.unwrap();
+        (c, p)
+    }
+
+    async fn reply<W: AsyncWrite + Unpin>(w: &mut W, command: u8, payload: &[u8]) {
+        let mut b = Vec::new();
+        packet(&mut b, command, |p| p.extend_from_slice(payload));
+        w.write_all(&b).await.unwrap();
+    }
+
+    /// A scripted milter that asks for no HELO, no reply to headers and
+    /// end of headers, no body, its own connect macros, and the leading
+    /// space: the generator must send exactly what Postfix would, in order.
+    #[tokio::test]
+    async fn follows_the_negotiated_steps() {
+        let (mta, milter) = tokio::io::duplex(1 << 16);
+        let (mr, mw) = tokio::io::split(mta);
+        let s = session();
+        let client = Client {
+            s: &s,
+            rcpt: "postmaster@mx.bench.test",
+            sender_template: "user@w1.bench.test",
+            timeout: Duration::from_secs(5),
+        };
+        let script = tokio::spawn(async move {
+            let (mut r, mut w) = tokio::io::split(milter);
+            let (c, p) = next(&mut r).await;
+            assert_eq!(c, proto::C_OPTNEG);
+            // Postfix offers version 6, every action and step flag.
+            assert_eq!(&p[..], &[0, 0, 0, 6, 0, 0, 1, 0xff, 0, 0x1f, 0xff, 0xff]);
+            let protocol = proto::P_NOHELO
+                | proto::P_NR_HDR
+                | proto::P_NR_EOH
+                | proto::P_NOBODY
+                | proto::P_HDR_LEADSPC;
+            let mut o = Vec::new();
+            o.extend_from_slice(&6u32.to_be_bytes());
+            o.extend_from_slice(&0x1u32.to_be_bytes());
+            o.extend_from_slice(&protocol.to_be_bytes());
+            o.extend_from_slice(&0u32.to_be_bytes());
+            o.extend_from_slice(b"j {nonexistent}\0");
+            reply(&mut w, proto::C_OPTNEG, &o).await;
+            // Connect: the milter's own list; only `j` has a value.
+            let (c, p) = next(&mut r).await;
+            assert_eq!((c, &p[..]), (proto::C_MACRO, &b"Cj\0mx.bench.test\0"[..]));
+            let (c, p) = next(&mut r).await;
+            assert_eq!(c, proto::C_CONNECT);
+            assert!(p.starts_with(b"mail.client.test\04"));
+            reply(&mut w, proto::R_CONTINUE, b"").await;
+            // No HELO: MAIL comes next, with Postfix's default MAIL macros
+            // that have a value (no {auth_*} for an anonymous client).
+            let (c, p) = next(&mut r).await;
+            assert_eq!(c, proto::C_MACRO);
+            let names: Vec<&[u8]> = proto::cstrings(&p[1..]).into_iter().step_by(2).collect();
+            assert_eq!(
+                names,
+                [&b"i"[..], b"{mail_addr}", b"{mail_host}", b"{mail_mailer}"]
+            );
+            let (c, p) = next(&mut r).await;
+            assert_eq!((c, &p[..]), (proto::C_MAIL, &b"<user@w1.bench.test>\0"[..]));
+            reply(&mut w, proto::R_CONTINUE, b"").await;
+            let (c, _) = next(&mut r).await;
+            assert_eq!(c, proto::C_MACRO);
+            let (c, _) = next(&mut r).await;
+            assert_eq!(c, proto::C_RCPT);
+            reply(&mut w, proto::R_CONTINUE, b"").await;
+            let (c, _) = next(&mut r).await;
+            assert_eq!(c, proto::C_MACRO);
+            let (c, _) = next(&mut r).await;
+            assert_eq!(c, proto::C_DATA);
+            reply(&mut w, proto::R_CONTINUE, b"").await;
+            // Six headers and the end of headers, no reply to any of them.
+            for _ in 0..6 {
+                let (c, p) = next(&mut r).await;
+                assert_eq!(c, proto::C_HEADER);
+                let parts = proto::cstrings(&p);
+                assert!(
+                    parts[1].starts_with(b" "),
+                    "SMFIP_HDR_LEADSPC: value keeps its space"
+                );
+            }
+            let (c, _) = next(&mut r).await;
+            assert_eq!(c, proto::C_MACRO);
+            let (c, _) = next(&mut r).await;
+            assert_eq!(c, proto::C_EOH);
+            // No body: the end of message follows.
+            let (c, _) = next(&mut r).await;
+            assert_eq!(c, proto::C_MACRO);
+            let (c, _) = next(&mut r).await;
+            assert_eq!(c, proto::C_EOM);
+            let mut ins = 0u32.to_be_bytes().to_vec();
+            ins.extend_from_slice(b"X-Test\0yes\0");
+            reply(&mut w, proto::R_INSHEADER, &ins).await;
+            reply(&mut w, proto::R_CONTINUE, b"").await;
+            // Nothing else before the MTA closes its side.
+            let mut rest = Vec::new();
+            r.read_to_end(&mut rest).await.unwrap();
+            rest
+        });
+        let mut c = Conn {
+            r: BufReader::new(mr),
+            w: mw,
+            buf: Vec::new(),
+            payload: Vec::new(),
+            timeout: Duration::from_secs(5),
+            last: 0,
+        };
+        let (neg, ended) = open(&mut c, &client).await.unwrap();
+        assert!(ended.is_none());
+        let (outcome, step) = transaction(&mut c, &neg, &client, &client.message(0))
+            .await
+            .unwrap();
+        assert_eq!(step, Step::Eom);
+        assert_eq!(
+            outcome,
+            Outcome::Accepted {
+                headers: vec![("X-Test".to_owned(), "yes".to_owned())]
+            }
+        );
+        assert!(
+            Expect::parse("header:X-Test:yes")
+                .unwrap()
+                .matches(&outcome)
+        );
+        assert!(!Expect::parse("accept").unwrap().matches(&outcome));
+        c.w.shutdown().await.unwrap();
+        drop(c);
+        assert!(script.await.unwrap().is_empty());
     }
 }
