@@ -1400,7 +1400,7 @@ mod tests {
             assert_eq!((c, &p[..]), (proto::C_MACRO, &b"Cj\0mx.bench.test\0"[..]));
             let (c, p) = next(&mut r).await;
             assert_eq!(c, proto::C_CONNECT);
-            assert!(p.starts_with(b"mail.client.test\04"));
+            assert!(p.starts_with(b"mail.client.test\x004"));
             reply(&mut w, proto::R_CONTINUE, b"").await;
             // No HELO: MAIL comes next, with Postfix's default MAIL macros
             // that have a value (no {auth_*} for an anonymous client).
