@@ -2277,3 +2277,25 @@ async fn dropped_connections_do_not_stop_the_daemon() {
     )
     .await;
 }
+
+/// With several recipients the first one's domain is the receiver
+/// (`Hide_Receiver = No`, spec §2), whatever follows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_first_of_several_recipients_is_the_receiver() {
+    let dns = dns();
+    let d = daemon(Transport::Unix, &toml(""), &dns);
+    let mut c = Client::connect(&d, ip(CLIENT), &[]).await;
+    assert_eq!(c.helo("pass.test").await, Status::Continue);
+    assert_eq!(c.mail("<a@pass.test>", &[]).await, Status::Continue);
+    assert_eq!(
+        c.conn
+            .rcpt([common::milter::cstring("<one@first-of-two.example>")])
+            .await
+            .unwrap(),
+        Status::Continue
+    );
+    let eom = c.message("<two@second-of-two.example>", &[]).await;
+    let h = received_spf_of(&eom, "two recipients");
+    assert_eq!(h.get("receiver"), Some("first-of-two.example"));
+    c.close().await;
+}
