@@ -13,7 +13,10 @@
 //! milter; the tests below run them against Debian's pyspf-milter, the
 //! reference, and against spfmilter, with one difference in
 //! `header_results`: RFC 7208 §5 makes servfail.test and broken.test
-//! `temperror` where pydns-based pyspf reports fail and none.
+//! `temperror` where pydns-based pyspf reports fail and none. The
+//! differential test (`e2e/differential.rs`) sends the same matrix of
+//! cases through both milters under one `policyd-spf.conf` and compares
+//! Postfix's replies and the milters' headers, departures documented.
 //!
 //! The lab of a test (`e2e/lab.rs`), all on loopback of its namespace:
 //!

@@ -2,7 +2,9 @@
 //! `policyd-spf.conf` ([`conf`]), once through Debian's pyspf-milter (the
 //! reference, spf-engine 3.0.4) and once through spfmilter, each in a lab of
 //! its own (started one after the other in the test's namespaces, without
-//! OpenDMARC: only the SPF milter's decision and header matter here).
+//! OpenDMARC: only the SPF milter's decision and header matter here). Each
+//! lab runs the reject-mode cases, then restarts its milter with the
+//! header-only variant of the file ([`Mode`]) and runs those cases.
 //!
 //! Each case is one SMTP session; what is compared is its **outcome**:
 //! Postfix's reply at the first stage that did not succeed (`MAIL` for MAIL
@@ -11,7 +13,8 @@
 //! `250 2.0.0` followed by what the milter wrote in its
 //! Authentication-Results (`Header_Type = AR`, the only header the
 //! reference milter writes): `spf=RESULT IDENTITY`, `skip=local`
-//! (skip_addresses), `skip=whitelist` (Whitelist), or `no-header`.
+//! (skip_addresses), `skip=whitelist` (Whitelist), `skip=domain-whitelist`,
+//! `skip=helo-whitelist`, `skip=ptr-whitelist`, or `no-header`.
 //!
 //! [`cases`] is the one table: case → expected outcome for the reference and
 //! for spfmilter, and the departure when they differ. On a mismatch the test
@@ -36,7 +39,8 @@
 //!   (§2, milter-only keys, from spf-engine 3.1.0) an authenticated client
 //!   is not checked and gets no header: spfmilter accepts it (its
 //!   `skip_authenticated`, on by default for a legacy file).
-//! * **SERVFAIL.** pyspf with pydns (Debian's default DNS library for it)
+//! * **SERVFAIL.** pyspf with pydns (`python3-dns`, what pyspf-milter's
+//!   dependencies install; pyspf would prefer dnspython if it were there)
 //!   reads a SERVFAIL answer as an empty answer. RFC 7208 §5 (a mechanism's
 //!   lookup) and §4.4 (the record lookup) make it a `temperror`. So
 //!   `servfail.test` (`a:host.broken.test -all`) is a fail for the reference
@@ -45,6 +49,12 @@
 //!   spfmilter. A DNS **time-out** is a temperror for both (`temperror`
 //!   cases: the lab's resolver drops every query for `unreachable.test`,
 //!   `Lookup_Time = 4`): that is the temperror both see the same way.
+//! * **Domain_Whitelist_PTR.** The reference takes the client's first PTR
+//!   name without looking up its address and matches it as a plain string
+//!   suffix, so `host.notwl.test` is "in" `wl.test`, and a PTR name whose A
+//!   record is another address counts. The spec (§2) wants forward-confirmed
+//!   names matched at a label boundary: spfmilter checks both clients
+//!   (cases `Domain_Whitelist_PTR-suffix` and `-unconfirmed`).
 //! * **HELO pass, MAIL FROM none** (CVE-2019-20790, spec §3 "one deliberate
 //!   departure"): both accept, but the reference writes the HELO's pass
 //!   (`spf=pass smtp.helo=…`), which a DMARC verifier must not take for the
@@ -52,8 +62,22 @@
 //!
 //! Everything else — the reject sets of `HELO_reject`/`Mail_From_reject =
 //! Fail`, `PermError_reject` and `TempError_Defer` in both scopes, the null
-//! sender, `skip_addresses` (a configured CIDR and the default
-//! `127.0.0.0/8`), `Whitelist` and its boundary — must be the same.
+//! sender, an address literal as EHLO, IPv6 and IPv4-mapped clients,
+//! senders in upper case, without `@` or with a single label,
+//! `skip_addresses` (a configured CIDR, the default `127.0.0.0/8` and
+//! `::1`), `Whitelist` and its boundary, `Domain_Whitelist`,
+//! `HELO_Whitelist` (and the same EHLO from another address),
+//! `Domain_Whitelist_PTR` for a confirmed name, and the header-only mode's
+//! results — must be the same, and is.
+//!
+//! Where both milters refuse a message the same way, Postfix's reply texts
+//! must be the same too (`Message rejected due to: … Please see
+//! http://www.openspf.net/Why?s=mfrom;id=…;ip=…;r=<UNKNOWN>`, spec §4), up
+//! to the detail of a PermError/TempError explanation, which each SPF
+//! library words its own way ([`refusal_text`]). They are.
+//!
+//! Runtime: about 50 s (two labs; pyspf-milter's restart and stop take ~4 s
+//! each, and the four time-out cases 4 s each).
 
 use std::fmt::Write as _;
 use std::path::Path;
@@ -62,7 +86,10 @@ use super::lab::{Lab, LabConfig};
 use super::milter::{MilterUnderTest, PolicydConf};
 use super::postfix::{MYHOSTNAME, SaslLogin};
 use super::smtp::{Mail, Transcript};
-use super::zones::{CLIENT_IP, STRANGER_IP};
+use super::zones::{
+    CLIENT_IP, CLIENT_IP6, DOMAIN_WHITELISTED_IP, HELO_WHITELISTED_IP, PTR_SUFFIX_IP,
+    PTR_UNCONFIRMED_IP, PTR_WHITELISTED_IP, STRANGER_IP,
+};
 
 /// Inside `skip_addresses` (TEST-NET-3 is added to the default list).
 const SKIPPED_IP: &str = "203.0.113.5";
@@ -79,21 +106,47 @@ const SASL_USER: &str = "user";
 const SASL_REALM: &str = "test.example";
 const SASL_PASSWORD: &str = "e2e-secret";
 
-/// The one `policyd-spf.conf` both milters read (the harness adds only the
-/// reference's own `Socket`, `PidFile` and `UserID`): reject mode, so
-/// decisions are SMTP replies.
+/// The two configurations a lab runs, one after the other (the milter is
+/// restarted with the second).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Decisions are SMTP replies.
+    Reject,
+    /// `HELO_reject = Mail_From_reject = False`: nothing is rejected or
+    /// deferred (PermError_reject and TempError_Defer are ignored in a
+    /// `False` scope, spec §2), so every result shows in the header.
+    HeaderOnly,
+}
+
+impl Mode {
+    fn name(self) -> &'static str {
+        match self {
+            Mode::Reject => "reject",
+            Mode::HeaderOnly => "header",
+        }
+    }
+}
+
+/// The `policyd-spf.conf` both milters read in `mode` (the harness adds
+/// only the reference's own `Socket`, `PidFile` and `UserID`).
 ///
-/// * `HELO_reject = Mail_From_reject = Fail`: Fail → `550 5.7.23`;
+/// * `HELO_reject = Mail_From_reject = Fail` (reject mode; `False` in
+///   header-only mode): Fail → `550 5.7.23`;
 /// * `PermError_reject = True` → `550 5.7.24`, `TempError_Defer = True` →
 ///   `450 4.7.24` (spec §2, §4), in each scope;
 /// * `Header_Type = AR`: the reference writes only Authentication-Results,
 ///   so both milters write the header that is compared;
 /// * `skip_addresses`: the default list plus 203.0.113.0/24, no spaces
 ///   (the reference does not strip list items, spec §1);
-/// * `Whitelist = 198.51.100.128/25`.
-pub fn conf() -> PolicydConf {
-    PolicydConf::reject_fail()
-        .set("PermError_reject", "True")
+/// * `Whitelist = 198.51.100.128/25`, `Domain_Whitelist = relay.test`,
+///   `HELO_Whitelist = mx.relay.test`, `Domain_Whitelist_PTR = wl.test`
+///   (the relays of `zones.rs`).
+pub fn conf(mode: Mode) -> PolicydConf {
+    let base = match mode {
+        Mode::Reject => PolicydConf::reject_fail(),
+        Mode::HeaderOnly => PolicydConf::header_only(),
+    };
+    base.set("PermError_reject", "True")
         .set("TempError_Defer", "True")
         .set("Header_Type", "AR")
         .set(
@@ -101,11 +154,15 @@ pub fn conf() -> PolicydConf {
             "127.0.0.0/8,::ffff:127.0.0.0/104,::1,203.0.113.0/24",
         )
         .set("Whitelist", "198.51.100.128/25")
+        .set("Domain_Whitelist", "relay.test")
+        .set("HELO_Whitelist", "mx.relay.test")
+        .set("Domain_Whitelist_PTR", "wl.test")
 }
 
 /// One SMTP session and what each milter is expected to make of it.
 #[derive(Debug, Clone)]
 pub struct Case {
+    pub mode: Mode,
     pub name: &'static str,
     pub mail: Mail,
     /// Expected outcome with pyspf-milter (see the module docs for the
@@ -122,19 +179,59 @@ const FAIL: &str = "MAIL 550 5.7.23";
 const PERMERROR: &str = "MAIL 550 5.7.24";
 const TEMPERROR: &str = "MAIL 450 4.7.24";
 
-/// The matrix. The client is [`CLIENT_IP`] and XCLIENT NAME = EHLO unless a
-/// case says otherwise; the EHLO is `mx.none.test` (no SPF record: the HELO
-/// check says none and MAIL FROM decides) unless the case is about the HELO.
+/// The matrix: reject mode, then header-only mode. The client is
+/// [`CLIENT_IP`] and XCLIENT NAME = EHLO unless a case says otherwise; the
+/// EHLO is `mx.none.test` (no SPF record: the HELO check says none and MAIL
+/// FROM decides) unless the case is about the HELO.
 /// Expected outcomes follow the spec's decision steps (§3) and reply table
 /// (§4) for this [`conf`].
 pub fn cases() -> Vec<Case> {
-    let mail = |from: &str| Mail::from(from).helo("mx.none.test");
-    let same = |name, mail, expected| Case {
+    let mut cases = reject_cases();
+    cases.extend(header_cases());
+    cases
+}
+
+fn same(mode: Mode, name: &'static str, mail: Mail, expected: &'static str) -> Case {
+    Case {
+        mode,
         name,
         mail,
         reference: expected,
         spfmilter: expected,
         departure: None,
+    }
+}
+
+/// A sender of `from` with HELO `mx.none.test`.
+fn mail(from: &str) -> Mail {
+    Mail::from(from).helo("mx.none.test")
+}
+
+fn smtp_auth(from: &str) -> Mail {
+    mail(from).auth(&format!("{SASL_USER}@{SASL_REALM}"), SASL_PASSWORD)
+}
+
+const AUTH_DEPARTURE: &str =
+    "3.0.4 ignores {auth_authen}; spec §2: authenticated clients are not checked";
+const HELO_DEPARTURE: &str = "reference checks the client name (XCLIENT NAME/PTR), not the EHLO";
+const PTR_SUFFIX_DEPARTURE: &str =
+    "reference: plain suffix match (host.notwl.test in wl.test); spec §2: label boundary";
+const PTR_UNCONFIRMED_DEPARTURE: &str =
+    "reference: PTR name not forward-confirmed; spec §2: confirmed names only";
+const SERVFAIL_MECHANISM: &str = "pydns reads SERVFAIL as empty; RFC 7208 §5: temperror";
+const SERVFAIL_RECORD: &str = "pydns reads SERVFAIL as no record; RFC 7208 §4.4: temperror";
+const HELO_PASS_HEADER: &str = "header: reference writes the HELO pass (CVE-2019-20790), spec §3";
+
+/// Reject mode: decisions.
+fn reject_cases() -> Vec<Case> {
+    let same = |name, mail, expected| same(Mode::Reject, name, mail, expected);
+    let differ = |name, mail, reference, spfmilter, why| Case {
+        mode: Mode::Reject,
+        name,
+        mail,
+        reference,
+        spfmilter,
+        departure: Some(why),
     };
     vec![
         // One per MAIL FROM result (RFC 7208 §2.6), HELO none.
@@ -196,6 +293,46 @@ pub fn cases() -> Vec<Case> {
             Mail::from("alice@pass.test").helo("mx.softfail.test"),
             PASS,
         ),
+        // An address literal as EHLO: no domain to check (RFC 7208 §2.3,
+        // §4.3: not a domain name → none), MAIL FROM decides. The reference
+        // checks NAME (mx.none.test, none) and so decides the same.
+        same(
+            "helo-address-literal",
+            Mail::from("alice@pass.test")
+                .helo("[192.0.2.10]")
+                .client_name("mx.none.test"),
+            PASS,
+        ),
+        // IPv6 clients (XCLIENT ADDR=IPv6:…): ip6 matches only IPv6, ip4
+        // only IPv4 (RFC 7208 §5.6); an IPv4-mapped client is the IPv4
+        // client (Postfix hands it to the milters as 192.0.2.10).
+        same(
+            "ipv6-pass",
+            mail("alice@ipv6.test").client_ip(&format!("IPv6:{CLIENT_IP6}")),
+            PASS,
+        ),
+        same(
+            "ipv6-fail",
+            mail("alice@pass.test").client_ip(&format!("IPv6:{CLIENT_IP6}")),
+            FAIL,
+        ),
+        same(
+            "ipv4-mapped-ipv6",
+            mail("alice@pass.test").client_ip("IPv6:::ffff:192.0.2.10"),
+            PASS,
+        ),
+        // Domains compare case-insensitively (RFC 7208 §4.3, RFC 4343).
+        same("sender-upper-case", mail("ALICE@PASS.TEST"), PASS),
+        // A reverse-path without "@": both read it as a bare domain
+        // (pyspf's split_email: `foo.com` → postmaster@foo.com)...
+        same("sender-without-at", mail("fail.test"), FAIL),
+        // ...and a single label is not a multi-label domain: none (RFC
+        // 7208 §4.3).
+        same(
+            "sender-single-label",
+            mail("alice"),
+            "250 2.0.0 spf=none mailfrom",
+        ),
         // The bypass chain (§3 step 2): no check, a trace "none" result.
         same(
             "skip_addresses",
@@ -212,93 +349,273 @@ pub fn cases() -> Vec<Case> {
             "250 2.0.0 skip=local",
         ),
         same(
+            "skip_addresses-default-ipv6-loopback",
+            mail("mallory@fail.test")
+                .helo("mx.fail.test")
+                .client_ip("IPv6:::1"),
+            "250 2.0.0 skip=local",
+        ),
+        same(
             "Whitelist",
             mail("mallory@fail.test")
                 .helo("mx.fail.test")
                 .client_ip(WHITELISTED_IP),
             "250 2.0.0 skip=whitelist",
         ),
+        // Outside the Whitelist CIDR, not authorized by relay.test, no
+        // PTR: checked like anyone else.
         same(
             "Whitelist-neighbour-checked",
             mail("mallory@fail.test").client_ip(STRANGER_IP),
             FAIL,
         ),
-        Case {
-            name: "smtp-auth",
-            mail: mail("mallory@fail.test")
-                .auth(&format!("{SASL_USER}@{SASL_REALM}"), SASL_PASSWORD),
-            reference: FAIL,
-            spfmilter: "250 2.0.0 no-header",
-            departure: Some(
-                "3.0.4 ignores {auth_authen}; spec §2: authenticated clients are not checked",
-            ),
-        },
-        Case {
-            name: "helo-real-fails",
-            mail: Mail::from("alice@pass.test")
+        // Domain_Whitelist: check_host(ip, relay.test) is Pass.
+        same(
+            "Domain_Whitelist",
+            mail("mallory@fail.test").client_ip(DOMAIN_WHITELISTED_IP),
+            "250 2.0.0 skip=domain-whitelist",
+        ),
+        // HELO_Whitelist: the EHLO is listed and resolves to the client...
+        same(
+            "HELO_Whitelist",
+            mail("mallory@fail.test")
+                .helo("mx.relay.test")
+                .client_ip(HELO_WHITELISTED_IP),
+            "250 2.0.0 skip=helo-whitelist",
+        ),
+        // ...but not from another address (mx.relay.test has no SPF
+        // record: HELO none, MAIL FROM fail).
+        same(
+            "HELO_Whitelist-other-address",
+            mail("mallory@fail.test")
+                .helo("mx.relay.test")
+                .client_ip(STRANGER_IP),
+            FAIL,
+        ),
+        // Domain_Whitelist_PTR: the PTR name is in wl.test and confirmed.
+        same(
+            "Domain_Whitelist_PTR",
+            mail("mallory@fail.test").client_ip(PTR_WHITELISTED_IP),
+            "250 2.0.0 skip=ptr-whitelist",
+        ),
+        differ(
+            "smtp-auth",
+            smtp_auth("mallory@fail.test"),
+            FAIL,
+            "250 2.0.0 no-header",
+            AUTH_DEPARTURE,
+        ),
+        differ(
+            "helo-real-fails",
+            Mail::from("alice@pass.test")
                 .helo("mx.fail.test")
                 .client_name("mx.pass.test"),
-            reference: PASS,
-            spfmilter: FAIL,
-            departure: Some("reference checks the client name (XCLIENT NAME/PTR), not the EHLO"),
-        },
-        Case {
-            name: "helo-real-passes",
-            mail: Mail::from("alice@pass.test")
+            PASS,
+            FAIL,
+            HELO_DEPARTURE,
+        ),
+        differ(
+            "helo-real-passes",
+            Mail::from("alice@pass.test")
                 .helo("mx.pass.test")
                 .client_name("mx.fail.test"),
-            reference: FAIL,
-            spfmilter: PASS,
-            departure: Some("reference checks the client name (XCLIENT NAME/PTR), not the EHLO"),
-        },
-        Case {
-            name: "servfail-in-mechanism",
-            mail: mail("someone@servfail.test"),
-            reference: FAIL,
-            spfmilter: TEMPERROR,
-            departure: Some("pydns reads SERVFAIL as empty; RFC 7208 §5: temperror"),
-        },
-        Case {
-            name: "servfail-for-record",
-            mail: mail("someone@broken.test"),
-            reference: "250 2.0.0 spf=none mailfrom",
-            spfmilter: TEMPERROR,
-            departure: Some("pydns reads SERVFAIL as no record; RFC 7208 §4.4: temperror"),
-        },
-        Case {
-            name: "helo-pass-mailfrom-none",
-            mail: Mail::from("someone@none.test").helo("mx.pass.test"),
-            reference: "250 2.0.0 spf=pass helo",
-            spfmilter: "250 2.0.0 spf=none mailfrom",
-            departure: Some("header: reference writes the HELO pass (CVE-2019-20790), spec §3"),
-        },
+            FAIL,
+            PASS,
+            HELO_DEPARTURE,
+        ),
+        differ(
+            "Domain_Whitelist_PTR-suffix",
+            mail("mallory@fail.test").client_ip(PTR_SUFFIX_IP),
+            "250 2.0.0 skip=ptr-whitelist",
+            FAIL,
+            PTR_SUFFIX_DEPARTURE,
+        ),
+        differ(
+            "Domain_Whitelist_PTR-unconfirmed",
+            mail("mallory@fail.test").client_ip(PTR_UNCONFIRMED_IP),
+            "250 2.0.0 skip=ptr-whitelist",
+            FAIL,
+            PTR_UNCONFIRMED_DEPARTURE,
+        ),
+        differ(
+            "servfail-in-mechanism",
+            mail("someone@servfail.test"),
+            FAIL,
+            TEMPERROR,
+            SERVFAIL_MECHANISM,
+        ),
+        differ(
+            "servfail-for-record",
+            mail("someone@broken.test"),
+            "250 2.0.0 spf=none mailfrom",
+            TEMPERROR,
+            SERVFAIL_RECORD,
+        ),
+        differ(
+            "helo-pass-mailfrom-none",
+            Mail::from("someone@none.test").helo("mx.pass.test"),
+            "250 2.0.0 spf=pass helo",
+            "250 2.0.0 spf=none mailfrom",
+            HELO_PASS_HEADER,
+        ),
     ]
 }
 
-/// Runs every case through a lab of `milter` and returns the outcomes, in
-/// order, and the lab's diagnostics (for a failure report).
+/// Header-only mode: every message is accepted; the header's result is
+/// compared. The results that reject mode turned into replies, and the
+/// departures again.
+fn header_cases() -> Vec<Case> {
+    let same = |name, mail, expected| same(Mode::HeaderOnly, name, mail, expected);
+    let differ = |name, mail, reference, spfmilter, why| Case {
+        mode: Mode::HeaderOnly,
+        name,
+        mail,
+        reference,
+        spfmilter,
+        departure: Some(why),
+    };
+    vec![
+        same("pass", mail("alice@pass.test"), PASS),
+        same(
+            "fail",
+            mail("mallory@fail.test"),
+            "250 2.0.0 spf=fail mailfrom",
+        ),
+        same(
+            "permerror",
+            mail("someone@permerror.test"),
+            "250 2.0.0 spf=permerror mailfrom",
+        ),
+        same(
+            "temperror",
+            mail("someone@temperror.test"),
+            "250 2.0.0 spf=temperror mailfrom",
+        ),
+        same(
+            "null-sender-helo-fail",
+            Mail::null_sender().helo("mx.fail.test"),
+            "250 2.0.0 spf=fail helo",
+        ),
+        // `HELO_reject = False`: the HELO Fail is not acted on, MAIL FROM
+        // is checked and its Pass goes into the header (spec §3 matrix,
+        // row fail / pass).
+        same(
+            "helo-fail-mailfrom-pass",
+            Mail::from("alice@pass.test").helo("mx.fail.test"),
+            PASS,
+        ),
+        same(
+            "helo-pass-mailfrom-fail",
+            Mail::from("mallory@fail.test").helo("mx.pass.test"),
+            "250 2.0.0 spf=fail mailfrom",
+        ),
+        same(
+            "Whitelist",
+            mail("mallory@fail.test").client_ip(WHITELISTED_IP),
+            "250 2.0.0 skip=whitelist",
+        ),
+        differ(
+            "smtp-auth",
+            smtp_auth("mallory@fail.test"),
+            "250 2.0.0 spf=fail mailfrom",
+            "250 2.0.0 no-header",
+            AUTH_DEPARTURE,
+        ),
+        differ(
+            "servfail-in-mechanism",
+            mail("someone@servfail.test"),
+            "250 2.0.0 spf=fail mailfrom",
+            "250 2.0.0 spf=temperror mailfrom",
+            SERVFAIL_MECHANISM,
+        ),
+        differ(
+            "servfail-for-record",
+            mail("someone@broken.test"),
+            "250 2.0.0 spf=none mailfrom",
+            "250 2.0.0 spf=temperror mailfrom",
+            SERVFAIL_RECORD,
+        ),
+        differ(
+            "helo-pass-mailfrom-none",
+            Mail::from("someone@none.test").helo("mx.pass.test"),
+            "250 2.0.0 spf=pass helo",
+            "250 2.0.0 spf=none mailfrom",
+            HELO_PASS_HEADER,
+        ),
+    ]
+}
+
+/// What one session gave.
+#[derive(Debug, Clone)]
+pub struct Observed {
+    /// See the module docs.
+    pub outcome: String,
+    /// The text of Postfix's refusal (MAIL FROM, RCPT, DATA or end of
+    /// data), normalized by [`refusal_text`]; `None` when accepted.
+    pub refusal: Option<String>,
+}
+
+/// Runs every case through a lab of `milter` and returns what each gave,
+/// in order, and the lab's diagnostics (for a failure report).
 pub fn run_cases(
     scratch: &Path,
     milter: &MilterUnderTest,
     sasl: &SaslLogin,
     cases: &[Case],
-) -> (Vec<String>, String) {
-    let mut config = LabConfig::new(milter, conf());
+) -> (Vec<Observed>, String) {
+    let mut mode = cases.first().map_or(Mode::Reject, |c| c.mode);
+    let mut config = LabConfig::new(milter, conf(mode));
     config.opendmarc = None;
     config.postfix = config.postfix.with_sasl(sasl);
+    // XCLIENT accepts an IPv6 client address only when Postfix has IPv6.
+    config
+        .postfix
+        .main_cf
+        .push(("inet_protocols".into(), "ipv4, ipv6".into()));
     let mut lab = Lab::start(scratch, config)
         .unwrap_or_else(|e| panic!("the {} lab did not start: {e}", milter.name));
     let outcomes = cases
         .iter()
         .map(|case| {
+            if case.mode != mode {
+                mode = case.mode;
+                lab.restart_milter(conf(mode))
+                    .unwrap_or_else(|e| panic!("restart {} in {mode:?} mode: {e}", milter.name));
+            }
             let transcript = lab.send(&case.mail);
-            outcome(&lab, &case.mail, &transcript)
+            Observed {
+                outcome: outcome(&lab, &case.mail, &transcript),
+                refusal: refusal_text(&transcript),
+            }
         })
         .collect();
     let diagnostics = lab.diagnostics();
     lab.shutdown()
         .unwrap_or_else(|e| panic!("unclean shutdown: {e}"));
     (outcomes, diagnostics)
+}
+
+/// The text of the first refusal from MAIL FROM on, with the detail of a
+/// PermError/TempError explanation (`SPF Permanent Error: DETAIL. Please
+/// see`) cut out: that text comes from each milter's SPF library (pyspf's
+/// "Unknown mechanism found: bogus" against spfmilter's own wording) and is
+/// not part of the policyd-spf reply format (spec §4).
+pub fn refusal_text(transcript: &Transcript) -> Option<String> {
+    let reply = ["MAIL FROM", "RCPT TO", "DATA"]
+        .into_iter()
+        .filter_map(|c| transcript.reply_to(c))
+        .chain(transcript.data_end())
+        .find(|r| r.code >= 400)?;
+    let text = reply.text();
+    for marker in ["SPF Permanent Error: ", "SPF Temporary Error: "] {
+        if let (Some(start), Some(end)) = (text.find(marker), text.rfind(". Please see")) {
+            let start = start + marker.len();
+            if start <= end {
+                return Some(format!("{}…{}", &text[..start], &text[end..]));
+            }
+        }
+    }
+    Some(text)
 }
 
 /// The outcome of one session, in the notation of the module docs.
@@ -350,31 +667,42 @@ pub fn outcome(lab: &Lab, mail: &Mail, transcript: &Transcript) -> String {
         Some(v) if v.contains("SPF skipped for whitelisted relay -") => {
             format!("{accepted} skip=whitelist")
         }
+        Some(v) if v.contains("SPF skipped for whitelisted relay domain -") => {
+            format!("{accepted} skip=domain-whitelist")
+        }
+        Some(v) if v.contains("SPF skipped for whitelisted HELO domain -") => {
+            format!("{accepted} skip=helo-whitelist")
+        }
+        Some(v) if v.contains("SPF skipped for PTR whitelisted relay domain -") => {
+            format!("{accepted} skip=ptr-whitelist")
+        }
         Some(v) => format!("{accepted} other-header: {v}"),
     }
 }
 
 /// The side-by-side table: case, then expected and observed per milter, a
 /// mark for each mismatch, and the departure.
-pub fn table(cases: &[Case], reference: &[String], spfmilter: &[String]) -> String {
+pub fn table(cases: &[Case], reference: &[Observed], spfmilter: &[Observed]) -> String {
     let mark = |expected: &str, observed: &str| if expected == observed { " " } else { "X" };
-    let rows: Vec<[String; 8]> = cases
+    let rows: Vec<[String; 9]> = cases
         .iter()
         .zip(reference.iter().zip(spfmilter))
         .map(|(c, (r, s))| {
             [
+                c.mode.name().to_string(),
                 c.name.to_string(),
                 c.reference.to_string(),
-                r.clone(),
-                mark(c.reference, r).to_string(),
+                r.outcome.clone(),
+                mark(c.reference, &r.outcome).to_string(),
                 c.spfmilter.to_string(),
-                s.clone(),
-                mark(c.spfmilter, s).to_string(),
+                s.outcome.clone(),
+                mark(c.spfmilter, &s.outcome).to_string(),
                 c.departure.unwrap_or("").to_string(),
             ]
         })
         .collect();
     let header = [
+        "mode",
         "case",
         "pyspf-milter expected",
         "pyspf-milter observed",
@@ -385,7 +713,7 @@ pub fn table(cases: &[Case], reference: &[String], spfmilter: &[String]) -> Stri
         "departure",
     ]
     .map(str::to_string);
-    let mut widths = [0usize; 8];
+    let mut widths = [0usize; 9];
     for row in std::iter::once(&header).chain(&rows) {
         for (w, cell) in widths.iter_mut().zip(row) {
             *w = (*w).max(cell.chars().count());
@@ -417,8 +745,12 @@ pub fn differential(scratch: &Path) {
         );
     }
     assert!(
-        cases.iter().filter(|c| c.departure.is_none()).count() >= 12,
-        "at least 12 cases must agree"
+        cases
+            .iter()
+            .filter(|c| c.mode == Mode::Reject && c.departure.is_none())
+            .count()
+            >= 12,
+        "at least 12 reject-mode cases must agree"
     );
     let sasl = SaslLogin::create(&scratch.join("sasl"), SASL_USER, SASL_REALM, SASL_PASSWORD)
         .unwrap_or_else(|e| panic!("SASL database: {e}"));
@@ -430,9 +762,30 @@ pub fn differential(scratch: &Path) {
     let failed = cases
         .iter()
         .zip(reference.iter().zip(&ours))
-        .any(|(c, (r, s))| c.reference != r || c.spfmilter != s);
-    if failed && std::env::var_os("SPFMILTER_E2E_VERBOSE").is_none() {
+        .any(|(c, (r, s))| c.reference != r.outcome || c.spfmilter != s.outcome);
+    // Where the decisions agree, so must the refusal texts (spec §4).
+    let texts: Vec<String> = cases
+        .iter()
+        .zip(reference.iter().zip(&ours))
+        .filter(|(c, (r, s))| c.departure.is_none() && r.outcome == s.outcome)
+        .filter(|(_, (r, s))| r.refusal != s.refusal)
+        .map(|(c, (r, s))| {
+            format!(
+                "{} {}:\n  pyspf-milter: {:?}\n  spfmilter:    {:?}",
+                c.mode.name(),
+                c.name,
+                r.refusal,
+                s.refusal
+            )
+        })
+        .collect();
+    if (failed || !texts.is_empty()) && std::env::var_os("SPFMILTER_E2E_VERBOSE").is_none() {
         eprintln!("{reference_log}\n{our_log}");
     }
     assert!(!failed, "outcomes differ from the table (X):\n{table}");
+    assert!(
+        texts.is_empty(),
+        "same decision, different reply text:\n{}",
+        texts.join("\n")
+    );
 }
