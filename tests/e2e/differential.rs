@@ -1,5 +1,5 @@
 //! The differential test: the same mail, under the same unchanged
-//! `policyd-spf.conf` ([`conf`]), once through Debian's pyspf-milter (the
+//! `policyd-spf.conf` ([`conf`], checked to be the same file), once through Debian's pyspf-milter (the
 //! reference, spf-engine 3.0.4) and once through spfmilter, each in a lab of
 //! its own (started one after the other in the test's namespaces, without
 //! OpenDMARC: only the SPF milter's decision and header matter here). Each
@@ -85,6 +85,7 @@ use std::path::Path;
 use super::lab::{Lab, LabConfig};
 use super::milter::{MilterUnderTest, PolicydConf};
 use super::postfix::{MYHOSTNAME, SaslLogin};
+use super::process::read_lossy;
 use super::smtp::{Mail, Transcript};
 use super::zones::{
     CLIENT_IP, CLIENT_IP6, DOMAIN_WHITELISTED_IP, HELO_WHITELISTED_IP, PTR_SUFFIX_IP,
@@ -127,8 +128,10 @@ impl Mode {
     }
 }
 
-/// The `policyd-spf.conf` both milters read in `mode` (the harness adds
-/// only the reference's own `Socket`, `PidFile` and `UserID`).
+/// The `policyd-spf.conf` both milters read in `mode`. The harness adds the
+/// reference's process keys `Socket`, `PidFile` and `UserID`, for both: the
+/// test checks that the two files are the same, byte for byte, up to the
+/// lab directory in `PidFile`.
 ///
 /// * `HELO_reject = Mail_From_reject = Fail` (reject mode; `False` in
 ///   header-only mode): Fail → `550 5.7.23`;
@@ -556,13 +559,15 @@ pub struct Observed {
 }
 
 /// Runs every case through a lab of `milter` and returns what each gave,
-/// in order, and the lab's diagnostics (for a failure report).
+/// in order, the `policyd-spf.conf` the milter read last (header-only
+/// mode's; the lab directory in `PidFile` written as `LAB`), and the lab's
+/// diagnostics (for a failure report).
 pub fn run_cases(
     scratch: &Path,
     milter: &MilterUnderTest,
     sasl: &SaslLogin,
     cases: &[Case],
-) -> (Vec<Observed>, String) {
+) -> (Vec<Observed>, String, String) {
     let mut mode = cases.first().map_or(Mode::Reject, |c| c.mode);
     let mut config = LabConfig::new(milter, conf(mode));
     config.opendmarc = None;
@@ -589,10 +594,17 @@ pub fn run_cases(
             }
         })
         .collect();
+    let file = lab
+        .milter
+        .as_ref()
+        .map(|m| read_lossy(&m.conf_path))
+        .unwrap_or_default()
+        // The pid file lies in the lab's own directory.
+        .replace(&lab.dir().display().to_string(), "LAB");
     let diagnostics = lab.diagnostics();
     lab.shutdown()
         .unwrap_or_else(|e| panic!("unclean shutdown: {e}"));
-    (outcomes, diagnostics)
+    (outcomes, file, diagnostics)
 }
 
 /// The text of the first refusal from MAIL FROM on, with the detail of a
@@ -754,9 +766,23 @@ pub fn differential(scratch: &Path) {
     );
     let sasl = SaslLogin::create(&scratch.join("sasl"), SASL_USER, SASL_REALM, SASL_PASSWORD)
         .unwrap_or_else(|e| panic!("SASL database: {e}"));
-    let (reference, reference_log) =
+    let (reference, reference_file, reference_log) =
         run_cases(scratch, &MilterUnderTest::pyspf_milter(), &sasl, &cases);
-    let (ours, our_log) = run_cases(scratch, &MilterUnderTest::spfmilter(), &sasl, &cases);
+    // spfmilter reads the reference's file as it is, process keys included
+    // (its --socket overrides the file's Socket).
+    let spfmilter = MilterUnderTest {
+        reference_file: true,
+        ..MilterUnderTest::spfmilter()
+    };
+    let (ours, our_file, our_log) = run_cases(scratch, &spfmilter, &sasl, &cases);
+    assert_eq!(
+        reference_file, our_file,
+        "the two milters did not read the same policyd-spf.conf"
+    );
+    assert!(
+        our_file.contains("HELO_reject = False"),
+        "the last file read is not header-only mode's:\n{our_file}"
+    );
     let table = table(&cases, &reference, &ours);
     eprintln!("e2e: differential, client {CLIENT_IP} unless stated:\n{table}");
     let failed = cases
