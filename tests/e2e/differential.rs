@@ -55,6 +55,15 @@
 //!   record is another address counts. The spec (§2) wants forward-confirmed
 //!   names matched at a label boundary: spfmilter checks both clients
 //!   (cases `Domain_Whitelist_PTR-suffix` and `-unconfirmed`).
+//! * **Reject_Not_Pass_Domains.** The reference tests a name with pyspf's
+//!   `domainmatch(list, name)`, whose arguments are (PTR names, domain):
+//!   it asks whether a *listed entry* equals the name or lies below it. So
+//!   with `mx.neutral.test` listed, the sender domain `neutral.test` — a
+//!   parent, not listed — gets the SPF_Not_Pass policy and its Neutral is
+//!   rejected. The spec (§2) applies the policy to listed names; spfmilter
+//!   takes a listed name and the names below it (its documented choice in
+//!   `policy/decide.rs`), never a parent (case
+//!   `Reject_Not_Pass_Domains-parent`).
 //! * **HELO pass, MAIL FROM none** (CVE-2019-20790, spec §3 "one deliberate
 //!   departure"): both accept, but the reference writes the HELO's pass
 //!   (`spf=pass smtp.helo=…`), which a DMARC verifier must not take for the
@@ -74,7 +83,10 @@
 //! must be the same too (`Message rejected due to: … Please see
 //! http://www.openspf.net/Why?s=mfrom;id=…;ip=…;r=<UNKNOWN>`, spec §4), up
 //! to the detail of a PermError/TempError explanation, which each SPF
-//! library words its own way ([`refusal_text`]). They are.
+//! library words its own way ([`refusal_text`]), and up to case: the
+//! reference lower-cases the sender's domain (`id=someone@mx.neutral.test`
+//! for `MAIL FROM:<someone@MX.Neutral.TEST>`), spfmilter repeats the sender
+//! as sent. They are.
 //!
 //! Runtime: about 50 s (two labs; pyspf-milter's restart and stop take ~4 s
 //! each, and the four time-out cases 4 s each).
@@ -113,6 +125,10 @@ const SASL_PASSWORD: &str = "e2e-secret";
 pub enum Mode {
     /// Decisions are SMTP replies.
     Reject,
+    /// Stricter reject sets: `HELO_reject = SPF_Not_Pass`,
+    /// `Mail_From_reject = Softfail`, `Reject_Not_Pass_Domains =
+    /// mx.neutral.test` (spec §2).
+    Strict,
     /// `HELO_reject = Mail_From_reject = False`: nothing is rejected or
     /// deferred (PermError_reject and TempError_Defer are ignored in a
     /// `False` scope, spec §2), so every result shows in the header.
@@ -123,6 +139,7 @@ impl Mode {
     fn name(self) -> &'static str {
         match self {
             Mode::Reject => "reject",
+            Mode::Strict => "strict",
             Mode::HeaderOnly => "header",
         }
     }
@@ -133,8 +150,8 @@ impl Mode {
 /// test checks that the two files are the same, byte for byte, up to the
 /// lab directory in `PidFile`.
 ///
-/// * `HELO_reject = Mail_From_reject = Fail` (reject mode; `False` in
-///   header-only mode): Fail → `550 5.7.23`;
+/// * `HELO_reject = Mail_From_reject = Fail` (reject mode; see [`Mode`]
+///   for the others): Fail → `550 5.7.23`;
 /// * `PermError_reject = True` → `550 5.7.24`, `TempError_Defer = True` →
 ///   `450 4.7.24` (spec §2, §4), in each scope;
 /// * `Header_Type = AR`: the reference writes only Authentication-Results,
@@ -147,6 +164,10 @@ impl Mode {
 pub fn conf(mode: Mode) -> PolicydConf {
     let base = match mode {
         Mode::Reject => PolicydConf::reject_fail(),
+        Mode::Strict => PolicydConf::base()
+            .set("HELO_reject", "SPF_Not_Pass")
+            .set("Mail_From_reject", "Softfail")
+            .set("Reject_Not_Pass_Domains", "mx.neutral.test"),
         Mode::HeaderOnly => PolicydConf::header_only(),
     };
     base.set("PermError_reject", "True")
@@ -190,6 +211,7 @@ const TEMPERROR: &str = "MAIL 450 4.7.24";
 /// (§4) for this [`conf`].
 pub fn cases() -> Vec<Case> {
     let mut cases = reject_cases();
+    cases.extend(strict_cases());
     cases.extend(header_cases());
     cases
 }
@@ -221,6 +243,8 @@ const PTR_SUFFIX_DEPARTURE: &str =
     "reference: plain suffix match (host.notwl.test in wl.test); spec §2: label boundary";
 const PTR_UNCONFIRMED_DEPARTURE: &str =
     "reference: PTR name not forward-confirmed; spec §2: confirmed names only";
+const RNPD_PARENT_DEPARTURE: &str =
+    "reference: a parent of a listed domain matches (swapped domainmatch); spec §2: listed only";
 const SERVFAIL_MECHANISM: &str = "pydns reads SERVFAIL as empty; RFC 7208 §5: temperror";
 const SERVFAIL_RECORD: &str = "pydns reads SERVFAIL as no record; RFC 7208 §4.4: temperror";
 const HELO_PASS_HEADER: &str = "header: reference writes the HELO pass (CVE-2019-20790), spec §3";
@@ -461,6 +485,58 @@ fn reject_cases() -> Vec<Case> {
             "250 2.0.0 spf=none mailfrom",
             HELO_PASS_HEADER,
         ),
+    ]
+}
+
+/// Strict mode: the larger reject sets, and a receiver policy for one
+/// domain.
+fn strict_cases() -> Vec<Case> {
+    let same = |name, mail, expected| same(Mode::Strict, name, mail, expected);
+    vec![
+        // SPF_Not_Pass = {Fail, Softfail, Neutral} for the HELO.
+        same(
+            "helo-softfail-mailfrom-pass",
+            Mail::from("alice@pass.test").helo("mx.softfail.test"),
+            FAIL,
+        ),
+        same(
+            "helo-neutral-mailfrom-pass",
+            Mail::from("alice@pass.test").helo("mx.neutral.test"),
+            FAIL,
+        ),
+        // Softfail = {Fail, Softfail} for MAIL FROM; Neutral is not in it...
+        same("mailfrom-softfail", mail("someone@softfail.test"), FAIL),
+        same(
+            "mailfrom-neutral",
+            mail("someone@neutral.relay.test"),
+            "250 2.0.0 spf=neutral mailfrom",
+        ),
+        // ...unless the domain is listed in Reject_Not_Pass_Domains: its
+        // policy becomes SPF_Not_Pass ("Receiver policy for SPF Neutral",
+        // compared with the reply texts). Domains compare case-insensitively.
+        same(
+            "Reject_Not_Pass_Domains",
+            mail("someone@mx.neutral.test"),
+            FAIL,
+        ),
+        same(
+            "Reject_Not_Pass_Domains-case",
+            mail("someone@MX.Neutral.TEST"),
+            FAIL,
+        ),
+        same(
+            "none-not-rejected",
+            mail("someone@none.test"),
+            "250 2.0.0 spf=none mailfrom",
+        ),
+        Case {
+            mode: Mode::Strict,
+            name: "Reject_Not_Pass_Domains-parent",
+            mail: mail("someone@neutral.test"),
+            reference: FAIL,
+            spfmilter: "250 2.0.0 spf=neutral mailfrom",
+            departure: Some(RNPD_PARENT_DEPARTURE),
+        },
     ]
 }
 
@@ -794,7 +870,14 @@ pub fn differential(scratch: &Path) {
         .iter()
         .zip(reference.iter().zip(&ours))
         .filter(|(c, (r, s))| c.departure.is_none() && r.outcome == s.outcome)
-        .filter(|(_, (r, s))| r.refusal != s.refusal)
+        // Case aside: the reference lower-cases the sender's domain
+        // (pyspf-milter's envfrom) in `id=` of the URL; spfmilter keeps it
+        // as sent. The spec does not say; RFC 7208 §7.3's `s` macro is the
+        // sender as given.
+        .filter(|(_, (r, s))| {
+            r.refusal.as_ref().map(|t| t.to_ascii_lowercase())
+                != s.refusal.as_ref().map(|t| t.to_ascii_lowercase())
+        })
         .map(|(c, (r, s))| {
             format!(
                 "{} {}:\n  pyspf-milter: {:?}\n  spfmilter:    {:?}",

@@ -29,6 +29,9 @@
 //! | [`PTR_SUFFIX_IP`] .97 | PTR host.notwl.test, its A .97 | the reference only (plain suffix match) |
 //! | [`PTR_UNCONFIRMED_IP`] .98 | PTR host.wl.test, whose A is .96 | the reference only (no forward confirmation) |
 //!
+//! relay.test also holds `neutral.relay.test` (`v=spf1 ?all`), a Neutral
+//! sender domain outside neutral.test.
+//!
 //! HELO hosts: `mx.pass.test` (A [`CLIENT_IP`], SPF `v=spf1 a -all`:
 //! pass), `mx.fail.test` (`v=spf1 -all`: fail), `mx.softfail.test`
 //! (`~all`), `mx.neutral.test` (`?all`), `mx.none.test` (no SPF),
@@ -138,6 +141,8 @@ pub fn standard_zones() -> Vec<Zone> {
     zones.push(
         Zone::new("relay.test")
             .with(Record::txt("@", "v=spf1 ip4:198.51.100.64/28 -all"))
+            // A Neutral sender domain outside neutral.test.
+            .with(Record::txt("neutral", "v=spf1 ?all"))
             .with(Record::a("mx", HELO_WHITELISTED_IP)),
     );
     zones.push(Zone::new("wl.test").with(Record::a("host", PTR_WHITELISTED_IP)));
