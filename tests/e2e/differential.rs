@@ -1,10 +1,11 @@
 //! The differential test: the same mail, under the same unchanged
-//! `policyd-spf.conf` ([`conf`], checked to be the same file), once through Debian's pyspf-milter (the
-//! reference, spf-engine 3.0.4) and once through spfmilter, each in a lab of
-//! its own (started one after the other in the test's namespaces, without
-//! OpenDMARC: only the SPF milter's decision and header matter here). Each
-//! lab runs the reject-mode cases, then restarts its milter with the
-//! header-only variant of the file ([`Mode`]) and runs those cases.
+//! `policyd-spf.conf` ([`conf`], checked to be the same file), once through
+//! Debian's pyspf-milter (the reference, spf-engine 3.0.4) and once through
+//! spfmilter, each in a lab of its own (started one after the other in the
+//! test's namespaces, without OpenDMARC: only the SPF milter's decision and
+//! header matter here). Each lab runs the cases of each [`Mode`] in turn —
+//! reject, No_Mail, strict, header-only — restarting its milter with that
+//! mode's file in between.
 //!
 //! Each case is one SMTP session; what is compared is its **outcome**:
 //! Postfix's reply at the first stage that did not succeed (`MAIL` for MAIL
@@ -55,6 +56,12 @@
 //!   record is another address counts. The spec (§2) wants forward-confirmed
 //!   names matched at a label boundary: spfmilter checks both clients
 //!   (cases `Domain_Whitelist_PTR-suffix` and `-unconfirmed`).
+//! * **No_Mail.** The reference keeps a reject only when the first TXT
+//!   string of the domain is byte for byte `v=spf1 -all`; `v=spf1 -ALL`
+//!   (the same policy: mechanism names are case-insensitive, RFC 7208
+//!   §4.6.1) is demoted to a header. The spec (§2) compares the parsed
+//!   record: spfmilter keeps that reject (case
+//!   `no-mail-record-in-capitals`).
 //! * **Reject_Not_Pass_Domains.** The reference tests a name with pyspf's
 //!   `domainmatch(list, name)`, whose arguments are (PTR names, domain):
 //!   it asks whether a *listed entry* equals the name or lies below it. So
@@ -88,8 +95,9 @@
 //! for `MAIL FROM:<someone@MX.Neutral.TEST>`), spfmilter repeats the sender
 //! as sent. They are.
 //!
-//! Runtime: about 50 s (two labs; pyspf-milter's restart and stop take ~4 s
-//! each, and the four time-out cases 4 s each).
+//! Runtime: about 50 s on an idle machine (two labs, each milter killed
+//! and restarted between modes; pyspf-milter's final stop takes ~4 s, and
+//! the three time-out cases take 4 s each per milter).
 
 use std::fmt::Write as _;
 use std::path::Path;
@@ -125,6 +133,9 @@ const SASL_PASSWORD: &str = "e2e-secret";
 pub enum Mode {
     /// Decisions are SMTP replies.
     Reject,
+    /// Reject mode with `No_Mail = True`: a reject stands only for a domain
+    /// whose record is `v=spf1 -all` (spec §2).
+    NoMail,
     /// Stricter reject sets: `HELO_reject = SPF_Not_Pass`,
     /// `Mail_From_reject = Softfail`, `Reject_Not_Pass_Domains =
     /// mx.neutral.test` (spec §2).
@@ -140,6 +151,7 @@ impl Mode {
         match self {
             Mode::Reject => "reject",
             Mode::Strict => "strict",
+            Mode::NoMail => "no_mail",
             Mode::HeaderOnly => "header",
         }
     }
@@ -168,6 +180,7 @@ pub fn conf(mode: Mode) -> PolicydConf {
             .set("HELO_reject", "SPF_Not_Pass")
             .set("Mail_From_reject", "Softfail")
             .set("Reject_Not_Pass_Domains", "mx.neutral.test"),
+        Mode::NoMail => PolicydConf::reject_fail().set("No_Mail", "True"),
         Mode::HeaderOnly => PolicydConf::header_only(),
     };
     base.set("PermError_reject", "True")
@@ -211,6 +224,7 @@ const TEMPERROR: &str = "MAIL 450 4.7.24";
 /// (§4) for this [`conf`].
 pub fn cases() -> Vec<Case> {
     let mut cases = reject_cases();
+    cases.extend(no_mail_cases());
     cases.extend(strict_cases());
     cases.extend(header_cases());
     cases
@@ -243,6 +257,8 @@ const PTR_SUFFIX_DEPARTURE: &str =
     "reference: plain suffix match (host.notwl.test in wl.test); spec §2: label boundary";
 const PTR_UNCONFIRMED_DEPARTURE: &str =
     "reference: PTR name not forward-confirmed; spec §2: confirmed names only";
+const NO_MAIL_DEPARTURE: &str =
+    "reference: byte comparison with \"v=spf1 -all\"; spec §2: the parsed record";
 const RNPD_PARENT_DEPARTURE: &str =
     "reference: a parent of a listed domain matches (swapped domainmatch); spec §2: listed only";
 const SERVFAIL_MECHANISM: &str = "pydns reads SERVFAIL as empty; RFC 7208 §5: temperror";
@@ -488,6 +504,47 @@ fn reject_cases() -> Vec<Case> {
     ]
 }
 
+/// No_Mail mode: rejects stand only for `v=spf1 -all`; other rejects
+/// become headers (PermError ones too, spec §2); defers are untouched.
+fn no_mail_cases() -> Vec<Case> {
+    let same = |name, mail, expected| same(Mode::NoMail, name, mail, expected);
+    vec![
+        same("fail-no-mail-domain", mail("mallory@fail.test"), FAIL),
+        same(
+            "fail-sending-domain",
+            mail("alice@pass.test").client_ip(STRANGER_IP),
+            "250 2.0.0 spf=fail mailfrom",
+        ),
+        same(
+            "permerror",
+            mail("someone@permerror.test"),
+            "250 2.0.0 spf=permerror mailfrom",
+        ),
+        same(
+            "helo-fail-no-mail-domain",
+            Mail::from("alice@pass.test").helo("mx.fail.test"),
+            FAIL,
+        ),
+        // The HELO's Fail (mx.pass.test: `a -all`) is demoted; MAIL FROM
+        // is then checked and its own `v=spf1 -all` Fail stands.
+        same(
+            "helo-fail-demoted-mailfrom-fail",
+            Mail::from("mallory@fail.test")
+                .helo("mx.pass.test")
+                .client_ip(STRANGER_IP),
+            FAIL,
+        ),
+        Case {
+            mode: Mode::NoMail,
+            name: "no-mail-record-in-capitals",
+            mail: mail("someone@caps.relay.test"),
+            reference: "250 2.0.0 spf=fail mailfrom",
+            spfmilter: FAIL,
+            departure: Some(NO_MAIL_DEPARTURE),
+        },
+    ]
+}
+
 /// Strict mode: the larger reject sets, and a receiver policy for one
 /// domain.
 fn strict_cases() -> Vec<Case> {
@@ -660,6 +717,10 @@ pub fn run_cases(
         .map(|case| {
             if case.mode != mode {
                 mode = case.mode;
+                // SIGKILL: pyspf-milter takes ~4 s to stop on TERM, and
+                // nothing is in flight between two sessions.
+                lab.kill_milter()
+                    .unwrap_or_else(|e| panic!("kill {}: {e}", milter.name));
                 lab.restart_milter(conf(mode))
                     .unwrap_or_else(|e| panic!("restart {} in {mode:?} mode: {e}", milter.name));
             }

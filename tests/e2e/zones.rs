@@ -30,7 +30,8 @@
 //! | [`PTR_UNCONFIRMED_IP`] .98 | PTR host.wl.test, whose A is .96 | the reference only (no forward confirmation) |
 //!
 //! relay.test also holds `neutral.relay.test` (`v=spf1 ?all`), a Neutral
-//! sender domain outside neutral.test.
+//! sender domain outside neutral.test, and `caps.relay.test` (`v=spf1
+//! -ALL`, "sends no mail" in capitals).
 //!
 //! HELO hosts: `mx.pass.test` (A [`CLIENT_IP`], SPF `v=spf1 a -all`:
 //! pass), `mx.fail.test` (`v=spf1 -all`: fail), `mx.softfail.test`
@@ -143,6 +144,8 @@ pub fn standard_zones() -> Vec<Zone> {
             .with(Record::txt("@", "v=spf1 ip4:198.51.100.64/28 -all"))
             // A Neutral sender domain outside neutral.test.
             .with(Record::txt("neutral", "v=spf1 ?all"))
+            // "Sends no mail", spelled in capitals (No_Mail).
+            .with(Record::txt("caps", "v=spf1 -ALL"))
             .with(Record::a("mx", HELO_WHITELISTED_IP)),
     );
     zones.push(Zone::new("wl.test").with(Record::a("host", PTR_WHITELISTED_IP)));
