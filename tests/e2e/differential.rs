@@ -127,8 +127,8 @@ const SASL_USER: &str = "user";
 const SASL_REALM: &str = "test.example";
 const SASL_PASSWORD: &str = "e2e-secret";
 
-/// The two configurations a lab runs, one after the other (the milter is
-/// restarted with the second).
+/// The configurations a lab runs, one after the other, in this order (the
+/// milter is restarted with each).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
     /// Decisions are SMTP replies.
@@ -216,7 +216,7 @@ const FAIL: &str = "MAIL 550 5.7.23";
 const PERMERROR: &str = "MAIL 550 5.7.24";
 const TEMPERROR: &str = "MAIL 450 4.7.24";
 
-/// The matrix: reject mode, then header-only mode. The client is
+/// The matrix, mode by mode (see [`Mode`]). The client is
 /// [`CLIENT_IP`] and XCLIENT NAME = EHLO unless a case says otherwise; the
 /// EHLO is `mx.none.test` (no SPF record: the HELO check says none and MAIL
 /// FROM decides) unless the case is about the HELO.
