@@ -50,6 +50,10 @@
 //!   spfmilter. A DNS **time-out** is a temperror for both (`temperror`
 //!   cases: the lab's resolver drops every query for `unreachable.test`,
 //!   `Lookup_Time = 4`): that is the temperror both see the same way.
+//! * **A sender domain with a trailing dot** (`alice@pass.test.`, which
+//!   Postfix passes on): the reference says none; RFC 7208 §4.3 calls a
+//!   domain malformed for "a zero-length label not at the end", so
+//!   `pass.test.` is pass.test, and spfmilter says pass.
 //! * **Domain_Whitelist_PTR.** The reference takes the client's first PTR
 //!   name without looking up its address and matches it as a plain string
 //!   suffix, so `host.notwl.test` is "in" `wl.test`, and a PTR name whose A
@@ -78,7 +82,8 @@
 //!
 //! Everything else — the reject sets of `HELO_reject`/`Mail_From_reject =
 //! Fail`, `PermError_reject` and `TempError_Defer` in both scopes, the null
-//! sender, an address literal as EHLO, IPv6 and IPv4-mapped clients,
+//! sender, an address literal, upper case, a trailing dot, a single label,
+//! a malformed or a non-existent name as EHLO, IPv6 and IPv4-mapped clients,
 //! senders in upper case, without `@` or with a single label,
 //! `skip_addresses` (a configured CIDR, the default `127.0.0.0/8` and
 //! `::1`), `Whitelist` and its boundary, `Domain_Whitelist`,
@@ -257,6 +262,8 @@ const PTR_SUFFIX_DEPARTURE: &str =
     "reference: plain suffix match (host.notwl.test in wl.test); spec §2: label boundary";
 const PTR_UNCONFIRMED_DEPARTURE: &str =
     "reference: PTR name not forward-confirmed; spec §2: confirmed names only";
+const TRAILING_DOT_DEPARTURE: &str =
+    "reference: pass.test. gives none; RFC 7208 §4.3: a final empty label is not malformed";
 const NO_MAIL_DEPARTURE: &str =
     "reference: byte comparison with \"v=spf1 -all\"; spec §2: the parsed record";
 const RNPD_PARENT_DEPARTURE: &str =
@@ -345,6 +352,47 @@ fn reject_cases() -> Vec<Case> {
                 .helo("[192.0.2.10]")
                 .client_name("mx.none.test"),
             PASS,
+        ),
+        // HELO names compare case-insensitively, a trailing dot is the
+        // root (RFC 7208 §4.3: only a zero-length label *not* at the end is
+        // malformed). XCLIENT refuses NAME with a trailing dot, so the
+        // reference checks mx.fail.test.
+        same(
+            "helo-upper-case",
+            Mail::from("alice@pass.test").helo("MX.FAIL.TEST"),
+            FAIL,
+        ),
+        same(
+            "helo-trailing-dot",
+            Mail::from("alice@pass.test")
+                .helo("mx.fail.test.")
+                .client_name("mx.fail.test"),
+            FAIL,
+        ),
+        // A HELO that is a single label, malformed (a 64-byte label), or
+        // does not exist gives none (RFC 7208 §4.3), not an error: MAIL
+        // FROM decides.
+        same(
+            "helo-single-label",
+            Mail::from("alice@pass.test").helo("localhost"),
+            PASS,
+        ),
+        same(
+            "helo-malformed",
+            Mail::from("alice@pass.test")
+                .helo(&format!("{}.test", "x".repeat(64)))
+                .client_name("mx.none.test"),
+            PASS,
+        ),
+        same(
+            "helo-nxdomain",
+            Mail::from("alice@pass.test").helo("nonexistent.test"),
+            PASS,
+        ),
+        same(
+            "sender-nxdomain",
+            mail("a@nonexistent.test"),
+            "250 2.0.0 spf=none mailfrom",
         ),
         // IPv6 clients (XCLIENT ADDR=IPv6:…): ip6 matches only IPv6, ip4
         // only IPv4 (RFC 7208 §5.6); an IPv4-mapped client is the IPv4
@@ -479,6 +527,13 @@ fn reject_cases() -> Vec<Case> {
             "250 2.0.0 skip=ptr-whitelist",
             FAIL,
             PTR_UNCONFIRMED_DEPARTURE,
+        ),
+        differ(
+            "sender-trailing-dot",
+            mail("alice@pass.test."),
+            "250 2.0.0 spf=none mailfrom",
+            PASS,
+            TRAILING_DOT_DEPARTURE,
         ),
         differ(
             "servfail-in-mechanism",
@@ -931,6 +986,13 @@ pub fn differential(scratch: &Path) {
         .iter()
         .zip(reference.iter().zip(&ours))
         .filter(|(c, (r, s))| c.departure.is_none() && r.outcome == s.outcome)
+        // The reference names the HELO it checked: XCLIENT NAME.
+        .filter(|(c, _)| {
+            c.mail
+                .client_name
+                .as_ref()
+                .is_none_or(|n| *n == c.mail.helo)
+        })
         // Case aside: the reference lower-cases the sender's domain
         // (pyspf-milter's envfrom) in `id=` of the URL; spfmilter keeps it
         // as sent. The spec does not say; RFC 7208 §7.3's `s` macro is the
