@@ -54,6 +54,12 @@
 //!   Postfix passes on): the reference says none; RFC 7208 §4.3 calls a
 //!   domain malformed for "a zero-length label not at the end", so
 //!   `pass.test.` is pass.test, and spfmilter says pass.
+//! * **A `%` in the reason.** An explanation `100%% forged: %{l}` expands
+//!   to `100% forged: mallory`; the reference hands it to libmilter's
+//!   `setreply` unescaped, which fails, and Postfix answers `451 4.3.0`
+//!   ("pymilter: untrapped exception"). The spec (§4, §5) wants the `%`
+//!   escaped and the reject made: spfmilter answers `550 5.7.23 … 100%
+//!   forged: mallory` (case `explanation-with-percent`).
 //! * **Domain_Whitelist_PTR.** The reference takes the client's first PTR
 //!   name without looking up its address and matches it as a plain string
 //!   suffix, so `host.notwl.test` is "in" `wl.test`, and a PTR name whose A
@@ -82,7 +88,8 @@
 //!
 //! Everything else — the reject sets of `HELO_reject`/`Mail_From_reject =
 //! Fail`, `PermError_reject` and `TempError_Defer` in both scopes, the null
-//! sender, an address literal, upper case, a trailing dot, a single label,
+//! sender, a domain's explanation (`exp=`) as the reason, an address
+//! literal, upper case, a trailing dot, a single label,
 //! a malformed or a non-existent name as EHLO, IPv6 and IPv4-mapped clients,
 //! senders in upper case, without `@` or with a single label,
 //! `skip_addresses` (a configured CIDR, the default `127.0.0.0/8` and
@@ -264,6 +271,8 @@ const PTR_UNCONFIRMED_DEPARTURE: &str =
     "reference: PTR name not forward-confirmed; spec §2: confirmed names only";
 const TRAILING_DOT_DEPARTURE: &str =
     "reference: pass.test. gives none; RFC 7208 §4.3: a final empty label is not malformed";
+const PERCENT_DEPARTURE: &str =
+    "reference: a % in the reason crashes it (451); spec §4/§5: escape it, reject";
 const NO_MAIL_DEPARTURE: &str =
     "reference: byte comparison with \"v=spf1 -all\"; spec §2: the parsed record";
 const RNPD_PARENT_DEPARTURE: &str =
@@ -394,6 +403,9 @@ fn reject_cases() -> Vec<Case> {
             mail("a@nonexistent.test"),
             "250 2.0.0 spf=none mailfrom",
         ),
+        // The domain's explanation (RFC 7208 §6.2, macros expanded) is the
+        // reason in the reply; the reply texts are compared.
+        same("explanation", mail("mallory@exp.relay.test"), FAIL),
         // IPv6 clients (XCLIENT ADDR=IPv6:…): ip6 matches only IPv6, ip4
         // only IPv4 (RFC 7208 §5.6); an IPv4-mapped client is the IPv4
         // client (Postfix hands it to the milters as 192.0.2.10).
@@ -534,6 +546,13 @@ fn reject_cases() -> Vec<Case> {
             "250 2.0.0 spf=none mailfrom",
             PASS,
             TRAILING_DOT_DEPARTURE,
+        ),
+        differ(
+            "explanation-with-percent",
+            mail("mallory@pct.relay.test"),
+            "MAIL 451 4.3.0",
+            FAIL,
+            PERCENT_DEPARTURE,
         ),
         differ(
             "servfail-in-mechanism",
@@ -1015,6 +1034,19 @@ pub fn differential(scratch: &Path) {
         eprintln!("{reference_log}\n{our_log}");
     }
     assert!(!failed, "outcomes differ from the table (X):\n{table}");
+    // The departure on `%`: the text arrives intact, `%` unescaped.
+    let percent = cases
+        .iter()
+        .position(|c| c.name == "explanation-with-percent")
+        .expect("the % case");
+    assert!(
+        ours[percent]
+            .refusal
+            .as_deref()
+            .is_some_and(|t| t.starts_with("Message rejected due to: 100% forged: mallory.")),
+        "spfmilter's reply with a % in the reason: {:?}",
+        ours[percent].refusal
+    );
     assert!(
         texts.is_empty(),
         "same decision, different reply text:\n{}",

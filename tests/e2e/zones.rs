@@ -30,8 +30,9 @@
 //! | [`PTR_UNCONFIRMED_IP`] .98 | PTR host.wl.test, whose A is .96 | the reference only (no forward confirmation) |
 //!
 //! relay.test also holds `neutral.relay.test` (`v=spf1 ?all`), a Neutral
-//! sender domain outside neutral.test, and `caps.relay.test` (`v=spf1
-//! -ALL`, "sends no mail" in capitals).
+//! sender domain outside neutral.test, `caps.relay.test` (`v=spf1 -ALL`,
+//! "sends no mail" in capitals), and `exp.relay.test` and `pct.relay.test`
+//! (`-all` with an `exp=` explanation, the second with a literal `%`).
 //!
 //! HELO hosts: `mx.pass.test` (A [`CLIENT_IP`], SPF `v=spf1 a -all`:
 //! pass), `mx.fail.test` (`v=spf1 -all`: fail), `mx.softfail.test`
@@ -146,6 +147,12 @@ pub fn standard_zones() -> Vec<Zone> {
             .with(Record::txt("neutral", "v=spf1 ?all"))
             // "Sends no mail", spelled in capitals (No_Mail).
             .with(Record::txt("caps", "v=spf1 -ALL"))
+            // Fail with an explanation (RFC 7208 §6.2), macros expanded...
+            .with(Record::txt("exp", "v=spf1 -all exp=why.relay.test"))
+            .with(Record::txt("why", "%{s} may not send from %{i}"))
+            // ...and one with a literal "%" (%%) in it.
+            .with(Record::txt("pct", "v=spf1 -all exp=whypct.relay.test"))
+            .with(Record::txt("whypct", "100%% forged: %{l}"))
             .with(Record::a("mx", HELO_WHITELISTED_IP)),
     );
     zones.push(Zone::new("wl.test").with(Record::a("host", PTR_WHITELISTED_IP)));
