@@ -13,7 +13,10 @@
 //! milter; the tests below run them against Debian's pyspf-milter, the
 //! reference, and against spfmilter, with one difference in
 //! `header_results`: RFC 7208 §5 makes servfail.test and broken.test
-//! `temperror` where pydns-based pyspf reports fail and none.
+//! `temperror` where pydns-based pyspf reports fail and none. The
+//! differential test (`e2e/differential.rs`) sends the same matrix of
+//! cases through both milters under one `policyd-spf.conf` and compares
+//! Postfix's replies and the milters' headers, departures documented.
 //!
 //! The lab of a test (`e2e/lab.rs`), all on loopback of its namespace:
 //!
@@ -37,6 +40,7 @@
 #[path = "e2e/mod.rs"]
 mod harness;
 
+use harness::differential;
 use harness::milter::MilterUnderTest;
 use harness::namespace::isolated;
 use harness::scenarios;
@@ -103,4 +107,16 @@ scenario_tests! {
     spfmilter_reject_mode => scenarios::reject_mode;
     spfmilter_milter_down => scenarios::milter_down;
     spfmilter_forged_headers => scenarios::forged_headers;
+}
+
+// ---- the differential test: the reference and spfmilter side by side -------
+
+/// The same mail and the same `policyd-spf.conf` (reject mode) through
+/// pyspf-milter and through spfmilter, one lab each, one table of cases
+/// (`e2e/differential.rs`, where the departures are explained): the same
+/// reply from Postfix, and the same SPF result in the header of accepted
+/// mail, except the documented departures.
+#[test]
+fn differential_against_reference() {
+    isolated("differential_against_reference", differential::differential);
 }

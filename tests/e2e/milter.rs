@@ -39,6 +39,11 @@ pub struct MilterUnderTest {
     pub kind: MilterKind,
     /// TERM, then KILL after this long.
     pub stop_grace: Duration,
+    /// Give this milter the file exactly as the reference gets it, with
+    /// the reference's process keys `Socket`, `PidFile` and `UserID` (the
+    /// differential test: one unchanged file for both). Always the case
+    /// for the reference itself.
+    pub reference_file: bool,
 }
 
 impl MilterUnderTest {
@@ -49,6 +54,7 @@ impl MilterUnderTest {
             kind: MilterKind::PyspfMilter,
             // libmilter (python3-milter) takes ~4 s to stop on TERM.
             stop_grace: Duration::from_secs(8),
+            reference_file: true,
         }
     }
 
@@ -60,6 +66,7 @@ impl MilterUnderTest {
                 binary: PathBuf::from(env!("CARGO_BIN_EXE_spfmilter")),
             },
             stop_grace: Duration::from_secs(5),
+            reference_file: false,
         }
     }
 
@@ -89,23 +96,27 @@ impl MilterUnderTest {
         let dir = make_dir(dir)?;
         let conf_path = dir.join("policyd-spf.conf");
         let log = dir.join(format!("{}.stderr", self.name));
+        let pid_file = dir.join("pyspf-milter.pid");
+        // A stale pid file stops pyspf-milter from starting.
+        let _ = fs::remove_file(&pid_file);
+        let text = if self.reference_file {
+            conf.clone()
+                .set("Socket", &format!("inet:{port}@127.0.0.1"))
+                .set("PidFile", &pid_file.display().to_string())
+                .set("UserID", "pyspf-milter")
+                .text()
+        } else {
+            conf.text()
+        };
+        write_file(&conf_path, &text)?;
         let mut cmd = match &self.kind {
             MilterKind::PyspfMilter => {
-                let pid_file = dir.join("pyspf-milter.pid");
-                // A stale pid file stops it from starting.
-                let _ = fs::remove_file(&pid_file);
-                let conf = conf
-                    .clone()
-                    .set("Socket", &format!("inet:{port}@127.0.0.1"))
-                    .set("PidFile", &pid_file.display().to_string())
-                    .set("UserID", "pyspf-milter");
-                write_file(&conf_path, &conf.text())?;
                 let mut cmd = Command::new("/usr/bin/pyspf-milter");
                 cmd.arg(&conf_path);
                 cmd
             }
             MilterKind::Spfmilter { binary } => {
-                write_file(&conf_path, &conf.text())?;
+                // --socket: the file's Socket (if any) is the reference's.
                 let mut cmd = Command::new(binary);
                 cmd.arg("run")
                     .args(["--socket", &format!("inet:127.0.0.1:{port}")])

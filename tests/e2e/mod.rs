@@ -14,10 +14,12 @@
 //! | `smtp` | swaks, transcripts, replies, stored messages |
 //! | `lab` | all of it together |
 //! | `scenarios` | the checks, for any milter under test |
+//! | `differential` | the same mail through pyspf-milter and spfmilter: one table of expected outcomes and departures |
 
 // Each test uses only some of the harness.
 #![allow(dead_code)]
 
+pub mod differential;
 pub mod dns;
 pub mod lab;
 pub mod milter;

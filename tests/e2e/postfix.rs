@@ -44,6 +44,9 @@ pub struct PostfixConfig {
     pub milter_default_action: String,
     /// More `main.cf` settings, written last (so they override).
     pub main_cf: Vec<(String, String)>,
+    /// More files in the configuration directory: (relative path,
+    /// contents), e.g. `sasl/smtpd.conf`.
+    pub conf_files: Vec<(String, String)>,
 }
 
 impl Default for PostfixConfig {
@@ -53,7 +56,18 @@ impl Default for PostfixConfig {
             milters: Vec::new(),
             milter_default_action: "tempfail".to_string(),
             main_cf: Vec::new(),
+            conf_files: Vec::new(),
         }
+    }
+}
+
+impl PostfixConfig {
+    /// SMTP AUTH with `login`'s database (see [`SaslLogin`]).
+    pub fn with_sasl(mut self, login: &SaslLogin) -> Self {
+        self.main_cf.extend(login.main_cf.iter().cloned());
+        self.conf_files
+            .push(("sasl/smtpd.conf".to_string(), login.smtpd_conf.clone()));
+        self
     }
 }
 
@@ -139,6 +153,13 @@ impl Postfix {
         write_file(&conf_dir.join("main.cf"), &main_cf)?;
         let smtpd = format!("127.0.0.1:{} inet n - n - - smtpd\n", config.smtpd_port);
         write_file(&conf_dir.join("master.cf"), &(smtpd + MASTER_CF))?;
+        for (name, contents) in &config.conf_files {
+            let path = conf_dir.join(name);
+            if let Some(parent) = path.parent() {
+                make_dir(parent)?;
+            }
+            write_file(&path, contents)?;
+        }
 
         let mut this = Self {
             dir,
@@ -298,5 +319,88 @@ impl Drop for Postfix {
         if let Err(e) = self.stop() {
             eprintln!("e2e: postfix: {e}");
         }
+    }
+}
+
+/// A real SMTP AUTH login for the instance: Cyrus SASL with a private
+/// sasldb (packages `libsasl2-modules`, `sasl2-bin`), mechanisms PLAIN and
+/// LOGIN, offered without TLS. No saslauthd: the `auxprop` method reads the
+/// sasldb file inside smtpd itself.
+///
+/// Where the Cyrus configuration (`smtpd.conf`) goes: upstream Postfix
+/// reads it from `cyrus_sasl_config_path`; Debian's Postfix (patch
+/// `07_sasl_config`, README.Debian "SASL configuration goes in
+/// /etc/postfix/sasl") ignores that setting and reads
+/// `$config_directory/sasl/smtpd.conf`, then `/usr/lib/sasl/smtpd.conf`
+/// (seen with strace). So [`PostfixConfig::with_sasl`] writes the file into
+/// the instance's configuration directory and also sets
+/// `cyrus_sasl_config_path` to that directory.
+#[derive(Debug, Clone)]
+pub struct SaslLogin {
+    /// The login name swaks sends: `user@realm`.
+    pub login: String,
+    pub password: String,
+    /// The Cyrus configuration file `smtpd.conf`.
+    pub smtpd_conf: String,
+    /// `main.cf` settings that turn SMTP AUTH on.
+    pub main_cf: Vec<(String, String)>,
+}
+
+impl SaslLogin {
+    /// Writes `DIR/sasldb2` with one user `user@realm` (`saslpasswd2 -f
+    /// FILE -c -p -u REALM USER`, the password on stdin), readable by
+    /// smtpd (user `postfix`).
+    pub fn create(dir: &Path, user: &str, realm: &str, password: &str) -> Result<Self, String> {
+        use std::io::Write;
+        let dir = make_dir(dir)?;
+        let db = dir.join("sasldb2");
+        let mut child = Command::new("saslpasswd2")
+            .arg("-f")
+            .arg(&db)
+            .args(["-c", "-p", "-u", realm, user])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("cannot run saslpasswd2 (run scripts/e2e-packages): {e}"))?;
+        child
+            .stdin
+            .take()
+            .ok_or("saslpasswd2 stdin")?
+            .write_all(password.as_bytes())
+            .map_err(|e| format!("saslpasswd2 stdin: {e}"))?;
+        let out = child
+            .wait_with_output()
+            .map_err(|e| format!("saslpasswd2: {e}"))?;
+        if !out.status.success() {
+            return Err(format!(
+                "saslpasswd2 failed ({}): {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+        run(Command::new("chown").arg("postfix").arg(&db))?;
+        let smtpd_conf = format!(
+            "pwcheck_method: auxprop\nauxprop_plugin: sasldb\n\
+             mech_list: PLAIN LOGIN\nsasldb_path: {}\n",
+            db.display()
+        );
+        let main_cf = [
+            ("smtpd_sasl_auth_enable", "yes"),
+            ("smtpd_sasl_type", "cyrus"),
+            ("smtpd_sasl_path", "smtpd"),
+            ("cyrus_sasl_config_path", "$config_directory/sasl"),
+            ("smtpd_tls_auth_only", "no"),
+            ("smtpd_sasl_security_options", "noanonymous"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        Ok(Self {
+            login: format!("{user}@{realm}"),
+            password: password.to_string(),
+            smtpd_conf,
+            main_cf,
+        })
     }
 }

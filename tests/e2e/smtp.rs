@@ -28,6 +28,9 @@ pub struct Mail {
     /// `From: <envelope sender>`.
     pub headers: Vec<(String, String)>,
     pub body: String,
+    /// SMTP AUTH PLAIN as `(user, password)` after XCLIENT and EHLO, so
+    /// Postfix passes `{auth_authen}` to the milters at MAIL FROM.
+    pub auth: Option<(String, String)>,
 }
 
 impl Mail {
@@ -42,6 +45,7 @@ impl Mail {
             to: vec![format!("user@{RCPT_DOMAIN}")],
             headers: Vec::new(),
             body: "e2e test message".to_string(),
+            auth: None,
         }
     }
     pub fn helo(mut self, helo: &str) -> Self {
@@ -55,6 +59,15 @@ impl Mail {
     pub fn client_name(mut self, name: &str) -> Self {
         self.client_name = Some(name.to_string());
         self
+    }
+    /// Logs in with SMTP AUTH PLAIN (the server must offer it).
+    pub fn auth(mut self, user: &str, password: &str) -> Self {
+        self.auth = Some((user.to_string(), password.to_string()));
+        self
+    }
+    /// The null reverse-path `<>`.
+    pub fn null_sender() -> Self {
+        Self::from("")
     }
     pub fn header(mut self, name: &str, value: &str) -> Self {
         self.headers.push((name.to_string(), value.to_string()));
@@ -74,11 +87,25 @@ impl Mail {
             ])
             .args(["--xclient-helo", &self.helo])
             .args(["--helo", &self.helo])
-            .args(["--from", &self.from])
+            // swaks's spelling of the null sender; an empty --from would
+            // make it use a default address.
+            .args([
+                "--from",
+                if self.from.is_empty() {
+                    "<>"
+                } else {
+                    &self.from
+                },
+            ])
             .args(["--to", &self.to.join(",")])
             .args(["--body", &self.body]);
         for (name, value) in &self.headers {
             cmd.args(["--header", &format!("{name}: {value}")]);
+        }
+        if let Some((user, password)) = &self.auth {
+            cmd.args(["--auth", "PLAIN"])
+                .args(["--auth-user", user])
+                .args(["--auth-password", password]);
         }
         let out = cmd
             .stdin(Stdio::null())

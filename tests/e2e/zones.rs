@@ -13,7 +13,26 @@
 //! | permerror.test | `v=spf1 bogus -all` (unknown mechanism) | permerror |
 //! | temperror.test | `v=spf1 a:host.unreachable.test -all`; `unreachable.test` is delegated to 127.0.0.2, where nothing listens, and the lab's resolver drops its queries: time-out | temperror |
 //! | servfail.test | `v=spf1 a:host.broken.test -all`; `broken.test` answers SERVFAIL | temperror (RFC 7208 §5); pyspf with pydns: **fail** (the SERVFAIL reads as "no address", `-all` matches) |
+//! | ipv6.test | `v=spf1 ip6:2001:db8::/32 -all` | fail; pass for [`CLIENT_IP6`] |
 //! | broken.test | every query SERVFAILs (configured in NSD without data), `_dmarc` included | temperror; pyspf with pydns: none; OpenDMARC: dmarc=none |
+//!
+//! Relays for the whitelist steps (`Domain_Whitelist = relay.test`,
+//! `HELO_Whitelist = mx.relay.test`, `Domain_Whitelist_PTR = wl.test`),
+//! all in 198.51.100.64/26, below the `Whitelist` CIDR of the differential
+//! test:
+//!
+//! | client | DNS | whitelisted by |
+//! |---|---|---|
+//! | [`DOMAIN_WHITELISTED_IP`] .70 | relay.test `v=spf1 ip4:198.51.100.64/28 -all` | Domain_Whitelist (check_host pass) |
+//! | [`HELO_WHITELISTED_IP`] .80 | mx.relay.test A .80 | HELO_Whitelist, with EHLO mx.relay.test |
+//! | [`PTR_WHITELISTED_IP`] .96 | PTR host.wl.test, host.wl.test A .96 | Domain_Whitelist_PTR |
+//! | [`PTR_SUFFIX_IP`] .97 | PTR host.notwl.test, its A .97 | the reference only (plain suffix match) |
+//! | [`PTR_UNCONFIRMED_IP`] .98 | PTR host.wl.test, whose A is .96 | the reference only (no forward confirmation) |
+//!
+//! relay.test also holds `neutral.relay.test` (`v=spf1 ?all`), a Neutral
+//! sender domain outside neutral.test, `caps.relay.test` (`v=spf1 -ALL`,
+//! "sends no mail" in capitals), and `exp.relay.test` and `pct.relay.test`
+//! (`-all` with an `exp=` explanation, the second with a literal `%`).
 //!
 //! HELO hosts: `mx.pass.test` (A [`CLIENT_IP`], SPF `v=spf1 a -all`:
 //! pass), `mx.fail.test` (`v=spf1 -all`: fail), `mx.softfail.test`
@@ -28,11 +47,28 @@ use super::dns::{Record, Zone};
 
 /// The SMTP client's address in the tests (TEST-NET-1, set with XCLIENT).
 pub const CLIENT_IP: &str = "192.0.2.10";
+/// The IPv6 SMTP client of the tests (documentation prefix, RFC 3849),
+/// authorized by ipv6.test only.
+pub const CLIENT_IP6: &str = "2001:db8::10";
 /// An address that no policy authorizes.
 pub const STRANGER_IP: &str = "198.51.100.7";
 
+/// In relay.test's SPF record: whitelisted by `Domain_Whitelist = relay.test`.
+pub const DOMAIN_WHITELISTED_IP: &str = "198.51.100.70";
+/// The address of mx.relay.test: whitelisted by `HELO_Whitelist =
+/// mx.relay.test` when it says `EHLO mx.relay.test`.
+pub const HELO_WHITELISTED_IP: &str = "198.51.100.80";
+/// PTR host.wl.test, forward-confirmed: `Domain_Whitelist_PTR = wl.test`.
+pub const PTR_WHITELISTED_IP: &str = "198.51.100.96";
+/// PTR host.notwl.test (forward-confirmed): in wl.test only for a plain
+/// suffix match.
+pub const PTR_SUFFIX_IP: &str = "198.51.100.97";
+/// PTR host.wl.test, whose A record is [`PTR_WHITELISTED_IP`]: not
+/// forward-confirmed.
+pub const PTR_UNCONFIRMED_IP: &str = "198.51.100.98";
+
 /// The sender domains, one per SPF result, in the order of the table.
-pub const DOMAINS: [&str; 8] = [
+pub const DOMAINS: [&str; 9] = [
     "pass.test",
     "fail.test",
     "softfail.test",
@@ -41,6 +77,7 @@ pub const DOMAINS: [&str; 8] = [
     "permerror.test",
     "temperror.test",
     "servfail.test",
+    "ipv6.test",
 ];
 
 /// The SPF record of a sender domain (`None`: no SPF record).
@@ -54,6 +91,7 @@ pub fn spf_record(domain: &str) -> Option<&'static str> {
         "permerror.test" => Some("v=spf1 bogus -all"),
         "temperror.test" => Some("v=spf1 a:host.unreachable.test -all"),
         "servfail.test" => Some("v=spf1 a:host.broken.test -all"),
+        "ipv6.test" => Some("v=spf1 ip6:2001:db8::/32 -all"),
         _ => None,
     }
 }
@@ -94,6 +132,43 @@ pub fn standard_zones() -> Vec<Zone> {
         }
         zones.push(zone);
     }
+    // The relays of the whitelist steps.
+    for domain in ["relay.test", "wl.test", "notwl.test"] {
+        let label = domain.trim_end_matches(".test");
+        parent = parent
+            .with(Record::ns(label, &format!("ns.{domain}.")))
+            .with(Record::a(&format!("ns.{label}"), "127.0.0.1"));
+    }
+    let last_octet = |ip: &str| ip.rsplit('.').next().expect("last octet").to_string();
+    zones.push(
+        Zone::new("relay.test")
+            .with(Record::txt("@", "v=spf1 ip4:198.51.100.64/28 -all"))
+            // A Neutral sender domain outside neutral.test.
+            .with(Record::txt("neutral", "v=spf1 ?all"))
+            // "Sends no mail", spelled in capitals (No_Mail).
+            .with(Record::txt("caps", "v=spf1 -ALL"))
+            // Fail with an explanation (RFC 7208 §6.2), macros expanded...
+            .with(Record::txt("exp", "v=spf1 -all exp=why.relay.test"))
+            .with(Record::txt("why", "%{s} may not send from %{i}"))
+            // ...and one with a literal "%" (%%) in it.
+            .with(Record::txt("pct", "v=spf1 -all exp=whypct.relay.test"))
+            .with(Record::txt("whypct", "100%% forged: %{l}"))
+            .with(Record::a("mx", HELO_WHITELISTED_IP)),
+    );
+    zones.push(Zone::new("wl.test").with(Record::a("host", PTR_WHITELISTED_IP)));
+    zones.push(Zone::new("notwl.test").with(Record::a("host", PTR_SUFFIX_IP)));
+    zones.push(
+        Zone::new("100.51.198.in-addr.arpa")
+            .with(Record::ptr(
+                &last_octet(PTR_WHITELISTED_IP),
+                "host.wl.test.",
+            ))
+            .with(Record::ptr(&last_octet(PTR_SUFFIX_IP), "host.notwl.test."))
+            .with(Record::ptr(
+                &last_octet(PTR_UNCONFIRMED_IP),
+                "host.wl.test.",
+            )),
+    );
     // Delegations that cannot be followed.
     parent = parent
         .with(Record::ns("unreachable", "ns.unreachable.test."))
