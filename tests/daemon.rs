@@ -1,5 +1,9 @@
 //! The daemon's process behaviour: sockets, start-up errors, shutdown.
 
+mod common;
+
+use common::milter::handshake;
+
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -434,25 +438,6 @@ fn with_no_arguments_it_answers_a_handshake_on_127_0_0_1_8891() {
         std::env::temp_dir().join(format!("spfmilter-daemon-default-{}", std::process::id())),
     )
     .unwrap();
-}
-
-/// Postfix's SMFIC_OPTNEG (version 6, all actions, all protocol steps
-/// offered); returns the actions the milter asks for.
-fn handshake(stream: &mut (impl std::io::Read + std::io::Write)) -> std::io::Result<u32> {
-    let mut optneg = vec![0, 0, 0, 13, b'O'];
-    optneg.extend_from_slice(&6u32.to_be_bytes());
-    optneg.extend_from_slice(&0x1ffu32.to_be_bytes());
-    optneg.extend_from_slice(&0x1f_ffffu32.to_be_bytes());
-    stream.write_all(&optneg)?;
-    let mut head = [0u8; 5];
-    stream.read_exact(&mut head)?;
-    let len = u32::from_be_bytes(head[..4].try_into().unwrap()) as usize;
-    let mut body = vec![0u8; len.saturating_sub(1)];
-    stream.read_exact(&mut body)?;
-    assert_eq!(head[4], b'O', "an SMFIC_OPTNEG reply");
-    assert!(body.len() >= 12, "a short OPTNEG reply: {body:?}");
-    assert_eq!(u32::from_be_bytes(body[..4].try_into().unwrap()), 6);
-    Ok(u32::from_be_bytes(body[4..8].try_into().unwrap()))
 }
 
 /// Junk and abandoned connections: each bad session is a log line (at most

@@ -58,6 +58,35 @@ pub struct ServerOptions {
     /// If set, UDP answers longer than this are truncated even when the
     /// client's EDNS payload size would allow them.
     pub udp_payload_limit: Option<u16>,
+    /// Misbehaviour for some names (compared without case, any query
+    /// type): see [`Fault`].
+    pub faults: Vec<(String, Fault)>,
+}
+
+/// How the server misbehaves for a name, to test how the resolver and
+/// the milter live with broken DNS.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Fault {
+    /// RCODE 2, SERVFAIL (RFC 1035 §4.1.1), over UDP and TCP.
+    ServFail,
+    /// Bytes that are no DNS message, over UDP and TCP.
+    Garbage,
+    /// The right answer under another message ID (RFC 1035 §4.1.1: the ID
+    /// matches replies to queries; RFC 5452 §9.1: a reply that does not
+    /// match is discarded).
+    WrongId,
+    /// An answer about another name: its question section and records
+    /// name `lure.<name>`, with an SPF record that allows everything (RFC
+    /// 5452 §9.1: a reply whose question does not match is discarded).
+    OtherName,
+    /// Over UDP, an empty answer with TC set whatever its size (RFC 1035
+    /// §4.2.1); the full answer over TCP (RFC 7766).
+    Truncated,
+    /// Over UDP, TC set as in [`Fault::Truncated`]; over TCP, the
+    /// connection is closed without an answer.
+    TruncatedTcpDown,
+    /// The right answer, this late.
+    Delay(std::time::Duration),
 }
 
 impl Default for ServerOptions {
@@ -66,6 +95,7 @@ impl Default for ServerOptions {
             ttl: 3600,
             negative_ttl: 300,
             udp_payload_limit: None,
+            faults: Vec::new(),
         }
     }
 }
@@ -77,6 +107,7 @@ struct Counters {
     tcp: AtomicU64,
     truncated: AtomicU64,
     dropped: AtomicU64,
+    faulty: AtomicU64,
 }
 
 /// A running server. See the module documentation.
@@ -101,7 +132,22 @@ impl TestDnsServer {
 
     /// Starts serving `zone` on 127.0.0.1, UDP and TCP on the same port.
     pub fn start_with(zone: Arc<Zone>, options: ServerOptions) -> Self {
-        let (udp, tcp) = bind_pair();
+        Self::start_bound(bind_pair(), zone, options)
+    }
+
+    /// Starts serving on 127.0.0.1:`port` (UDP and TCP), if that port is
+    /// free for both: e.g. where a server was down a moment ago.
+    pub fn start_on(port: u16, zone: Arc<Zone>, options: ServerOptions) -> Option<Self> {
+        let udp = StdUdpSocket::bind((Ipv4Addr::LOCALHOST, port)).ok()?;
+        let tcp = StdTcpListener::bind((Ipv4Addr::LOCALHOST, port)).ok()?;
+        Some(Self::start_bound((udp, tcp), zone, options))
+    }
+
+    fn start_bound(
+        (udp, tcp): (StdUdpSocket, StdTcpListener),
+        zone: Arc<Zone>,
+        options: ServerOptions,
+    ) -> Self {
         let addr = udp.local_addr().expect("UDP socket address");
         let counters = Arc::new(Counters::default());
         let (shutdown, stop) = oneshot::channel();
@@ -149,6 +195,19 @@ impl TestDnsServer {
     pub fn dropped_queries(&self) -> u64 {
         self.counters.dropped.load(Ordering::SeqCst)
     }
+
+    /// Queries answered with one of [`ServerOptions::faults`].
+    pub fn faulty_answers(&self) -> u64 {
+        self.counters.faulty.load(Ordering::SeqCst)
+    }
+}
+
+/// A loopback address where nothing answers DNS: a UDP and TCP port that
+/// was free a moment ago (a closed UDP port answers with ICMP port
+/// unreachable, a closed TCP port with a reset).
+pub fn closed_port() -> SocketAddr {
+    let (udp, _tcp) = bind_pair();
+    udp.local_addr().expect("UDP socket address")
 }
 
 impl Drop for TestDnsServer {
@@ -216,6 +275,7 @@ struct Server {
 
 impl Server {
     async fn serve_udp(self: Arc<Self>, socket: UdpSocket) {
+        let socket = Arc::new(socket);
         let mut buf = vec![0; MAX_QUERY];
         loop {
             let Ok((len, peer)) = socket.recv_from(&mut buf).await else {
@@ -225,6 +285,27 @@ impl Server {
                 continue;
             };
             self.counters.udp.fetch_add(1, Ordering::SeqCst);
+            let fault = self.fault(&request);
+            if let Some(fault) = fault {
+                self.counters.faulty.fetch_add(1, Ordering::SeqCst);
+                if let Fault::Delay(delay) = fault {
+                    // Answered later, without holding up other queries.
+                    let delay = *delay;
+                    let server = Arc::clone(&self);
+                    let socket = Arc::clone(&socket);
+                    tokio::spawn(async move {
+                        tokio::time::sleep(delay).await;
+                        if let Some(response) = server.respond(&request) {
+                            let _ = socket.send_to(&encode(&response), peer).await;
+                        }
+                    });
+                    continue;
+                }
+            }
+            if let Some(bytes) = fault.and_then(|f| self.faulty(f, &request, true)) {
+                let _ = socket.send_to(&bytes, peer).await;
+                continue;
+            }
             let Some(mut response) = self.respond(&request) else {
                 self.counters.dropped.fetch_add(1, Ordering::SeqCst);
                 continue;
@@ -271,6 +352,22 @@ impl Server {
                 return;
             };
             self.counters.tcp.fetch_add(1, Ordering::SeqCst);
+            let fault = self.fault(&request);
+            if let Some(fault) = fault {
+                self.counters.faulty.fetch_add(1, Ordering::SeqCst);
+                match fault {
+                    Fault::TruncatedTcpDown => return,
+                    Fault::Delay(delay) => tokio::time::sleep(*delay).await,
+                    _ => {}
+                }
+            }
+            if let Some(bytes) = fault.and_then(|f| self.faulty(f, &request, false)) {
+                let len = u16::try_from(bytes.len()).unwrap_or(u16::MAX);
+                if stream.write_u16(len).await.is_err() || stream.write_all(&bytes).await.is_err() {
+                    return;
+                }
+                continue;
+            }
             let Some(response) = self.respond(&request) else {
                 self.counters.dropped.fetch_add(1, Ordering::SeqCst);
                 continue;
@@ -283,6 +380,55 @@ impl Server {
             if stream.write_u16(len).await.is_err() || stream.write_all(&bytes).await.is_err() {
                 return;
             }
+        }
+    }
+
+    /// The fault configured for the name asked about, if any.
+    fn fault(&self, request: &Message) -> Option<&Fault> {
+        let [query] = request.queries.as_slice() else {
+            return None;
+        };
+        let name = zone_key(query.name());
+        self.options
+            .faults
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(&name))
+            .map(|(_, f)| f)
+    }
+
+    /// The bytes sent instead of a good answer for `fault` (`udp`: over
+    /// UDP), or `None` where the answer itself is right.
+    fn faulty(&self, fault: &Fault, request: &Message, udp: bool) -> Option<Vec<u8>> {
+        match fault {
+            Fault::ServFail => Some(encode(&error_response(request, ResponseCode::ServFail))),
+            // Not a DNS message: shorter than a header, then a header
+            // whose counts promise records that are not there.
+            Fault::Garbage => Some(b"\x13\x37garbage\xff\xff\xff\xff\x00".to_vec()),
+            Fault::WrongId => {
+                let mut response = self.respond(request)?;
+                response.metadata.id = request.metadata.id.wrapping_add(1);
+                Some(encode(&response))
+            }
+            Fault::OtherName => {
+                let asked = request.queries.first()?;
+                let lure = fqdn(&format!("lure.{}", zone_key(asked.name()))).ok()?;
+                let mut other = request.clone();
+                other.queries.clear();
+                other.add_query(Query::query(lure.clone(), asked.query_type()));
+                let mut response = empty_response(&other);
+                response.add_answer(Record::from_rdata(
+                    lure,
+                    self.options.ttl,
+                    RData::TXT(TXT::new(vec!["v=spf1 +all".to_owned()])),
+                ));
+                Some(encode(&response))
+            }
+            Fault::Truncated | Fault::TruncatedTcpDown if udp => {
+                let mut response = empty_response(request);
+                response.metadata.truncation = true;
+                Some(encode(&response))
+            }
+            Fault::Truncated | Fault::TruncatedTcpDown | Fault::Delay(_) => None,
         }
     }
 

@@ -42,10 +42,24 @@ pub enum ConfigFile {
     Policyd(String),
 }
 
+/// Where the daemon listens.
 #[derive(Debug, Clone)]
-enum Endpoint {
+pub enum Endpoint {
     Tcp(SocketAddr),
     Unix(PathBuf),
+}
+
+impl Endpoint {
+    /// Opens a milter connection (negotiation done), or says why not.
+    pub async fn try_open(&self) -> Result<TestConnection, TestError> {
+        let builder = TestConnection::configure()
+            .read_timeout(Duration::from_secs(20))
+            .write_timeout(Duration::from_secs(20));
+        match self {
+            Endpoint::Tcp(addr) => builder.open_tcp(*addr).await,
+            Endpoint::Unix(path) => builder.open_unix(path).await,
+        }
+    }
 }
 
 /// A running `spfmilter run`; stopped with SIGTERM when dropped.
@@ -151,14 +165,48 @@ impl Daemon {
 
     /// Opens a milter connection (negotiation done).
     pub async fn open(&self) -> TestConnection {
-        let builder = TestConnection::configure()
-            .read_timeout(Duration::from_secs(20))
-            .write_timeout(Duration::from_secs(20));
+        self.endpoint
+            .try_open()
+            .await
+            .expect("open a milter connection")
+    }
+
+    /// Where the daemon listens.
+    pub fn endpoint(&self) -> Endpoint {
+        self.endpoint.clone()
+    }
+
+    /// A plain connection to the milter socket, for bytes of any kind.
+    pub fn connect_raw(&self) -> RawStream {
         match &self.endpoint {
-            Endpoint::Tcp(addr) => builder.open_tcp(*addr).await,
-            Endpoint::Unix(path) => builder.open_unix(path).await,
+            Endpoint::Tcp(addr) => {
+                RawStream::Tcp(std::net::TcpStream::connect(addr).expect("connect over TCP"))
+            }
+            Endpoint::Unix(path) => RawStream::Unix(
+                std::os::unix::net::UnixStream::connect(path).expect("connect to the socket"),
+            ),
         }
-        .expect("open a milter connection")
+    }
+
+    /// Sends SIGTERM and waits (at most 10 s) for the process to end:
+    /// its exit status and how long it took after the signal.
+    pub fn terminate(&mut self) -> (std::process::ExitStatus, Duration) {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("kill -TERM");
+        assert!(status.success());
+        let start = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait for spfmilter") {
+                return (status, start.elapsed());
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "spfmilter still runs 10 s after SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(2));
+        }
     }
 
     /// Rewrites the configuration file (for a reload).
@@ -188,9 +236,11 @@ impl Daemon {
 
 impl Drop for Daemon {
     fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = Command::new("kill")
+                .args(["-TERM", &self.child.id().to_string()])
+                .status();
+        }
         let start = Instant::now();
         while self.child.try_wait().ok().flatten().is_none() {
             if start.elapsed() > Duration::from_secs(5) {
@@ -201,6 +251,43 @@ impl Drop for Daemon {
             std::thread::sleep(Duration::from_millis(10));
         }
         let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A plain stream to the milter socket (see [`Daemon::connect_raw`]).
+pub enum RawStream {
+    Tcp(std::net::TcpStream),
+    Unix(std::os::unix::net::UnixStream),
+}
+
+impl RawStream {
+    pub fn set_read_timeout(&self, timeout: Option<Duration>) {
+        match self {
+            RawStream::Tcp(s) => s.set_read_timeout(timeout),
+            RawStream::Unix(s) => s.set_read_timeout(timeout),
+        }
+        .expect("set a read timeout");
+    }
+}
+
+impl std::io::Read for RawStream {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            RawStream::Tcp(s) => s.read(buf),
+            RawStream::Unix(s) => s.read(buf),
+        }
+    }
+}
+
+impl std::io::Write for RawStream {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match self {
+            RawStream::Tcp(s) => s.write(buf),
+            RawStream::Unix(s) => s.write(buf),
+        }
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
     }
 }
 
@@ -221,6 +308,34 @@ fn collect_stderr(child: &mut Child) -> Arc<Mutex<String>> {
         }
     });
     text
+}
+
+/// A milter packet: length (of command and data, 4 octets, network
+/// order), command octet, data.
+pub fn packet(command: u8, data: &[u8]) -> Vec<u8> {
+    let len = u32::try_from(data.len() + 1).expect("a packet under 4 GiB");
+    let mut out = len.to_be_bytes().to_vec();
+    out.push(command);
+    out.extend_from_slice(data);
+    out
+}
+
+/// Postfix's SMFIC_OPTNEG (version 6, all actions, all protocol steps
+/// offered) on a plain stream; returns the actions the milter asks for.
+pub fn handshake(stream: &mut (impl std::io::Read + std::io::Write)) -> std::io::Result<u32> {
+    let mut data = 6u32.to_be_bytes().to_vec();
+    data.extend_from_slice(&0x1ffu32.to_be_bytes());
+    data.extend_from_slice(&0x1f_ffffu32.to_be_bytes());
+    stream.write_all(&packet(b'O', &data))?;
+    let mut head = [0u8; 5];
+    stream.read_exact(&mut head)?;
+    let len = u32::from_be_bytes(head[..4].try_into().unwrap()) as usize;
+    let mut body = vec![0u8; len.saturating_sub(1)];
+    stream.read_exact(&mut body)?;
+    assert_eq!(head[4], b'O', "an SMFIC_OPTNEG reply");
+    assert!(body.len() >= 12, "a short OPTNEG reply: {body:?}");
+    assert_eq!(u32::from_be_bytes(body[..4].try_into().unwrap()), 6);
+    Ok(u32::from_be_bytes(body[4..8].try_into().unwrap()))
 }
 
 /// Bytes for the milter protocol (no NUL inside).
