@@ -213,6 +213,10 @@ impl Dns {
         let dir = make_dir(dir)?;
         let conf = dir.join("nsd.conf");
         let d = dir.display();
+        // Response-rate-limiting is off (`rrl-ratelimit: 0`): Debian builds
+        // NSD with RRL at 200 answers/s per source, and every query here
+        // comes from the one forwarder, so under load (the soak) NSD would
+        // truncate or drop answers and stall the milter's lookups.
         let mut text = format!(
             "server:\n\
              \tip-address: 127.0.0.1@{port}\n\
@@ -230,6 +234,8 @@ impl Dns {
              \tverbosity: 1\n\
              \thide-version: yes\n\
              \tminimal-responses: no\n\
+             \trrl-ratelimit: 0\n\
+             \trrl-whitelist-ratelimit: 0\n\
              remote-control:\n\
              \tcontrol-enable: no\n",
             port = ports.nsd
