@@ -857,8 +857,26 @@ pub fn is_same_or_subdomain(name: &str, target: &str) -> bool {
     if name.len() < target.len() {
         return false;
     }
-    let (head, tail) = name.split_at(name.len() - target.len());
-    tail.eq_ignore_ascii_case(target) && (head.is_empty() || head.ends_with('.'))
+    // Bytes, not str: a name from the envelope may hold non-ASCII, and the
+    // cut may fall inside a character (which then cannot match an ASCII
+    // label boundary anyway).
+    let (head, tail) = name.as_bytes().split_at(name.len() - target.len());
+    tail.eq_ignore_ascii_case(target.as_bytes()) && (head.is_empty() || head.ends_with(b"."))
+}
+
+#[cfg(test)]
+mod subdomain_tests {
+    use super::is_same_or_subdomain;
+
+    #[test]
+    fn label_boundaries_and_non_ascii_names() {
+        assert!(is_same_or_subdomain("a.Pass.test.", "pass.test"));
+        assert!(is_same_or_subdomain("pass.test", "pass.test"));
+        assert!(!is_same_or_subdomain("xpass.test", "pass.test"));
+        // The cut lands inside U+FFFD (a lossy-decoded byte): no panic.
+        assert!(!is_same_or_subdomain("re\u{FFFD}ay.test", "pass.test"));
+        assert!(!is_same_or_subdomain("\u{FFFD}.test", "a.test"));
+    }
 }
 
 fn prefix_match_v4(a: std::net::Ipv4Addr, b: std::net::Ipv4Addr, len: u8) -> bool {
