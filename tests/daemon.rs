@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::milter::handshake;
+use common::milter::{collect_stderr, handshake};
 
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::Path;
@@ -109,26 +109,6 @@ fn a_broken_configuration_stops_the_start_with_file_and_line() {
         "{stderr}"
     );
     std::fs::remove_dir_all(&dir).unwrap();
-}
-
-/// Collects a child's standard error as it comes.
-fn collect_stderr(child: &mut Child) -> std::sync::Arc<std::sync::Mutex<String>> {
-    use std::io::Read;
-    let text = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
-    let mut stderr = child.stderr.take().expect("piped stderr");
-    let sink = std::sync::Arc::clone(&text);
-    std::thread::spawn(move || {
-        let mut buf = [0u8; 4096];
-        while let Ok(n) = stderr.read(&mut buf) {
-            if n == 0 {
-                break;
-            }
-            sink.lock()
-                .unwrap()
-                .push_str(&String::from_utf8_lossy(&buf[..n]));
-        }
-    });
-    text
 }
 
 #[test]

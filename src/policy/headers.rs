@@ -66,22 +66,41 @@ fn bounded(value: &str) -> std::borrow::Cow<'_, str> {
     format!("{}...", &value[..end]).into()
 }
 
+/// A [`Transaction`] with its envelope values [`bounded`].
+struct BoundedTransaction<'a> {
+    client_ip: IpAddr,
+    helo: std::borrow::Cow<'a, str>,
+    envelope_from: std::borrow::Cow<'a, str>,
+    receiver: std::borrow::Cow<'a, str>,
+}
+
+impl<'a> BoundedTransaction<'a> {
+    fn of(tx: &Transaction<'a>) -> Self {
+        Self {
+            client_ip: tx.client_ip,
+            helo: bounded(tx.helo),
+            envelope_from: bounded(tx.envelope_from),
+            receiver: bounded(tx.receiver),
+        }
+    }
+
+    fn transaction(&self) -> Transaction<'_> {
+        Transaction {
+            client_ip: self.client_ip,
+            helo: &self.helo,
+            envelope_from: &self.envelope_from,
+            receiver: &self.receiver,
+        }
+    }
+}
+
 /// The value of a Received-SPF header field (everything after
 /// `Received-SPF:`), unfolded:
 /// `pass (comment) identity=mailfrom; client-ip=…; helo=…; envelope-from=…;
 /// receiver=…; mechanism=…` (or `problem=…` for errors).
 pub fn received_spf_value(outcome: &SpfOutcome, tx: &Transaction<'_>) -> String {
-    let (helo, envelope_from, receiver) = (
-        bounded(tx.helo),
-        bounded(tx.envelope_from),
-        bounded(tx.receiver),
-    );
-    let tx = Transaction {
-        helo: &helo,
-        envelope_from: &envelope_from,
-        receiver: &receiver,
-        ..*tx
-    };
+    let bounded_tx = BoundedTransaction::of(tx);
+    let tx = &bounded_tx.transaction();
     let mut v = String::with_capacity(200);
     v.push_str(outcome.result.capitalized());
     v.push_str(" (");
@@ -127,17 +146,8 @@ pub fn authentication_results_value(
     outcome: &SpfOutcome,
     tx: &Transaction<'_>,
 ) -> String {
-    let (helo, envelope_from, receiver) = (
-        bounded(tx.helo),
-        bounded(tx.envelope_from),
-        bounded(tx.receiver),
-    );
-    let tx = Transaction {
-        helo: &helo,
-        envelope_from: &envelope_from,
-        receiver: &receiver,
-        ..*tx
-    };
+    let bounded_tx = BoundedTransaction::of(tx);
+    let tx = &bounded_tx.transaction();
     let domain = bounded(&outcome.domain);
     let mut v = String::with_capacity(200);
     push_token_or_quoted(&mut v, authserv_id);

@@ -291,7 +291,8 @@ impl std::io::Write for RawStream {
     }
 }
 
-fn collect_stderr(child: &mut Child) -> Arc<Mutex<String>> {
+/// Collects a child's standard error as it comes.
+pub fn collect_stderr(child: &mut Child) -> Arc<Mutex<String>> {
     use std::io::Read;
     let text = Arc::new(Mutex::new(String::new()));
     let mut stderr = child.stderr.take().expect("piped stderr");
