@@ -187,7 +187,10 @@ impl Mode {
 ///   (the reference does not strip list items, spec §1);
 /// * `Whitelist = 198.51.100.128/25`, `Domain_Whitelist = relay.test`,
 ///   `HELO_Whitelist = mx.relay.test`, `Domain_Whitelist_PTR = wl.test`
-///   (the relays of `zones.rs`).
+///   (the relays of `zones.rs`);
+/// * `Reason_URL` = the reference's default, written out: spfmilter's
+///   default is no URL (the site is defunct), and the reply texts are
+///   compared.
 pub fn conf(mode: Mode) -> PolicydConf {
     let base = match mode {
         Mode::Reject => PolicydConf::reject_fail(),
@@ -209,6 +212,10 @@ pub fn conf(mode: Mode) -> PolicydConf {
         .set("Domain_Whitelist", "relay.test")
         .set("HELO_Whitelist", "mx.relay.test")
         .set("Domain_Whitelist_PTR", "wl.test")
+        .set(
+            "Reason_URL",
+            "http://www.openspf.net/Why?s={0};id={1};ip={2};r={3}",
+        )
 }
 
 /// One SMTP session and what each milter is expected to make of it.
