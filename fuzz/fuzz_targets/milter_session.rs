@@ -43,14 +43,13 @@ use libfuzzer_sys::fuzz_target;
 use spfmilter::config::{Config, Datasets, Overrides, Source};
 use spfmilter::dns::Zone;
 
-// Reject_Not_Pass_Domains is left out until the bug that
-// `tests/faults.rs::a_non_utf8_name_against_reject_not_pass_domains` shows
-// (found by this target) is fixed: each run would stop on it within
-// minutes. Then add `reject_not_pass_domains = ["pass.test"]` to the third.
+// The third configuration has Reject_Not_Pass_Domains, whose label match
+// this target once crashed on non-UTF-8 names
+// (`tests/faults.rs::a_non_utf8_name_against_reject_not_pass_domains`).
 const CONFIGS: [&str; 4] = [
     "",
     "[milter]\nheader_type = \"AR\"\nauthserv_id = \"fuzz.example\"\n[policy]\nhelo_reject = \"SPF_Not_Pass\"\nmail_from_reject = \"SPF_Not_Pass\"\npermerror_reject = true\ntemperror_defer = true\nreason_url = \"http://x.example/?s={0};id={1};ip={2};r={3}\"\n",
-    "[milter]\nheader_type = \"SPF,AR\"\nhide_receiver = true\n[policy]\ntest_mode = true\nno_mail = true\n[skip]\nwhitelist = [\"192.0.2.128/25\"]\ndomain_whitelist = [\"wl.test\"]\nhelo_whitelist = [\"relay.test\"]\ndomain_whitelist_ptr = [\"ptr.test\"]\ninternal_hosts = [\"10.0.0.0/8\"]\n",
+    "[milter]\nheader_type = \"SPF,AR\"\nhide_receiver = true\n[policy]\ntest_mode = true\nno_mail = true\nreject_not_pass_domains = [\"pass.test\"]\n[skip]\nwhitelist = [\"192.0.2.128/25\"]\ndomain_whitelist = [\"wl.test\"]\nhelo_whitelist = [\"relay.test\"]\ndomain_whitelist_ptr = [\"ptr.test\"]\ninternal_hosts = [\"10.0.0.0/8\"]\n",
     "[milter]\nheader_type = \"None\"\nremove_forged_headers = false\n[policy]\nhelo_reject = \"Null\"\nmail_from_reject = \"Softfail\"\n[skip]\nmacro_list = [\"daemon_name|ORIGINATING\"]\nskip_authenticated = true\n",
 ];
 
