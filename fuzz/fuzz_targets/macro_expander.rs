@@ -200,7 +200,9 @@ fuzz_target!(|data: &[u8]| {
         assert_eq!(Some(spec.macros()), record.as_ref(), "domain-spec {text:?}");
         if let Some(name) = spec.literal_name() {
             assert_eq!(
-                spfmilter::spf::identity::query_name(&text).map(|n| n.to_ascii_lowercase()).as_deref(),
+                spfmilter::spf::identity::query_name(&text)
+                    .map(|n| n.to_ascii_lowercase())
+                    .as_deref(),
                 Some(name),
                 "literal name of {text:?}"
             );
