@@ -150,7 +150,7 @@ impl Metrics {
     pub fn message(
         &self,
         action: MessageAction,
-        checks: &[(&'static str, &'static str)],
+        checks: impl IntoIterator<Item = (&'static str, &'static str)>,
         took: Duration,
     ) {
         self.messages
@@ -158,7 +158,7 @@ impl Metrics {
                 action: action.label(),
             })
             .inc();
-        for &(identity, result) in checks {
+        for (identity, result) in checks {
             self.checks
                 .get_or_create(&CheckLabels {
                     identity,
@@ -173,7 +173,7 @@ impl Metrics {
     /// A bypass with a trace header.
     pub fn skipped(&self, reason: &'static str, took: Duration) {
         self.skipped.get_or_create(&ReasonLabels { reason }).inc();
-        self.message(MessageAction::Skipped, &[], took);
+        self.message(MessageAction::Skipped, [], took);
     }
 
     pub fn connection_opened(&self) {
@@ -323,7 +323,7 @@ mod tests {
         m.connection_closed();
         m.message(
             MessageAction::Reject,
-            &[("helo", "pass"), ("mailfrom", "fail")],
+            [("helo", "pass"), ("mailfrom", "fail")],
             Duration::from_millis(3),
         );
         m.skipped("local", Duration::from_micros(100));

@@ -158,7 +158,8 @@ impl Milter {
             let milter = milter.clone();
             let dns: DnsStatsSource = Arc::new(move || {
                 milter.upgrade().map_or_else(Default::default, |m| {
-                    let lookup = m.current().evaluator.lookup().clone();
+                    let shared = m.current();
+                    let lookup = shared.evaluator.lookup();
                     (lookup.source().stats(), lookup.stats())
                 })
             });
@@ -249,7 +250,7 @@ fn internal_error(
         .unwrap_or("(no message)");
     let action = shared.config.milter.on_internal_error;
     if let Some(metrics) = metrics {
-        metrics.message(MessageAction::InternalError, &[], Duration::ZERO);
+        metrics.message(MessageAction::InternalError, [], Duration::ZERO);
     }
     shared.log(
         LogLevel::Errors,
@@ -516,7 +517,7 @@ async fn at_mail(
                 &format!("{queue_id}: not checked: {why}"),
             );
             if let Some(metrics) = &conn.metrics {
-                metrics.message(MessageAction::Unchecked, &[], started.elapsed());
+                metrics.message(MessageAction::Unchecked, [], started.elapsed());
             }
             return Status::Continue;
         }
@@ -548,12 +549,11 @@ async fn at_mail(
             Action::Reject(_) => MessageAction::Reject,
             Action::Defer(_) => MessageAction::Defer,
         };
-        let checks: Vec<_> = [&decision.helo, &decision.mail_from]
+        let checks = [&decision.helo, &decision.mail_from]
             .into_iter()
             .flatten()
-            .map(|o| (o.identity.as_str(), o.result.as_str()))
-            .collect();
-        metrics.message(action, &checks, started.elapsed());
+            .map(|o| (o.identity.as_str(), o.result.as_str()));
+        metrics.message(action, checks, started.elapsed());
     }
     let status = match &decision.action {
         Action::Accept => Status::Continue,
