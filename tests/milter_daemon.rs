@@ -2299,3 +2299,29 @@ async fn the_first_of_several_recipients_is_the_receiver() {
     assert_eq!(h.get("receiver"), Some("first-of-two.example"));
     c.close().await;
 }
+
+/// Log lines carry Postfix's queue ID, or `NOQUEUE` before it has one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn log_lines_carry_the_queue_id() {
+    let dns = dns();
+    let d = daemon(Transport::Unix, &toml("[log]\nlevel = 2\n"), &dns);
+    let mut c = Client::connect(&d, ip(CLIENT), &[]).await;
+    assert_eq!(c.helo("pass.test").await, Status::Continue);
+    assert_eq!(c.mail("<a@pass.test>", &[]).await, Status::Continue);
+    c.message("<user@rcpt.example>", &[]).await;
+    assert_eq!(
+        c.mail("<b@pass.test>", &[("i", "4QX7abcDEF")]).await,
+        Status::Continue
+    );
+    c.message("<user@rcpt.example>", &[]).await;
+    c.close().await;
+    let log = d.stderr();
+    assert!(
+        log.contains("NOQUEUE: Pass; identity=mailfrom; client-ip=192.0.2.1; helo=pass.test; envelope-from=a@pass.test"),
+        "{log}"
+    );
+    assert!(
+        log.contains("4QX7abcDEF: Pass; identity=mailfrom; client-ip=192.0.2.1; helo=pass.test; envelope-from=b@pass.test"),
+        "{log}"
+    );
+}
