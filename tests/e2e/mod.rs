@@ -14,6 +14,7 @@
 //! | `smtp` | swaks, transcripts, replies, stored messages |
 //! | `lab` | all of it together |
 //! | `scenarios` | the checks, for any milter under test |
+//! | `soak` | thousands of messages through Postfix, spfmilter restarted twice, every message accounted for |
 //! | `differential` | the same mail through pyspf-milter and spfmilter: one table of expected outcomes and departures |
 
 // Each test uses only some of the harness.
@@ -29,5 +30,6 @@ pub mod postfix;
 pub mod process;
 pub mod scenarios;
 pub mod smtp;
+pub mod soak;
 pub mod syslog;
 pub mod zones;

@@ -42,23 +42,29 @@ use super::syslog;
 const SCRATCH_ENV: &str = "SPFMILTER_E2E_SCRATCH";
 /// The outer mount namespace, to check that the inner one is another.
 const OUTER_MNT_NS_ENV: &str = "SPFMILTER_E2E_OUTER_MNT_NS";
-/// Longest time one isolated test may take.
+/// Longest time one isolated test may take, unless it says otherwise
+/// ([`isolated_for`]).
 const TEST_TIMEOUT: Duration = Duration::from_secs(150);
 
 /// Runs `body` inside private network, mount and PID namespaces (see the
 /// module documentation). `name` must be the `#[test]` function's name.
 pub fn isolated(name: &str, body: impl FnOnce(&Path)) {
+    isolated_for(name, TEST_TIMEOUT, body);
+}
+
+/// [`isolated`], killed after `timeout` instead of the usual 150 s.
+pub fn isolated_for(name: &str, timeout: Duration, body: impl FnOnce(&Path)) {
     match env::var_os(SCRATCH_ENV) {
         Some(dir) => {
             let dir = PathBuf::from(dir);
             prepare_inside(&dir);
             body(&dir);
         }
-        None => run_outside(name),
+        None => run_outside(name, timeout),
     }
 }
 
-fn run_outside(name: &str) {
+fn run_outside(name: &str, timeout: Duration) {
     preflight();
     let scratch = TempDir::new(&env::temp_dir(), "spfmilter-e2e-").expect("scratch directory");
     let exe = env::current_exe().expect("current test binary");
@@ -90,7 +96,7 @@ fn run_outside(name: &str) {
         if let Some(status) = child.try_wait().expect("wait for unshare") {
             break Some(status);
         }
-        if started.elapsed() > TEST_TIMEOUT {
+        if started.elapsed() > timeout {
             // --kill-child: the namespace's PID 1 dies with unshare, and
             // every process of the namespace with it.
             let _ = child.kill();
@@ -109,7 +115,7 @@ fn run_outside(name: &str) {
         started.elapsed().as_secs_f64()
     );
     let Some(status) = status else {
-        panic!("{name}: no result after {TEST_TIMEOUT:?}; killed");
+        panic!("{name}: no result after {timeout:?}; killed");
     };
     assert!(
         status.success(),

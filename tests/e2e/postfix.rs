@@ -47,6 +47,8 @@ pub struct PostfixConfig {
     /// More files in the configuration directory: (relative path,
     /// contents), e.g. `sasl/smtpd.conf`.
     pub conf_files: Vec<(String, String)>,
+    /// More `master.cf` lines (services), e.g. the `virtual` delivery agent.
+    pub master_cf: Vec<String>,
 }
 
 impl Default for PostfixConfig {
@@ -57,6 +59,7 @@ impl Default for PostfixConfig {
             milter_default_action: "tempfail".to_string(),
             main_cf: Vec::new(),
             conf_files: Vec::new(),
+            master_cf: Vec::new(),
         }
     }
 }
@@ -151,8 +154,13 @@ impl Postfix {
             main_cf.push_str(&format!("{k} = {v}\n"));
         }
         write_file(&conf_dir.join("main.cf"), &main_cf)?;
-        let smtpd = format!("127.0.0.1:{} inet n - n - - smtpd\n", config.smtpd_port);
-        write_file(&conf_dir.join("master.cf"), &(smtpd + MASTER_CF))?;
+        let mut master_cf = format!("127.0.0.1:{} inet n - n - - smtpd\n", config.smtpd_port);
+        master_cf.push_str(MASTER_CF);
+        for line in &config.master_cf {
+            master_cf.push_str(line);
+            master_cf.push('\n');
+        }
+        write_file(&conf_dir.join("master.cf"), &master_cf)?;
         for (name, contents) in &config.conf_files {
             let path = conf_dir.join(name);
             if let Some(parent) = path.parent() {
