@@ -672,6 +672,22 @@ mod tests {
                 "refused a connection from unix socket: 0 connections open, milter.max_connections = 0"
             ]
         );
+        // Two more within the second: counted; the next line, a second
+        // later, says how many were left out.
+        let _a = UnixStream::connect(&path).await.unwrap();
+        let _b = UnixStream::connect(&path).await.unwrap();
+        let accepting = tokio::time::timeout(Duration::from_millis(200), listener.accept()).await;
+        assert!(accepting.is_err());
+        listener.gate.refusals.last = Some(Instant::now() - Duration::from_secs(1));
+        let _c = UnixStream::connect(&path).await.unwrap();
+        let accepting = tokio::time::timeout(Duration::from_millis(200), listener.accept()).await;
+        assert!(accepting.is_err());
+        assert_eq!(
+            lines.lock().unwrap()[1..],
+            [
+                "refused a connection from unix socket: 0 connections open, milter.max_connections = 0 (2 more refused since the last such line)"
+            ]
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
