@@ -9,6 +9,7 @@
 //! | `spfmilter_skipped_total` | counter | `reason` (local, whitelist, domain_whitelist, helo_whitelist, ptr_whitelist) |
 //! | `spfmilter_decision_seconds` | histogram | — (bypass checks and SPF evaluations at MAIL FROM) |
 //! | `spfmilter_connections_open` | gauge | — |
+//! | `spfmilter_connections_refused_total` | counter | — (closed at once over `max_connections`) |
 //! | `spfmilter_dns_queries_total` | counter | — (sent to the DNS servers) |
 //! | `spfmilter_dns_timeouts_total`, `spfmilter_dns_failures_total` | counter | — |
 //! | `spfmilter_dns_cache_hits_total`, `spfmilter_dns_cache_misses_total` | counter | — |
@@ -91,6 +92,7 @@ pub struct Metrics {
     skipped: Family<ReasonLabels, Counter>,
     decision_seconds: Histogram,
     connections: Gauge,
+    refused: Counter,
 }
 
 impl fmt::Debug for Metrics {
@@ -135,6 +137,12 @@ impl Metrics {
             "MTA connections open",
             connections.clone(),
         );
+        let refused = Counter::default();
+        registry.register(
+            "spfmilter_connections_refused",
+            "MTA connections closed at once because max_connections were open",
+            refused.clone(),
+        );
         registry.register_collector(Box::new(DnsCollector(dns)));
         Metrics {
             registry,
@@ -143,6 +151,7 @@ impl Metrics {
             skipped,
             decision_seconds,
             connections,
+            refused,
         }
     }
 
@@ -182,6 +191,11 @@ impl Metrics {
 
     pub fn connection_closed(&self) {
         self.connections.dec();
+    }
+
+    /// A connection closed at once over `max_connections`.
+    pub fn connection_refused(&self) {
+        self.refused.inc();
     }
 
     /// The Prometheus text format of everything.
@@ -321,6 +335,7 @@ mod tests {
         m.connection_opened();
         m.connection_opened();
         m.connection_closed();
+        m.connection_refused();
         m.message(
             MessageAction::Reject,
             [("helo", "pass"), ("mailfrom", "fail")],
@@ -336,6 +351,7 @@ mod tests {
             "spfmilter_skipped_total{reason=\"local\"} 1",
             "spfmilter_decision_seconds_count 2",
             "spfmilter_connections_open 1",
+            "spfmilter_connections_refused_total 1",
             "spfmilter_dns_queries_total 7",
             "spfmilter_dns_timeouts_total 2",
             "spfmilter_dns_failures_total 1",

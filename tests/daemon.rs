@@ -472,3 +472,49 @@ fn junk_and_abandoned_connections_are_logged_and_survived() {
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// At start the soft `RLIMIT_NOFILE` is raised to the hard one: every
+/// MTA connection is a descriptor, and systemd's default soft limit
+/// (1024) is exactly the default `max_connections`.
+#[test]
+fn the_open_files_soft_limit_is_raised_to_the_hard_one() {
+    use std::os::unix::process::CommandExt;
+    let dir = std::env::temp_dir().join(format!("spfmilter-daemon-nofile-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let socket = dir.join("milter.sock");
+    let conf = dir.join("spfmilter.toml");
+    std::fs::write(&conf, "").unwrap();
+    let mut command = Command::new(env!("CARGO_BIN_EXE_spfmilter"));
+    // SAFETY: only setrlimit(2), async-signal-safe, between fork and exec.
+    unsafe {
+        command.pre_exec(|| {
+            nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE, 256, 4096)
+                .map_err(std::io::Error::from)
+        });
+    }
+    let mut child = command
+        .args(["run", "--socket", &format!("unix:{}", socket.display())])
+        .args(["--config", conf.to_str().unwrap()])
+        .args(["--nameserver", "127.0.0.1:1", "--log-target", "stderr"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start spfmilter");
+    let stderr = collect_stderr(&mut child);
+    wait_for("the socket", || is_socket(&socket));
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", child.id())).unwrap();
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .expect("the open files line");
+    let words: Vec<&str> = line.split_whitespace().collect();
+    // "Max open files <soft> <hard> files"
+    assert_eq!(
+        words[3..5],
+        ["4096", "4096"],
+        "{line}\n{}",
+        stderr.lock().unwrap()
+    );
+    assert!(terminate(&mut child).success());
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -134,7 +134,7 @@ pub static OPTIONS: &[OptionInfo] = &[
         "max_connections",
         None,
         "`1024`",
-        "MTA connections served at once; further ones wait to be accepted."
+        "MTA connections served at once. One more is closed at once, unread, so that the MTA applies its `milter_default_action` without waiting (logged, and counted in `spfmilter_connections_refused_total`). SIGHUP applies a change; connections open over a lowered limit stay open."
     ),
     opt!(
         DecisionTimeLimit,

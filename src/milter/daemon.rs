@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use nix::unistd::{Gid, Group, Uid, User};
 
-use super::io::{TcpMilterListener, UnixMilterListener};
+use super::io::{AcceptHooks, ConnectionLimit, Gate, TcpMilterListener, UnixMilterListener};
 use super::{Milter, Shared, callbacks};
 use crate::config::{
     Config, Family, LogLevel, MilterConfig, Overrides, SocketSpec, Source, UserSpec,
@@ -38,7 +38,24 @@ pub async fn run(config: Arc<Config>, source: Source, overrides: Overrides) -> R
             milter.current().log(LogLevel::Errors, line);
         }
     }));
-    let listener = bind(settings).await?;
+    raise_file_limit(&shared);
+    let limit = ConnectionLimit::new(limit_of(settings));
+    let gate = {
+        let logging = Arc::downgrade(&milter);
+        let metrics = Arc::clone(milter.metrics());
+        Gate::new(
+            Arc::clone(&limit),
+            AcceptHooks {
+                log: Box::new(move |line: &str| {
+                    if let Some(milter) = logging.upgrade() {
+                        milter.current().log(LogLevel::Errors, line);
+                    }
+                }),
+                refused: Box::new(move || metrics.connection_refused()),
+            },
+        )
+    };
+    let listener = bind(settings, gate).await?;
     let metrics_listener = match config.metrics.listen {
         Some(addr) => Some(
             tokio::net::TcpListener::bind(addr)
@@ -89,9 +106,17 @@ pub async fn run(config: Arc<Config>, source: Source, overrides: Overrides) -> R
             Arc::clone(milter.metrics()),
         ));
     }
-    tokio::spawn(reload_on_hangup(Arc::clone(&milter), source, overrides));
+    tokio::spawn(reload_on_hangup(
+        Arc::clone(&milter),
+        limit,
+        source,
+        overrides,
+    ));
     let milter_config = indymilter::Config {
-        max_connections: usize::try_from(settings.max_connections).unwrap_or(usize::MAX),
+        // The listener keeps the limit (it refuses, where indymilter would
+        // stop accepting); indymilter's own must never bind. Its semaphore
+        // takes at most usize::MAX >> 3 permits.
+        max_connections: usize::MAX >> 4,
         ..Default::default()
     };
     let callbacks = callbacks(Arc::clone(&milter));
@@ -157,14 +182,45 @@ impl Bound {
     }
 }
 
-async fn bind(settings: &MilterConfig) -> Result<Bound, String> {
+/// `max_connections` as the listener counts.
+fn limit_of(settings: &MilterConfig) -> usize {
+    usize::try_from(settings.max_connections).unwrap_or(usize::MAX)
+}
+
+/// Raises the soft limit of open files to the hard one: every connection
+/// is a file descriptor, and systemd's default soft limit (1024) is the
+/// default `max_connections`; its hard limit is far higher (524288).
+fn raise_file_limit(shared: &Shared) {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let raised = getrlimit(Resource::RLIMIT_NOFILE).and_then(|(soft, hard)| {
+        if soft < hard {
+            setrlimit(Resource::RLIMIT_NOFILE, hard, hard)?;
+        }
+        Ok((soft, hard))
+    });
+    match raised {
+        Ok((soft, hard)) => shared.log(
+            LogLevel::Internals,
+            &format!("open files limit: {hard} (soft limit was {soft})"),
+        ),
+        Err(e) => shared.log(
+            LogLevel::Internals,
+            &format!("cannot raise the open files limit: {e}"),
+        ),
+    }
+}
+
+async fn bind(settings: &MilterConfig, gate: Gate) -> Result<Bound, String> {
     let spec = &settings.socket;
     match spec {
         SocketSpec::Tcp(addr) => {
             let listener = tokio::net::TcpListener::bind(addr)
                 .await
                 .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
-            Ok(Bound::Tcp(TcpMilterListener(listener), spec.to_string()))
+            Ok(Bound::Tcp(
+                TcpMilterListener::new(listener, gate),
+                spec.to_string(),
+            ))
         }
         SocketSpec::TcpName { name, port, family } => {
             let addr = tokio::net::lookup_host((name.as_str(), *port))
@@ -179,7 +235,7 @@ async fn bind(settings: &MilterConfig) -> Result<Bound, String> {
                 .await
                 .map_err(|e| format!("cannot listen on {addr} ({name}): {e}"))?;
             Ok(Bound::Tcp(
-                TcpMilterListener(listener),
+                TcpMilterListener::new(listener, gate),
                 format!("{addr} ({spec})"),
             ))
         }
@@ -187,7 +243,10 @@ async fn bind(settings: &MilterConfig) -> Result<Bound, String> {
             remove_stale_socket(path)?;
             let listener = tokio::net::UnixListener::bind(path)
                 .map_err(|e| format!("cannot listen on {}: {e}", path.display()))?;
-            Ok(Bound::Unix(UnixMilterListener(listener), path.clone()))
+            Ok(Bound::Unix(
+                UnixMilterListener::new(listener, gate),
+                path.clone(),
+            ))
         }
     }
 }
@@ -352,7 +411,12 @@ fn is_spfmilter(pid: u32) -> bool {
 }
 
 /// Waits for SIGHUP and reloads, forever.
-async fn reload_on_hangup(milter: Arc<Milter>, source: Source, overrides: Overrides) {
+async fn reload_on_hangup(
+    milter: Arc<Milter>,
+    limit: Arc<ConnectionLimit>,
+    source: Source,
+    overrides: Overrides,
+) {
     let Ok(mut hangup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
     else {
         milter.current().log(
@@ -367,12 +431,18 @@ async fn reload_on_hangup(milter: Arc<Milter>, source: Source, overrides: Overri
         let mut states = vec![sd_notify::NotifyState::Reloading];
         states.extend(reloading);
         notify_systemd(&old, &states);
-        reload(&milter, &old, &source, &overrides);
+        reload(&milter, &limit, &old, &source, &overrides);
         notify_systemd(&milter.current(), &[sd_notify::NotifyState::Ready]);
     }
 }
 
-fn reload(milter: &Milter, old: &Shared, source: &Source, overrides: &Overrides) {
+fn reload(
+    milter: &Milter,
+    limit: &ConnectionLimit,
+    old: &Shared,
+    source: &Source,
+    overrides: &Overrides,
+) {
     let loaded = match Config::load(source) {
         Ok(loaded) => loaded,
         Err(e) => {
@@ -411,10 +481,6 @@ fn reload(milter: &Milter, old: &Shared, source: &Source, overrides: &Overrides)
         ),
         (config.milter.user != old_settings.user, "the user"),
         (config.milter.umask != old_settings.umask, "the umask"),
-        (
-            config.milter.max_connections != old_settings.max_connections,
-            "max_connections",
-        ),
     ];
     for (_, what) in process_settings.iter().filter(|(changed, _)| *changed) {
         old.log(
@@ -422,9 +488,13 @@ fn reload(milter: &Milter, old: &Shared, source: &Source, overrides: &Overrides)
             &format!("reload: {what} changed; it takes effect at the next start"),
         );
     }
+    let max_connections = limit_of(&config.milter);
     match Shared::new(Arc::new(config)) {
         Ok(shared) => {
             milter.replace(shared);
+            // Connections open over a lowered limit stay; new ones are
+            // refused until fewer are open.
+            limit.set_max(max_connections);
             milter
                 .current()
                 .log(LogLevel::Errors, "configuration reloaded");

@@ -17,14 +17,23 @@
 //!
 //! and TCP connections have `TCP_NODELAY` set, so that one write leaves at
 //! once.
+//!
+//! The listeners also keep `[milter] max_connections` (see [`Gate`]): a
+//! connection over it is closed at once, and an accept error never stops
+//! the daemon.
 
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll, ready};
+use std::time::{Duration, Instant};
 
 use indymilter::Listener;
 use tokio::io::{AsyncRead, AsyncWrite, BufReader, ReadBuf};
 use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
+use tokio::time::Sleep;
 
 /// Milter protocol replies that never end a stage (sendmail's `SMFIR_*`
 /// modification actions): they are always followed by a final reply.
@@ -41,6 +50,10 @@ pub type MilterStream<S> = BufReader<Coalescing<S>>;
 /// Writes held until a stage's final reply is flushed.
 #[derive(Debug)]
 pub struct Coalescing<S> {
+    /// The connection's place under `max_connections`. Declared first,
+    /// so dropped first: given back before the socket closes, so that an
+    /// MTA that sees the close and connects again finds the place free.
+    slot: Option<Slot>,
     inner: S,
     /// Bytes not yet written to `inner`.
     held: Vec<u8>,
@@ -53,6 +66,7 @@ pub struct Coalescing<S> {
 impl<S> Coalescing<S> {
     pub fn new(inner: S) -> Self {
         Self {
+            slot: None,
             inner,
             held: Vec::with_capacity(512),
             written: 0,
@@ -131,34 +145,304 @@ impl<S: AsyncRead + Unpin> AsyncRead for Coalescing<S> {
     }
 }
 
-fn milter_stream<S: AsyncRead + AsyncWrite + Unpin>(stream: S) -> MilterStream<S> {
-    BufReader::with_capacity(4096, Coalescing::new(stream))
+fn milter_stream<S: AsyncRead + AsyncWrite + Unpin>(stream: S, slot: Slot) -> MilterStream<S> {
+    let mut coalescing = Coalescing::new(stream);
+    coalescing.slot = Some(slot);
+    BufReader::with_capacity(4096, coalescing)
+}
+
+/// `[milter] max_connections`: how many MTA connections are open, and how
+/// many may be. Shared by the listener (which takes a [`Slot`] per
+/// connection) and the reload (which changes the maximum).
+#[derive(Debug)]
+pub struct ConnectionLimit {
+    open: AtomicUsize,
+    max: AtomicUsize,
+}
+
+impl ConnectionLimit {
+    pub fn new(max: usize) -> Arc<Self> {
+        Arc::new(Self {
+            open: AtomicUsize::new(0),
+            max: AtomicUsize::new(max),
+        })
+    }
+
+    /// A new maximum, for new connections: open ones over it are left
+    /// alone; new ones are refused until fewer are open.
+    pub fn set_max(&self, max: usize) {
+        self.max.store(max, Ordering::Relaxed);
+    }
+
+    pub fn max(&self) -> usize {
+        self.max.load(Ordering::Relaxed)
+    }
+
+    pub fn open(&self) -> usize {
+        self.open.load(Ordering::Relaxed)
+    }
+
+    /// A slot for one more connection, or, at the limit, how many are
+    /// open. One compare-exchange (a loop only when connections close
+    /// at the same moment).
+    pub fn try_acquire(self: &Arc<Self>) -> Result<Slot, usize> {
+        let max = self.max();
+        let mut open = self.open.load(Ordering::Relaxed);
+        loop {
+            if open >= max {
+                return Err(open);
+            }
+            match self.open.compare_exchange_weak(
+                open,
+                open + 1,
+                Ordering::AcqRel,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => return Ok(Slot(Arc::clone(self))),
+                Err(now) => open = now,
+            }
+        }
+    }
+}
+
+/// One connection's place under the limit, given back when dropped (with
+/// the connection's stream, which holds it).
+#[derive(Debug)]
+pub struct Slot(Arc<ConnectionLimit>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Where the listener reports: log lines (already rate-limited) and each
+/// refused connection (for the metrics).
+pub struct AcceptHooks {
+    pub log: Box<dyn Fn(&str) + Send + Sync>,
+    pub refused: Box<dyn Fn() + Send + Sync>,
+}
+
+/// How long accepting pauses after an error that is ours (out of file
+/// descriptors or memory): long enough not to spin on it, short enough
+/// that connections wait in the listen backlog rather than time out.
+pub const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
+
+/// At most one line a second of one kind; the others are counted, and the
+/// count goes into the next line.
+#[derive(Debug, Default)]
+struct RateLimit {
+    last: Option<Instant>,
+    left_out: u64,
+}
+
+impl RateLimit {
+    /// `Some(left out since the last line)` if a line may be written now.
+    fn line(&mut self, now: Instant) -> Option<u64> {
+        match self.last {
+            Some(last) if now.duration_since(last) < Duration::from_secs(1) => {
+                self.left_out += 1;
+                None
+            }
+            _ => {
+                self.last = Some(now);
+                Some(std::mem::take(&mut self.left_out))
+            }
+        }
+    }
+}
+
+/// What every listener does between the socket's `accept` and
+/// indymilter: the connection limit, refusals, and accept errors.
+///
+/// indymilter 0.3 would stop accepting at its own limit (connections wait
+/// unanswered in the listen backlog, and Postfix waits for
+/// `milter_command_timeout` each) and ends on the first accept error (the
+/// daemon exits when it runs out of file descriptors). Here every
+/// connection is accepted; one over the limit is closed at once, unread,
+/// so that Postfix applies `milter_default_action` at once; and an accept
+/// error never reaches indymilter.
+pub struct Gate {
+    limit: Arc<ConnectionLimit>,
+    hooks: AcceptHooks,
+    refusals: RateLimit,
+    errors: RateLimit,
+    pause: Option<Pin<Box<Sleep>>>,
+}
+
+impl Gate {
+    pub fn new(limit: Arc<ConnectionLimit>, hooks: AcceptHooks) -> Self {
+        Self {
+            limit,
+            hooks,
+            refusals: RateLimit::default(),
+            errors: RateLimit::default(),
+            pause: None,
+        }
+    }
+
+    /// Waits out a pause after an accept error.
+    fn poll_pause(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        if let Some(pause) = &mut self.pause {
+            ready!(pause.as_mut().poll(cx));
+            self.pause = None;
+        }
+        Poll::Ready(())
+    }
+
+    /// A slot for a new connection, or `None` (logged, counted): the
+    /// connection is to be closed.
+    fn admit(&mut self, peer: impl FnOnce() -> String) -> Option<Slot> {
+        match self.limit.try_acquire() {
+            Ok(slot) => Some(slot),
+            Err(open) => {
+                (self.hooks.refused)();
+                if let Some(left_out) = self.refusals.line(Instant::now()) {
+                    let mut line = format!(
+                        "refused a connection from {}: {open} connections open, \
+                         milter.max_connections = {}",
+                        peer(),
+                        self.limit.max()
+                    );
+                    if left_out > 0 {
+                        line.push_str(&format!(
+                            " ({left_out} more refused since the last such line)"
+                        ));
+                    }
+                    (self.hooks.log)(&line);
+                }
+                None
+            }
+        }
+    }
+
+    /// An accept error: one of a connection that went away before it was
+    /// accepted is skipped; any other (out of file descriptors, buffers
+    /// or memory; or unknown) is logged and pauses accepting for
+    /// [`ACCEPT_PAUSE`], so as not to spin on it.
+    fn accept_error(&mut self, error: &io::Error) {
+        if is_connection_error(error) {
+            return;
+        }
+        if let Some(left_out) = self.errors.line(Instant::now()) {
+            let mut line = format!(
+                "cannot accept a connection: {error}; pausing accepts for {} ms",
+                ACCEPT_PAUSE.as_millis()
+            );
+            if left_out > 0 {
+                line.push_str(&format!(
+                    " ({left_out} more such errors since the last such line)"
+                ));
+            }
+            (self.hooks.log)(&line);
+        }
+        self.pause = Some(Box::pin(tokio::time::sleep(ACCEPT_PAUSE)));
+    }
+}
+
+/// Errors of the connection being accepted, not of the listener: accept(2)
+/// on Linux returns the connection's pending network errors, and
+/// ECONNABORTED for one reset before it was accepted; EPERM is a firewall
+/// rule's refusal; EINTR a signal.
+fn is_connection_error(error: &io::Error) -> bool {
+    use nix::errno::Errno;
+    let Some(code) = error.raw_os_error() else {
+        return matches!(
+            error.kind(),
+            io::ErrorKind::ConnectionAborted
+                | io::ErrorKind::ConnectionReset
+                | io::ErrorKind::Interrupted
+        );
+    };
+    [
+        Errno::ECONNABORTED,
+        Errno::ECONNRESET,
+        Errno::EPROTO,
+        Errno::EPERM,
+        Errno::EINTR,
+        Errno::ENETDOWN,
+        Errno::ENOPROTOOPT,
+        Errno::EHOSTDOWN,
+        Errno::ENONET,
+        Errno::EHOSTUNREACH,
+        Errno::EOPNOTSUPP,
+        Errno::ENETUNREACH,
+        Errno::ETIMEDOUT,
+    ]
+    .iter()
+    .any(|&e| e as i32 == code)
 }
 
 /// A TCP listener whose connections have `TCP_NODELAY` set.
-pub struct TcpMilterListener(pub TcpListener);
+pub struct TcpMilterListener {
+    listener: TcpListener,
+    gate: Gate,
+}
+
+impl TcpMilterListener {
+    pub fn new(listener: TcpListener, gate: Gate) -> Self {
+        Self { listener, gate }
+    }
+}
 
 impl Listener for TcpMilterListener {
     type Io = MilterStream<TcpStream>;
 
     fn poll_accept(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<Self::Io>> {
-        let (stream, _) = ready!(self.0.poll_accept(cx))?;
-        // Without it, a reply waits for the MTA's delayed ACK (spec §5). A
-        // failure to set it costs time, not correctness.
-        let _ = stream.set_nodelay(true);
-        Poll::Ready(Ok(milter_stream(stream)))
+        // Each round goes through tokio's accept, which takes from the
+        // task's cooperative budget: a flood of refusals or errors yields
+        // to the other tasks now and then.
+        loop {
+            ready!(self.gate.poll_pause(cx));
+            match ready!(self.listener.poll_accept(cx)) {
+                Ok((stream, peer)) => {
+                    let Some(slot) = self.gate.admit(|| peer.to_string()) else {
+                        // Closed unread: the MTA sees the connection end
+                        // during its negotiation.
+                        drop(stream);
+                        continue;
+                    };
+                    // Without it, a reply waits for the MTA's delayed ACK
+                    // (spec §5). A failure to set it costs time, not
+                    // correctness.
+                    let _ = stream.set_nodelay(true);
+                    return Poll::Ready(Ok(milter_stream(stream, slot)));
+                }
+                Err(e) => self.gate.accept_error(&e),
+            }
+        }
     }
 }
 
 /// A UNIX-domain listener with the same buffering.
-pub struct UnixMilterListener(pub UnixListener);
+pub struct UnixMilterListener {
+    listener: UnixListener,
+    gate: Gate,
+}
+
+impl UnixMilterListener {
+    pub fn new(listener: UnixListener, gate: Gate) -> Self {
+        Self { listener, gate }
+    }
+}
 
 impl Listener for UnixMilterListener {
     type Io = MilterStream<UnixStream>;
 
     fn poll_accept(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<Self::Io>> {
-        let (stream, _) = ready!(self.0.poll_accept(cx))?;
-        Poll::Ready(Ok(milter_stream(stream)))
+        loop {
+            ready!(self.gate.poll_pause(cx));
+            match ready!(self.listener.poll_accept(cx)) {
+                Ok((stream, _)) => {
+                    let Some(slot) = self.gate.admit(|| "unix socket".to_owned()) else {
+                        drop(stream);
+                        continue;
+                    };
+                    return Poll::Ready(Ok(milter_stream(stream, slot)));
+                }
+                Err(e) => self.gate.accept_error(&e),
+            }
+        }
     }
 }
 
@@ -233,9 +517,199 @@ mod tests {
     async fn tcp_connections_have_nagle_off() {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let mut listener = TcpMilterListener(listener);
+        let (gate, _, _) = gate(ConnectionLimit::new(1));
+        let mut listener = TcpMilterListener::new(listener, gate);
         let _client = TcpStream::connect(addr).await.unwrap();
         let accepted = listener.accept().await.unwrap();
         assert!(accepted.get_ref().inner.nodelay().unwrap());
+    }
+
+    type Lines = Arc<std::sync::Mutex<Vec<String>>>;
+
+    /// A gate whose log lines and refusals are recorded.
+    fn gate(limit: Arc<ConnectionLimit>) -> (Gate, Lines, Arc<AtomicUsize>) {
+        let lines = Lines::default();
+        let refused = Arc::new(AtomicUsize::new(0));
+        let (l, r) = (Arc::clone(&lines), Arc::clone(&refused));
+        let hooks = AcceptHooks {
+            log: Box::new(move |line: &str| l.lock().unwrap().push(line.to_owned())),
+            refused: Box::new(move || {
+                r.fetch_add(1, Ordering::SeqCst);
+            }),
+        };
+        (Gate::new(limit, hooks), lines, refused)
+    }
+
+    #[test]
+    fn slots_are_given_back_when_dropped() {
+        let limit = ConnectionLimit::new(2);
+        let a = limit.try_acquire().expect("first");
+        let b = limit.try_acquire().expect("second");
+        assert_eq!(limit.try_acquire().unwrap_err(), 2, "over the limit");
+        drop(a);
+        assert_eq!(limit.open(), 1);
+        let c = limit.try_acquire().expect("below the limit again");
+        // Lowered under the open count: the open ones stay, new ones wait
+        // until fewer are open than the new maximum.
+        limit.set_max(1);
+        assert_eq!(limit.try_acquire().unwrap_err(), 2);
+        drop(b);
+        assert_eq!(limit.try_acquire().unwrap_err(), 1);
+        drop(c);
+        let d = limit.try_acquire().expect("below the lowered limit");
+        drop(d);
+        assert_eq!(limit.open(), 0);
+    }
+
+    #[test]
+    fn slots_are_counted_exactly_under_contention() {
+        // 8 threads take and give back slots of a limit of 5 as fast as
+        // they can: never more than 5 held at once, none lost.
+        const MAX: usize = 5;
+        let limit = ConnectionLimit::new(MAX);
+        let held = Arc::new(AtomicUsize::new(0));
+        let granted = Arc::new(AtomicUsize::new(0));
+        let threads: Vec<_> = (0..8)
+            .map(|_| {
+                let (limit, held, granted) =
+                    (Arc::clone(&limit), Arc::clone(&held), Arc::clone(&granted));
+                std::thread::spawn(move || {
+                    for _ in 0..20_000 {
+                        if let Ok(slot) = limit.try_acquire() {
+                            let now = held.fetch_add(1, Ordering::SeqCst) + 1;
+                            assert!(now <= MAX, "{now} slots held at once");
+                            granted.fetch_add(1, Ordering::SeqCst);
+                            held.fetch_sub(1, Ordering::SeqCst);
+                            drop(slot);
+                        }
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        assert_eq!(limit.open(), 0, "a slot was lost or given back twice");
+        assert!(granted.load(Ordering::SeqCst) > 0);
+    }
+
+    #[test]
+    fn one_line_a_second_with_the_count_of_those_left_out() {
+        let mut rate = RateLimit::default();
+        let t0 = Instant::now();
+        assert_eq!(rate.line(t0), Some(0));
+        assert_eq!(rate.line(t0 + Duration::from_millis(10)), None);
+        assert_eq!(rate.line(t0 + Duration::from_millis(999)), None);
+        assert_eq!(rate.line(t0 + Duration::from_millis(1000)), Some(2));
+        assert_eq!(rate.line(t0 + Duration::from_millis(1500)), None);
+        assert_eq!(rate.line(t0 + Duration::from_millis(2500)), Some(1));
+    }
+
+    #[tokio::test]
+    async fn a_connection_over_the_limit_is_closed_at_once_and_logged() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (gate, lines, refused) = gate(ConnectionLimit::new(1));
+        let mut listener = TcpMilterListener::new(listener, gate);
+        let _first = TcpStream::connect(addr).await.unwrap();
+        let held = listener.accept().await.unwrap();
+        let mut over = TcpStream::connect(addr).await.unwrap();
+        let over_port = over.local_addr().unwrap().port();
+        let mut after = TcpStream::connect(addr).await.unwrap();
+        // The accept loop refuses `over` and `after` and waits for more:
+        // run it briefly.
+        let accepting = tokio::time::timeout(Duration::from_millis(300), listener.accept()).await;
+        assert!(accepting.is_err(), "a connection was served over the limit");
+        let mut buf = [0u8; 16];
+        let read = tokio::time::timeout(Duration::from_secs(2), over.read(&mut buf))
+            .await
+            .expect("the refused connection is closed at once");
+        assert!(
+            matches!(read, Ok(0)) || read.is_err(),
+            "refused, yet answered: {read:?}"
+        );
+        assert_eq!(refused.load(Ordering::SeqCst), 2, "both counted");
+        {
+            let lines = lines.lock().unwrap();
+            assert_eq!(
+                *lines,
+                [format!(
+                    "refused a connection from 127.0.0.1:{over_port}: 1 connections open, milter.max_connections = 1"
+                )],
+                "the second refusal within the second is not a line"
+            );
+        }
+        // Below the limit again: the next connection is served.
+        drop(held);
+        let _next = TcpStream::connect(addr).await.unwrap();
+        tokio::time::timeout(Duration::from_secs(2), listener.accept())
+            .await
+            .expect("served once below the limit")
+            .unwrap();
+        let read = tokio::time::timeout(Duration::from_secs(2), after.read(&mut buf)).await;
+        assert!(matches!(read, Ok(Ok(0)) | Ok(Err(_))), "{read:?}");
+    }
+
+    #[tokio::test]
+    async fn unix_refusals_name_the_socket() {
+        let dir = std::env::temp_dir().join(format!("spfmilter-io-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("limit.sock");
+        let _ = std::fs::remove_file(&path);
+        let (gate, lines, _) = gate(ConnectionLimit::new(0));
+        let mut listener = UnixMilterListener::new(UnixListener::bind(&path).unwrap(), gate);
+        let mut over = UnixStream::connect(&path).await.unwrap();
+        let accepting = tokio::time::timeout(Duration::from_millis(200), listener.accept()).await;
+        assert!(accepting.is_err());
+        let mut buf = [0u8; 16];
+        let read = tokio::time::timeout(Duration::from_secs(2), over.read(&mut buf))
+            .await
+            .expect("closed at once");
+        assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+        assert_eq!(
+            *lines.lock().unwrap(),
+            [
+                "refused a connection from unix socket: 0 connections open, milter.max_connections = 0"
+            ]
+        );
+        // Two more within the second: counted; the next line, a second
+        // later, says how many were left out.
+        let _a = UnixStream::connect(&path).await.unwrap();
+        let _b = UnixStream::connect(&path).await.unwrap();
+        let accepting = tokio::time::timeout(Duration::from_millis(200), listener.accept()).await;
+        assert!(accepting.is_err());
+        listener.gate.refusals.last = Some(Instant::now() - Duration::from_secs(1));
+        let _c = UnixStream::connect(&path).await.unwrap();
+        let accepting = tokio::time::timeout(Duration::from_millis(200), listener.accept()).await;
+        assert!(accepting.is_err());
+        assert_eq!(
+            lines.lock().unwrap()[1..],
+            [
+                "refused a connection from unix socket: 0 connections open, milter.max_connections = 0 (2 more refused since the last such line)"
+            ]
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn accept_errors_of_ours_pause_and_are_logged_others_are_skipped() {
+        let (mut gate, lines, _) = gate(ConnectionLimit::new(1));
+        // A connection reset before it was accepted: nothing to say.
+        gate.accept_error(&io::Error::from_raw_os_error(nix::libc::ECONNABORTED));
+        assert!(gate.pause.is_none());
+        assert!(lines.lock().unwrap().is_empty());
+        // Out of file descriptors: a line, and a pause.
+        let emfile = io::Error::from_raw_os_error(nix::libc::EMFILE);
+        gate.accept_error(&emfile);
+        assert!(gate.pause.is_some());
+        gate.accept_error(&emfile);
+        let lines = lines.lock().unwrap();
+        assert_eq!(lines.len(), 1, "{lines:?}");
+        assert!(
+            lines[0].starts_with("cannot accept a connection: ")
+                && lines[0].contains("os error 24")
+                && lines[0].ends_with("; pausing accepts for 100 ms"),
+            "{lines:?}"
+        );
     }
 }

@@ -93,6 +93,17 @@ fn free_port() -> u16 {
 impl Daemon {
     /// Starts the daemon and waits until it accepts connections.
     pub fn start(transport: Transport, config: &ConfigFile, nameserver: SocketAddr) -> Daemon {
+        Daemon::start_with_open_files(transport, config, nameserver, None)
+    }
+
+    /// [`Daemon::start`], with `RLIMIT_NOFILE` (soft and hard: the daemon
+    /// raises its soft limit to the hard one) set to `open_files` if given.
+    pub fn start_with_open_files(
+        transport: Transport,
+        config: &ConfigFile,
+        nameserver: SocketAddr,
+        open_files: Option<u64>,
+    ) -> Daemon {
         let dir = private_dir();
         let (config_path, flag) = match config {
             ConfigFile::Toml(_) => (dir.join("spfmilter.toml"), "--config"),
@@ -116,7 +127,23 @@ impl Daemon {
                 Endpoint::Tcp(addr) => format!("inet:{addr}"),
                 Endpoint::Unix(path) => format!("unix:{}", path.display()),
             };
-            let mut child = Command::new(env!("CARGO_BIN_EXE_spfmilter"))
+            let mut command = Command::new(env!("CARGO_BIN_EXE_spfmilter"));
+            if let Some(limit) = open_files {
+                use std::os::unix::process::CommandExt;
+                // SAFETY: between fork and exec, only setrlimit(2), which
+                // is async-signal-safe, and no allocation.
+                unsafe {
+                    command.pre_exec(move || {
+                        nix::sys::resource::setrlimit(
+                            nix::sys::resource::Resource::RLIMIT_NOFILE,
+                            limit,
+                            limit,
+                        )
+                        .map_err(std::io::Error::from)
+                    });
+                }
+            }
+            let mut child = command
                 .arg("run")
                 .arg(flag)
                 .arg(&config_path)
