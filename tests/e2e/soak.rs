@@ -194,8 +194,7 @@ fn soak_zones(messages: usize) -> Vec<Zone> {
         .expect("the zone test.");
     parent.records.push(Record::ns("soak", "ns.soak.test."));
     parent.records.push(Record::a("ns.soak", "127.0.0.1"));
-    let mut soak = Zone::new("soak.test")
-        .with(Record::txt("_spf", "v=spf1 ip4:192.0.2.0/24 -all"));
+    let mut soak = Zone::new("soak.test").with(Record::txt("_spf", "v=spf1 ip4:192.0.2.0/24 -all"));
     for id in (0..messages).filter(|id| matches!(id % 10, 1 | 9)) {
         let name = soak_domain(id);
         let label = name.trim_end_matches(".soak.test");
