@@ -26,7 +26,7 @@ fuzz_target!(|data: &[u8]| {
 
     let mut rebuilt = String::from("v=spf1");
     for directive in &record.directives {
-        let text: &str = &directive.text;
+        let text: &str = directive.text();
         assert!(!text.is_empty(), "empty directive text");
         assert!(
             text.bytes().all(|b| (0x21..=0x7e).contains(&b)),

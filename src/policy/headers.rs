@@ -352,10 +352,10 @@ fn push_ip(out: &mut String, ip: IpAddr) {
     }
 }
 
-/// RFC 5322 atext (§3.2.3), as a table: this runs for every character of
-/// every header.
-const ATEXT: [bool; 128] = {
-    let mut table = [false; 128];
+/// RFC 5322 atext (§3.2.3), as a table over all byte values (non-ASCII
+/// bytes are not atext): this runs for every character of every header.
+const ATEXT: [bool; 256] = {
+    let mut table = [false; 256];
     let mut c = 0;
     while c < 128 {
         table[c] = (c as u8).is_ascii_alphanumeric();
@@ -370,37 +370,32 @@ const ATEXT: [bool; 128] = {
     table
 };
 
-/// dot-atom-text: atext runs separated by single dots.
-fn is_dot_atom(s: &str) -> bool {
-    let mut previous_dot = true;
+/// Whether a key-value value can be written as is (RFC 7208 §9.1): a
+/// dot-atom, or an address `dot-atom@dot-atom` (RFC 5322 §3.2.3, §3.4.1).
+/// One pass over the bytes: every atom non-empty, one `@` at most.
+fn is_plain_value(s: &str) -> bool {
+    // At the start of an atom: the start, or after a dot or the `@`.
+    let mut atom_start = true;
+    let mut seen_at = false;
     for &b in s.as_bytes() {
-        if b == b'.' {
-            if previous_dot {
-                return false;
-            }
-            previous_dot = true;
-        } else if b < 128 && ATEXT[usize::from(b)] {
-            previous_dot = false;
+        if ATEXT[usize::from(b)] {
+            atom_start = false;
+        } else if b == b'.' && !atom_start {
+            atom_start = true;
+        } else if b == b'@' && !atom_start && !seen_at {
+            seen_at = true;
+            atom_start = true;
         } else {
             return false;
         }
     }
-    !previous_dot
-}
-
-/// An address is written as is when it is `dot-atom@dot-atom`.
-fn is_plain_address(s: &str) -> bool {
-    // A plain backwards scan: memrchr's set-up costs more on short text.
-    match s.bytes().rposition(|b| b == b'@') {
-        Some(at) => is_dot_atom(&s[..at]) && is_dot_atom(&s[at + 1..]),
-        None => false,
-    }
+    !atom_start
 }
 
 /// A key-value value (RFC 7208 §9.1): dot-atom or address as is, anything
 /// else as a quoted-string.
 fn push_value(out: &mut String, value: &str) {
-    if is_dot_atom(value) || is_plain_address(value) {
+    if is_plain_value(value) {
         out.push_str(value);
     } else {
         push_quoted(out, value);
@@ -427,6 +422,20 @@ fn push_comment(out: &mut String, text: &str) {
 const QUOTED_STRING: u8 = 0;
 const COMMENT: u8 = 1;
 
+/// The bytes [`push_escaped`] copies as they are, per kind: printable
+/// ASCII (space to `~`) except the kind's specials. A table, as this runs
+/// for every character of every header.
+const COPIED_AS_IS: [[bool; 256]; 2] = {
+    let mut table = [[false; 256]; 2];
+    let mut b = b' ';
+    while b <= b'~' {
+        table[QUOTED_STRING as usize][b as usize] = !matches!(b, b'"' | b'\\');
+        table[COMMENT as usize][b as usize] = !matches!(b, b'(' | b')' | b'\\');
+        b += 1;
+    }
+    table
+};
+
 /// Appends `text` with each special character of `KIND` preceded by a
 /// backslash, and each control or non-ASCII character replaced by one `?`.
 /// Runs of plain characters are copied whole (this runs for every header).
@@ -435,12 +444,13 @@ fn push_escaped<const KIND: u8>(out: &mut String, text: &str) {
         COMMENT => matches!(b, b'(' | b')' | b'\\'),
         _ => matches!(b, b'"' | b'\\'),
     };
+    let plain = &COPIED_AS_IS[usize::from(KIND)];
     let bytes = text.as_bytes();
     let mut run = 0;
     let mut i = 0;
     while i < bytes.len() {
         let b = bytes[i];
-        if (b' '..=b'~').contains(&b) && !special(b) {
+        if plain[usize::from(b)] {
             i += 1;
             continue;
         }
@@ -570,6 +580,45 @@ mod tests {
     }
 
     /// The obvious word-by-word folding, to check the fast one against.
+    /// RFC 7208 §9.1 key-value values: a dot-atom or `dot-atom@dot-atom`
+    /// (RFC 5322 §3.2.3) as is; anything else needs quoting.
+    #[test]
+    fn plain_values_are_dot_atoms_or_plain_addresses() {
+        for plain in [
+            "mx.example.com",
+            "a",
+            "user@example.com",
+            "first.last+tag@sub.example.org",
+            "!#$%&'*+-/=?^_`{|}~@x",
+            "192.0.2.1",
+        ] {
+            assert!(is_plain_value(plain), "{plain:?} is plain");
+        }
+        for needs_quotes in [
+            "",
+            ".",
+            "a.",
+            ".a",
+            "a..b",
+            "@",
+            "@example.com",
+            "user@",
+            "user.@example.com",
+            "user@.example.com",
+            "a@b@c",
+            "\"quoted\"@example.com",
+            "+include:_spf.example.com",
+            "two words",
+            "b\u{fc}cher.example",
+            "a\r\nX-Injected: 1",
+        ] {
+            assert!(
+                !is_plain_value(needs_quotes),
+                "{needs_quotes:?} needs quotes"
+            );
+        }
+    }
+
     fn fold_word_by_word(name: &str, value: &str, width: usize) -> String {
         let mut out = String::new();
         let mut column = name.len() + 2;

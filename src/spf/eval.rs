@@ -16,7 +16,7 @@ use crate::dns::{Answer, DnsError, Lookup, Txt};
 use super::identity::{self, SenderParts};
 use super::macros::{MacroContext, MacroLetter, MacroString, MacroSyntax};
 use super::outcome::{Identity, SpfOutcome, SpfResult};
-use super::record::{Directive, DomainSpec, DualCidr, Mechanism, Qualifier, Record, is_spf1};
+use super::record::{DomainSpec, DualCidr, Mechanism, Qualifier, Record, is_spf1};
 use super::record_cache::{Parsed, RecordCache};
 
 /// Processing limits. The defaults are the RFC's.
@@ -82,7 +82,8 @@ pub struct TraceStep {
 pub struct Evaluator<L> {
     lookup: L,
     limits: Limits,
-    default_explanation: String,
+    /// Shared, so a fail's outcome takes a reference, not a copy.
+    default_explanation: Arc<str>,
     records: Arc<RecordCache>,
 }
 
@@ -91,7 +92,7 @@ impl<L: Lookup> Evaluator<L> {
         Self {
             lookup,
             limits: Limits::default(),
-            default_explanation: DEFAULT_EXPLANATION.to_owned(),
+            default_explanation: Arc::from(DEFAULT_EXPLANATION),
             records: Arc::new(RecordCache::default()),
         }
     }
@@ -108,7 +109,7 @@ impl<L: Lookup> Evaluator<L> {
     }
 
     pub fn with_default_explanation(mut self, text: impl Into<String>) -> Self {
-        self.default_explanation = text.into();
+        self.default_explanation = Arc::from(text.into());
         self
     }
 
@@ -248,7 +249,7 @@ impl<L: Lookup> Evaluator<L> {
             Ok(verdict) => {
                 let explanation = match verdict.explanation {
                     None if verdict.result == SpfResult::Fail => {
-                        Some(self.default_explanation.clone())
+                        Some(Arc::clone(&self.default_explanation))
                     }
                     explanation => explanation,
                 };
@@ -269,7 +270,7 @@ impl<L: Lookup> Evaluator<L> {
             result,
             mechanism,
             problem: problem.map(String::into_boxed_str),
-            explanation: explanation.map(String::into_boxed_str),
+            explanation,
             domain,
             sender: parts.into_sender(),
             dns_lookups,
@@ -312,24 +313,13 @@ enum Fault {
     Temp(String),
 }
 
-/// The directive that decided a result, as Received-SPF's `mechanism=`
-/// shows it (qualifier always written), or `default` (§4.7: nothing
-/// matched). Built by hand at the match: short texts stay inline, so this
-/// allocates nothing and takes no reference on the (shared) record.
-fn matched_text(directive: &Directive) -> CompactString {
-    let mut text = CompactString::with_capacity(1 + directive.text.len());
-    text.push(directive.qualifier.symbol());
-    text.push_str(&directive.text);
-    text
-}
-
 /// The result of check_host() for one domain when it did not fault.
 #[derive(Debug, Clone)]
 struct Verdict {
     /// pass, fail, softfail, neutral or none.
     result: SpfResult,
     matched: Option<CompactString>,
-    explanation: Option<String>,
+    explanation: Option<Arc<str>>,
 }
 
 impl Verdict {
@@ -395,7 +385,7 @@ impl<'a, L: Lookup> Eval<'a, L> {
         let record = policy.record();
         for directive in &record.directives {
             if directive.mechanism.queries_dns() {
-                self.count_lookup(&directive.text)?;
+                self.count_lookup(directive.text())?;
             }
             // The mechanisms that need no DNS are decided here, without
             // building the (large) future of `matches`.
@@ -420,17 +410,23 @@ impl<'a, L: Lookup> Eval<'a, L> {
             };
             // Only the deciding level's details matter: an include's
             // verdict is reduced to match / no match (§5.2).
-            let explanation = if result == SpfResult::Fail && decisive {
+            let explanation = match &record.exp {
                 // Boxed, like the other rare paths below: their futures
                 // are large, and every evaluation would otherwise move
-                // them around (memcpy) even when they never run.
-                Box::pin(self.explain(record.exp.as_ref(), domain)).await
-            } else {
-                None
+                // them around (memcpy) even when they never run. Without
+                // exp= (the usual case) there is nothing to box.
+                Some(exp) if result == SpfResult::Fail && decisive => {
+                    Box::pin(self.explain(Some(exp), domain))
+                        .await
+                        .map(Arc::from)
+                }
+                _ => None,
             };
             return Ok(Verdict {
                 result,
-                matched: decisive.then(|| matched_text(directive)),
+                // Received-SPF's `mechanism=` (qualifier always written),
+                // prepared at parse time.
+                matched: decisive.then(|| directive.shown().clone()),
                 explanation,
             });
         }

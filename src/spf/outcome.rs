@@ -4,6 +4,7 @@
 
 use std::fmt;
 use std::str::FromStr;
+use std::sync::Arc;
 
 use compact_str::CompactString;
 use serde::Serialize;
@@ -113,7 +114,7 @@ pub struct SpfOutcome {
     pub problem: Option<Box<str>>,
     /// For fail: the domain's `exp=` text, expanded (§6.2), or the
     /// configured default explanation.
-    pub explanation: Option<Box<str>>,
+    pub explanation: Option<Arc<str>>,
     /// The domain whose policy was evaluated (the sender's or HELO domain).
     pub domain: CompactString,
     /// The <sender> used: `local@domain`, `postmaster@helo` for HELO and

@@ -5,6 +5,7 @@
 use std::fmt;
 use std::net::{Ipv4Addr, Ipv6Addr};
 
+use compact_str::CompactString;
 use ipnet::{Ipv4Net, Ipv6Net};
 
 use super::macros::{MacroError, MacroString, MacroSyntax, Token};
@@ -105,14 +106,41 @@ impl Mechanism {
 pub struct Directive {
     pub qualifier: Qualifier,
     pub mechanism: Mechanism,
+    /// The qualifier symbol (`+` when implicit) and the mechanism's text as
+    /// published: what Received-SPF's `mechanism=` shows. Built once at
+    /// parse time, so a match costs a copy (inline up to 24 bytes), not a
+    /// formatting.
+    shown: CompactString,
+}
+
+impl Directive {
+    pub fn new(qualifier: Qualifier, mechanism: Mechanism, text: &str) -> Self {
+        let mut shown = CompactString::with_capacity(1 + text.len());
+        shown.push(qualifier.symbol());
+        shown.push_str(text);
+        Self {
+            qualifier,
+            mechanism,
+            shown,
+        }
+    }
+
     /// The mechanism's text as published, without the qualifier.
-    pub text: Box<str>,
+    pub fn text(&self) -> &str {
+        // The qualifier symbol is one ASCII byte.
+        &self.shown[1..]
+    }
+
+    /// The directive with its qualifier always shown (`+` when implicit).
+    pub fn shown(&self) -> &CompactString {
+        &self.shown
+    }
 }
 
 impl fmt::Display for Directive {
     /// The directive with its qualifier always shown (`+` when implicit).
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}{}", self.qualifier.symbol(), self.text)
+        f.write_str(&self.shown)
     }
 }
 
@@ -191,11 +219,8 @@ impl Record {
             _ => (Qualifier::Pass, term),
         };
         let mechanism = parse_mechanism(mech)?;
-        self.directives.push(Directive {
-            qualifier,
-            mechanism,
-            text: mech.into(),
-        });
+        self.directives
+            .push(Directive::new(qualifier, mechanism, mech));
         Ok(())
     }
 
