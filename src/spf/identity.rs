@@ -4,14 +4,20 @@
 use std::borrow::Cow;
 use std::net::IpAddr;
 
+use compact_str::CompactString;
+
 /// <sender> and the parts macros need, in one string: `local@domain`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SenderParts {
     /// `local@domain` as used by `%{s}`; the domain in lower-case A-labels.
-    sender: String,
+    /// Inline up to 24 bytes (most addresses): no allocation per check.
+    sender: CompactString,
     /// Where the `@` between local part and domain is.
     at: usize,
 }
+
+/// The longest `local@domain` a [`CompactString`] holds without allocating.
+const INLINE_SENDER: usize = std::mem::size_of::<CompactString>();
 
 impl SenderParts {
     /// The HELO identity: `postmaster@<helo>` (§2.3).
@@ -49,11 +55,33 @@ impl SenderParts {
     }
 
     fn build(local: &str, domain: &str) -> Self {
-        let mut sender = String::with_capacity(local.len() + 1 + domain.len());
-        sender.push_str(local);
-        sender.push('@');
         let at = local.len();
-        push_ascii_domain(&mut sender, domain);
+        let ascii_domain;
+        let domain = if domain.is_ascii() {
+            domain
+        } else {
+            ascii_domain = to_ascii_domain(domain);
+            &ascii_domain
+        };
+        let len = at + 1 + domain.len();
+        let mut bytes = [0u8; INLINE_SENDER];
+        let sender = if len <= INLINE_SENDER {
+            // Most addresses: assembled on the stack, stored inline.
+            bytes[..at].copy_from_slice(local.as_bytes());
+            bytes[at] = b'@';
+            bytes[at + 1..len].copy_from_slice(domain.as_bytes());
+            bytes[at + 1..len].make_ascii_lowercase();
+            // Valid UTF-8: whole strings joined at an ASCII '@', and only
+            // ASCII letters changed.
+            CompactString::from_utf8(&bytes[..len]).unwrap_or_default()
+        } else {
+            let mut sender = String::with_capacity(len);
+            sender.push_str(local);
+            sender.push('@');
+            sender.push_str(domain);
+            sender[at + 1..].make_ascii_lowercase();
+            CompactString::from(sender)
+        };
         Self { sender, at }
     }
 
@@ -72,7 +100,7 @@ impl SenderParts {
         &self.sender[self.at + 1..]
     }
 
-    pub fn into_sender(self) -> String {
+    pub fn into_sender(self) -> CompactString {
         self.sender
     }
 }
@@ -105,6 +133,34 @@ fn push_ascii_domain(out: &mut String, domain: &str) {
     }
 }
 
+/// What a byte is in a domain name, for [`validate_domain`]. Controls,
+/// space and DEL are invalid; anything else printable may be in a label
+/// (§4.3 asks for a well-formed name, not an LDH host name: `_spf` and the
+/// like are common). Non-ASCII is refused before the table is used.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum NameByte {
+    Label,
+    Upper,
+    Dot,
+    Invalid,
+}
+
+const NAME_BYTE: [NameByte; 256] = {
+    let mut table = [NameByte::Invalid; 256];
+    let mut b = b'!';
+    while b < 0x7f {
+        table[b as usize] = if b == b'.' {
+            NameByte::Dot
+        } else if b.is_ascii_uppercase() {
+            NameByte::Upper
+        } else {
+            NameByte::Label
+        };
+        b += 1;
+    }
+    table
+};
+
 /// §4.3: the domain must be a multi-label, well-formed name (labels of
 /// 1–63 characters, at most 253 in all) and not an address literal.
 /// Returns the name to query (lower-case, no trailing dot; borrowed when the
@@ -125,32 +181,30 @@ pub fn validate_domain(domain: &str) -> Result<Cow<'_, str>, String> {
     }
     // One pass over the bytes: label lengths, control characters, case.
     let mut labels = 1;
-    let mut label_len = 0;
+    // Where the current label starts; its length is checked at its end.
+    let mut label_start = 0;
     let mut upper = false;
-    for b in name.bytes() {
-        match b {
-            b'.' => {
-                if label_len == 0 {
-                    return Err(format!("{domain} has an empty label"));
-                }
+    let label_end = |start: usize, end: usize| match end - start {
+        0 => Err(format!("{domain} has an empty label")),
+        64.. => Err(format!("{domain} has a label longer than 63 characters")),
+        _ => Ok(()),
+    };
+    // One table lookup per byte: this runs for every identity checked.
+    for (i, &b) in name.as_bytes().iter().enumerate() {
+        match NAME_BYTE[usize::from(b)] {
+            NameByte::Label => {}
+            NameByte::Upper => upper = true,
+            NameByte::Dot => {
+                label_end(label_start, i)?;
                 labels += 1;
-                label_len = 0;
+                label_start = i + 1;
             }
-            0..=b' ' | 0x7f => {
+            NameByte::Invalid => {
                 return Err(format!("{domain:?} contains control characters or spaces"));
-            }
-            _ => {
-                label_len += 1;
-                if label_len > 63 {
-                    return Err(format!("{domain} has a label longer than 63 characters"));
-                }
-                upper |= b.is_ascii_uppercase();
             }
         }
     }
-    if label_len == 0 {
-        return Err(format!("{domain} has an empty label"));
-    }
+    label_end(label_start, name.len())?;
     if labels < 2 {
         return Err(format!("{domain} is not a fully qualified domain name"));
     }
@@ -224,6 +278,25 @@ mod tests {
         assert!(validate_domain(&format!("{}.example.com", "a".repeat(64))).is_err());
         assert!(validate_domain(&format!("{}.example.com", "a".repeat(63))).is_ok());
         assert!(validate_domain("").is_err());
+        // Controls, spaces and DEL anywhere; labels checked at the end too.
+        for bad in [
+            "exa mple.com",
+            "example.com\t",
+            "exa\u{7f}mple.com",
+            "example..",
+            ".",
+        ] {
+            assert!(validate_domain(bad).is_err(), "{bad:?}");
+        }
+        assert!(validate_domain(&format!("example.{}", "a".repeat(64))).is_err());
+        assert_eq!(
+            validate_domain("_SPF.Example.com").unwrap(),
+            Cow::<str>::Owned("_spf.example.com".into())
+        );
+        assert!(matches!(
+            validate_domain("mx.example.com").unwrap(),
+            Cow::Borrowed(_)
+        ));
     }
 
     #[test]

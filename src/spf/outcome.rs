@@ -119,7 +119,7 @@ pub struct SpfOutcome {
     pub domain: CompactString,
     /// The <sender> used: `local@domain`, `postmaster@helo` for HELO and
     /// null-sender checks.
-    pub sender: String,
+    pub sender: CompactString,
     /// DNS-querying terms evaluated (§4.6.4: at most 10).
     pub dns_lookups: u32,
     /// Lookups that returned no answer or NXDOMAIN (§4.6.4).
