@@ -110,6 +110,13 @@ scenario_tests! {
     spfmilter_forged_headers => scenarios::forged_headers;
 }
 
+/// `[milter] max_connections` through Postfix: over the limit, Postfix's
+/// `milter_default_action` applies at once; below it again, mail is checked.
+#[test]
+fn spfmilter_connection_limit() {
+    isolated("spfmilter_connection_limit", scenarios::connection_limit);
+}
+
 // ---- the differential test: the reference and spfmilter side by side -------
 
 /// The same mail and the same `policyd-spf.conf` (reject mode) through

@@ -44,6 +44,11 @@ pub struct MilterUnderTest {
     /// differential test: one unchanged file for both). Always the case
     /// for the reference itself.
     pub reference_file: bool,
+    /// spfmilter only: start with this native configuration (TOML, `run
+    /// --config`) instead of the `policyd-spf.conf`, for settings only the
+    /// native format has (e.g. `[milter] max_connections`). The
+    /// `policyd-spf.conf` then only tells the harness which header to read.
+    pub native_config: Option<String>,
 }
 
 impl MilterUnderTest {
@@ -55,6 +60,7 @@ impl MilterUnderTest {
             // libmilter (python3-milter) takes ~4 s to stop on TERM.
             stop_grace: Duration::from_secs(8),
             reference_file: true,
+            native_config: None,
         }
     }
 
@@ -67,7 +73,14 @@ impl MilterUnderTest {
             },
             stop_grace: Duration::from_secs(5),
             reference_file: false,
+            native_config: None,
         }
+    }
+
+    /// This milter, started with `toml` as its native configuration.
+    pub fn with_native_config(mut self, toml: &str) -> Self {
+        self.native_config = Some(toml.to_string());
+        self
     }
 
     /// The header this milter writes its result in with `conf`, if any.
@@ -119,9 +132,17 @@ impl MilterUnderTest {
                 // --socket: the file's Socket (if any) is the reference's.
                 let mut cmd = Command::new(binary);
                 cmd.arg("run")
-                    .args(["--socket", &format!("inet:127.0.0.1:{port}")])
-                    .arg("--policyd-conf")
-                    .arg(&conf_path);
+                    .args(["--socket", &format!("inet:127.0.0.1:{port}")]);
+                match &self.native_config {
+                    Some(toml) => {
+                        let toml_path = dir.join("spfmilter.toml");
+                        write_file(&toml_path, toml)?;
+                        cmd.arg("--config").arg(toml_path);
+                    }
+                    None => {
+                        cmd.arg("--policyd-conf").arg(&conf_path);
+                    }
+                }
                 cmd
             }
         };

@@ -6,12 +6,13 @@
 //! run`.
 
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::lab::{Lab, LabConfig};
 use super::milter::{MilterUnderTest, PolicydConf, TraceHeader};
 use super::postfix::MYHOSTNAME;
 use super::smtp::{Mail, Message, Transcript};
+use super::zones::CLIENT_IP;
 
 /// Starts a lab or panics with the reason.
 pub fn start(scratch: &Path, config: LabConfig) -> Lab {
@@ -295,5 +296,64 @@ pub fn forged_headers(scratch: &Path, milter: &MilterUnderTest) {
             "DMARC bypass for {domain}:\n{text}"
         );
     }
+    finish(lab);
+}
+
+/// `[milter] max_connections` with a real Postfix: over the limit,
+/// spfmilter closes the connection at once, so Postfix applies
+/// `milter_default_action` (`tempfail`: 451 4.7.1) at once instead of
+/// waiting for `milter_command_timeout` (30 s); once a connection ends,
+/// the next SMTP session is checked again. spfmilter only (a native
+/// setting).
+pub fn connection_limit(scratch: &Path) {
+    let milter = MilterUnderTest::spfmilter()
+        .with_native_config("[milter]\nmax_connections = 1\n\n[log]\nlevel = 2\n");
+    let mut lab = start(scratch, LabConfig::new(&milter, PolicydConf::base()));
+    let port = lab.postfix().port;
+
+    // One SMTP session holds the only milter connection.
+    let held = super::soak::Smtp::open(port, CLIENT_IP, "mx.pass.test")
+        .unwrap_or_else(|(stage, e)| panic!("held session, {stage}: {e:?}"));
+    // (Postfix connects its milters when a session starts, again after
+    // XCLIENT; the EHLO after it was answered, so spfmilter has seen it.)
+    let started = Instant::now();
+    let transcript = lab.send(&Mail::from("alice@pass.test"));
+    let took = started.elapsed();
+    assert_reply(&transcript, "MAIL FROM", 451, Some("4.7.1"));
+    assert!(
+        took < Duration::from_secs(10),
+        "Postfix waited {took:?} for the refused milter connection"
+    );
+    let refusal = lab
+        .wait_milter_log(
+            "refused a connection from 127.0.0.1:",
+            Duration::from_secs(5),
+        )
+        .expect("spfmilter logs the refusal");
+    assert!(
+        refusal.contains("1 connections open, milter.max_connections = 1"),
+        "{refusal}"
+    );
+    let postfix_line = lab
+        .postfix()
+        .wait_log("milter inet:127.0.0.1:8891", Duration::from_secs(5))
+        .expect("Postfix logs the milter failure");
+    eprintln!("e2e: Postfix's line for the refused milter connection: {postfix_line}");
+
+    // The held session ends: the next session is checked again.
+    held.quit();
+    let mut delivered = None;
+    super::process::wait_until(Duration::from_secs(10), "a checked session", || {
+        let transcript = lab.send(&Mail::from("alice@pass.test"));
+        if let Some(queue_id) = transcript.queue_id() {
+            delivered = lab.postfix().message(&queue_id).ok();
+            true
+        } else {
+            false
+        }
+    })
+    .expect("served again below the limit");
+    let message = delivered.expect("the delivered message");
+    assert_spf(&lab, &message, "pass", "mailfrom");
     finish(lab);
 }

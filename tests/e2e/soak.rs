@@ -665,7 +665,7 @@ fn send_session(port: u16, ids: &[usize]) -> Vec<Outcome> {
 
 /// A failed SMTP step: an unexpected reply, or an I/O error.
 #[derive(Debug, Clone)]
-enum StepError {
+pub enum StepError {
     Reply(Reply),
     Io(String),
 }
@@ -687,14 +687,14 @@ impl StepError {
 }
 
 /// A minimal SMTP client (RFC 5321) with Postfix's XCLIENT.
-struct Smtp {
+pub struct Smtp {
     reader: BufReader<TcpStream>,
     writer: TcpStream,
 }
 
 impl Smtp {
     /// Connects, greets, sets the client with XCLIENT and says EHLO as it.
-    fn open(port: u16, client_ip: &str, helo: &str) -> Result<Self, (&'static str, StepError)> {
+    pub fn open(port: u16, client_ip: &str, helo: &str) -> Result<Self, (&'static str, StepError)> {
         let stream =
             TcpStream::connect(("127.0.0.1", port)).map_err(|e| ("connect", io_error(&e)))?;
         let timeout = Some(Duration::from_secs(60));
@@ -757,7 +757,7 @@ impl Smtp {
         }
     }
 
-    fn quit(mut self) {
+    pub fn quit(mut self) {
         let _ = self.command("QUIT", 221);
     }
 
