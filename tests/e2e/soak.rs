@@ -307,6 +307,11 @@ pub fn soak(scratch: &Path, messages: usize) {
     let mut deferred = 0;
     let mut broken = 0;
     let mut failures = Vec::new();
+    let near_restart = |at: &Instant| {
+        restarts
+            .iter()
+            .any(|(_, begin, end)| at >= begin && *at <= *end + RESTART_GRACE)
+    };
     for id in 0..messages {
         let attempts = ledger.attempts.get(&id).map_or(&[][..], Vec::as_slice);
         let Some((_, last)) = attempts.last() else {
@@ -317,10 +322,7 @@ pub fn soak(scratch: &Path, messages: usize) {
             match outcome {
                 Outcome::Deferred { stage, reply } => {
                     deferred += 1;
-                    let near_restart = restarts
-                        .iter()
-                        .any(|(_, begin, end)| *at >= *begin && *at <= *end + RESTART_GRACE);
-                    if !near_restart
+                    if !near_restart(at)
                         || reply.code != 451
                         || reply.enhanced.as_deref() != Some("4.7.1")
                     {
@@ -333,10 +335,7 @@ pub fn soak(scratch: &Path, messages: usize) {
                 }
                 Outcome::Broken { stage, error } => {
                     broken += 1;
-                    let near_restart = restarts
-                        .iter()
-                        .any(|(_, begin, end)| *at >= *begin && *at <= *end + RESTART_GRACE);
-                    if !near_restart {
+                    if !near_restart(at) {
                         failures.push(format!("message {id}: connection lost at {stage}: {error}"));
                     }
                 }
