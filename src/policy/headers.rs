@@ -440,10 +440,6 @@ const COPIED_AS_IS: [[bool; 256]; 2] = {
 /// backslash, and each control or non-ASCII character replaced by one `?`.
 /// Runs of plain characters are copied whole (this runs for every header).
 fn push_escaped<const KIND: u8>(out: &mut String, text: &str) {
-    let special = |b: u8| match KIND {
-        COMMENT => matches!(b, b'(' | b')' | b'\\'),
-        _ => matches!(b, b'"' | b'\\'),
-    };
     let plain = &COPIED_AS_IS[usize::from(KIND)];
     let bytes = text.as_bytes();
     let mut run = 0;
@@ -455,7 +451,8 @@ fn push_escaped<const KIND: u8>(out: &mut String, text: &str) {
             continue;
         }
         out.push_str(&text[run..i]);
-        if special(b) {
+        // Printable but not copied as is: one of the kind's specials.
+        if (b' '..=b'~').contains(&b) {
             out.push('\\');
             out.push(char::from(b));
             i += 1;

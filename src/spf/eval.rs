@@ -416,9 +416,7 @@ impl<'a, L: Lookup> Eval<'a, L> {
                 // them around (memcpy) even when they never run. Without
                 // exp= (the usual case) there is nothing to box.
                 Some(exp) if result == SpfResult::Fail && decisive => {
-                    Box::pin(self.explain(Some(exp), domain))
-                        .await
-                        .map(Arc::from)
+                    Box::pin(self.explain(exp, domain)).await.map(Arc::from)
                 }
                 _ => None,
             };
@@ -791,8 +789,8 @@ impl<'a, L: Lookup> Eval<'a, L> {
     /// §6.2: the explanation for a fail. Any problem (DNS error, no or
     /// several TXT records, bad syntax) means "no explanation"; none of it
     /// counts against the limits.
-    async fn explain(&mut self, exp: Option<&DomainSpec>, domain: &str) -> Option<String> {
-        let name = self.expand_domain(exp?, domain).await.ok()??;
+    async fn explain(&mut self, exp: &DomainSpec, domain: &str) -> Option<String> {
+        let name = self.expand_domain(exp, domain).await.ok()??;
         let txts = match self.evaluator.lookup.txt(&name).await {
             Ok(txts) => txts,
             Err(why) => {

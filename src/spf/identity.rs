@@ -115,21 +115,10 @@ fn trim_helo(helo: &str) -> &str {
 /// form. ASCII names are only lower-cased. A name that IDNA cannot convert
 /// is kept as it is, and fails validation later.
 pub fn to_ascii_domain(domain: &str) -> String {
-    let mut out = String::with_capacity(domain.len());
-    push_ascii_domain(&mut out, domain);
-    out
-}
-
-fn push_ascii_domain(out: &mut String, domain: &str) {
     if domain.is_ascii() {
-        let start = out.len();
-        out.push_str(domain);
-        out[start..].make_ascii_lowercase();
+        domain.to_ascii_lowercase()
     } else {
-        match idna::domain_to_ascii(domain) {
-            Ok(ascii) => out.push_str(&ascii),
-            Err(_) => out.push_str(domain),
-        }
+        idna::domain_to_ascii(domain).unwrap_or_else(|_| domain.to_owned())
     }
 }
 
