@@ -71,8 +71,11 @@ fn a_unix_socket_replaces_a_stale_one_gets_its_mode_and_is_removed_at_exit() {
     wait_for("the socket", || {
         std::os::unix::net::UnixStream::connect(&path).is_ok()
     });
-    let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
-    assert_eq!(mode, 0o660);
+    // The socket accepts connections from bind() on, a moment before its
+    // mode is set: wait for the mode rather than read it once.
+    let mode = || std::fs::metadata(&path).map_or(0, |m| m.permissions().mode() & 0o777);
+    wait_for("socket_mode 0660 on the socket", || mode() == 0o660);
+    assert_eq!(mode(), 0o660);
     let status = terminate(&mut child);
     assert!(status.success(), "{status:?}");
     assert!(!path.exists(), "the socket file was left behind");
