@@ -785,6 +785,41 @@ fn unknown_keys_are_errors_with_a_suggestion() {
     has(&e, Severity::Error, 4, "another");
 }
 
+/// The authserv-id is one RFC 2045 token (RFC 8601 §2.2 `value`): a value
+/// a header reader could split or read as another id stops the start.
+#[test]
+fn authserv_id_is_one_token() {
+    for bad in [
+        "mx.example.net; spf=pass",
+        "mx.example.net spf=pass",
+        "\"mx.example.net\"",
+        "mx.(c)example.net",
+        "mx\\.example.net",
+    ] {
+        let text = format!("[milter]\nauthserv_id = {}\n", toml_string(bad));
+        let e = refused(toml(&text));
+        has(&e, Severity::Error, 2, "must be one token");
+        let e = refused(legacy(&format!("\nAuthserv_Id = {bad}\n")));
+        has(&e, Severity::Error, 2, "must be one token");
+    }
+    // All blank: an error in the native file; the legacy file keeps
+    // policyd-spf's reading (unset) with a warning.
+    let e = refused(toml("[milter]\nauthserv_id = \"   \"\n"));
+    has(&e, Severity::Error, 2, "empty");
+    let (c, w) = ok(legacy("Authserv_Id =   \n"));
+    assert_eq!(c.milter.authserv_id, AuthservId::MtaHostname);
+    has(&w, Severity::Warning, 1, "empty");
+    for good in ["mx.example.net", "MX-1.example_net", "filter"] {
+        let (c, _) = ok(toml(&format!("[milter]\nauthserv_id = \"{good}\"\n")));
+        assert_eq!(c.milter.authserv_id, AuthservId::Fixed(good.into()));
+    }
+}
+
+/// A TOML basic string holding `s`.
+fn toml_string(s: &str) -> String {
+    format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))
+}
+
 #[test]
 fn header_type_spf_ar_is_both_with_a_warning() {
     let (c, w) = ok(legacy("\nHeader_Type = SPF,AR\n"));

@@ -632,17 +632,8 @@ fn expect_refused(d: &Daemon, context: &str) -> String {
     peer
 }
 
-/// Waits (at most 5 s) until the daemon's log has `text`.
 async fn wait_for_log(d: &Daemon, text: &str) {
-    let start = Instant::now();
-    while !d.stderr().contains(text) {
-        assert!(
-            start.elapsed() < Duration::from_secs(5),
-            "{text:?} not logged: {}",
-            d.stderr()
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    d.wait_for_log(text).await;
 }
 
 /// The metrics the daemon serves (`[metrics] listen` on port 0: the

@@ -2325,3 +2325,92 @@ async fn log_lines_carry_the_queue_id() {
         "{log}"
     );
 }
+
+/// Values from the client (HELO, sender) cannot forge log lines: control
+/// characters are written escaped, the line stays one line.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn control_characters_in_envelope_values_are_escaped_in_the_log() {
+    let dns = dns();
+    let d = daemon(Transport::Unix, &toml("[log]\nlevel = 2\n"), &dns);
+    let mut c = Client::connect(&d, ip(CLIENT), &[]).await;
+    c.helo("x\r\nX-Inj: 1").await;
+    c.mail("<a\u{1b}[2J\nX-Inj: 2@pass.test>", &[]).await;
+    c.close().await;
+    let log = d.wait_for_log("envelope-from=").await;
+    assert!(log.contains("x\\r\\nX-Inj: 1"), "{log}");
+    assert!(log.contains("a\\u{1b}[2J\\nX-Inj: 2@pass.test"), "{log}");
+    assert!(
+        !log.lines().any(|l| l.starts_with("X-Inj")),
+        "a forged log line: {log}"
+    );
+}
+
+/// Headers cost the same whatever names they have: 150,000 distinct names
+/// in one message still get their answer well within the bound below, and
+/// a forged header after them is still found and deleted. The bookkeeping
+/// once looked each name up in a list, quadratic: 100,000 names took 80 s
+/// in a debug build (19 s in a release build), 150,000 about 2.25 times
+/// that. A liveness bound, not a speed target.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_distinct_header_names_cost_linear_time() {
+    const NAMES: usize = 150_000;
+    let dns = dns();
+    let d = daemon(Transport::Unix, &toml(""), &dns);
+    let names: Vec<String> = (0..NAMES).map(|i| format!("X-Distinct-{i}")).collect();
+    let mut headers: Vec<(&str, &str)> = names.iter().map(|n| (n.as_str(), "v")).collect();
+    headers.push(("received-spf", "Pass (forged) identity=mailfrom"));
+    let started = Instant::now();
+    let mut c = Client::connect(&d, ip(CLIENT), &[]).await;
+    assert_eq!(c.helo("pass.test").await, Status::Continue);
+    assert_eq!(c.mail("<a@pass.test>", &[]).await, Status::Continue);
+    let eom = c.message("<user@rcpt.example>", &headers).await;
+    let elapsed = started.elapsed();
+    let deleted = eom.deleted();
+    assert!(
+        matches!(&deleted[..], [(name, 1)] if name.eq_ignore_ascii_case("Received-SPF")),
+        "the forged header after {NAMES} others: {deleted:?}"
+    );
+    assert!(
+        elapsed < Duration::from_secs(90),
+        "{NAMES} distinct header names took {elapsed:?}"
+    );
+    c.close().await;
+}
+
+/// A message of many forged headers costs one log line, not one per
+/// header; every one of them is still deleted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_forged_headers_are_logged_in_one_line() {
+    const FORGED: i32 = 1_000;
+    let dns = dns();
+    let d = daemon(Transport::Unix, &toml("[log]\nlevel = 1\n"), &dns);
+    let headers: Vec<(&str, &str)> = (0..FORGED)
+        .map(|_| ("Received-SPF", "Pass (forged) identity=mailfrom"))
+        .collect();
+    let mut c = Client::connect(&d, ip(CLIENT), &[]).await;
+    assert_eq!(c.helo("pass.test").await, Status::Continue);
+    assert_eq!(c.mail("<a@pass.test>", &[]).await, Status::Continue);
+    let eom = c.message("<user@rcpt.example>", &headers).await;
+    let deleted = eom.deleted();
+    assert_eq!(deleted.len(), FORGED as usize);
+    assert!(deleted.iter().all(|(name, _)| name == "Received-SPF"));
+    // Last first: Postfix renumbers after each deletion.
+    let indexes: Vec<i32> = deleted.iter().map(|&(_, i)| i).collect();
+    assert_eq!(indexes, (1..=FORGED).rev().collect::<Vec<_>>());
+    c.close().await;
+    let log = d.wait_for_log("prepend Received-SPF").await;
+    let lines: Vec<&str> = log.lines().filter(|l| l.contains("forged")).collect();
+    assert_eq!(
+        lines.len(),
+        1,
+        "one line for {FORGED} forged headers: {lines:?}"
+    );
+    assert!(
+        lines[0].ends_with(
+            "removing 1000 forged headers: Received-SPF #1000, Received-SPF #999, Received-SPF #998, \
+             Received-SPF #997, Received-SPF #996, Received-SPF #995, Received-SPF #994, \
+             Received-SPF #993, Received-SPF #992, Received-SPF #991 and 990 more"
+        ),
+        "{lines:?}"
+    );
+}

@@ -608,10 +608,8 @@ pub(crate) fn apply(cfg: &mut Config, opt: Opt, raw: Raw<'_>, cx: &mut Cx<'_>) {
         }
         Opt::AuthservId => {
             if let Some(t) = text(raw, cx) {
-                if t.trim().is_empty() {
-                    if legacy {
-                        cx.warning("empty: policyd-spf cannot write Authentication-Results with it; spfmilter uses the MTA's host name (Postfix's j macro), as when the option is not set");
-                    }
+                if t.trim().is_empty() && legacy {
+                    cx.warning("empty: policyd-spf cannot write Authentication-Results with it; spfmilter uses the MTA's host name (Postfix's j macro), as when the option is not set");
                     m.authserv_id = AuthservId::MtaHostname;
                 } else {
                     match AuthservId::parse(&t) {

@@ -34,7 +34,8 @@ pub use types::{
     AuthservId, CidrList, DEFAULT_REASON_MESSAGE, DEFAULT_REASON_URL, DomainName, Family,
     HeaderType, HostKind, HostPattern, InternalErrorAction, LogLevel, LogTarget, MacroRule,
     MessageField, MessagePart, Mode, POLICYD_SPF_REASON_URL, ReasonMessage, ReasonUrl,
-    RejectPolicy, SocketSpec, UrlField, UrlPart, UserSpec, canonical_ip, normalise_net,
+    RejectPolicy, SocketSpec, UrlField, UrlPart, UserSpec, canonical_ip, is_token_char,
+    normalise_net,
 };
 
 /// Where the native configuration is looked for when none is named.

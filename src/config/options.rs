@@ -166,7 +166,7 @@ pub static OPTIONS: &[OptionInfo] = &[
         "authserv_id",
         Some("Authserv_Id"),
         "unset (the MTA's `j` macro, Postfix's $myhostname)",
-        "The authserv-id of Authentication-Results (what OpenDMARC's TrustedAuthservIDs must name). HOSTNAME means this machine's host name, as in policyd-spf."
+        "The authserv-id of Authentication-Results (what OpenDMARC's TrustedAuthservIDs must name): one token (RFC 8601 §2.2), no spaces, quotes or ;()=, usually a host name. HOSTNAME means this machine's host name, as in policyd-spf."
     ),
     opt!(
         HideReceiver,

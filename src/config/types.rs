@@ -250,9 +250,11 @@ pub enum AuthservId {
 }
 
 impl AuthservId {
-    /// Parses a configured value: `HOSTNAME` or an identifier. An
-    /// authserv-id is a token or quoted-string of RFC 8601 §2.2; control
-    /// characters, non-ASCII text and the empty string cannot be written.
+    /// Parses a configured value: `HOSTNAME` or an identifier. RFC 8601
+    /// §2.2 allows a token or a quoted-string; only a token is taken
+    /// (choice where the RFC leaves room): lenient readers such as
+    /// OpenDMARC's drop quotes and split on spaces, so a quoted or spaced
+    /// id could be read as another one, and a `;` would end it early.
     pub fn parse(s: &str) -> Result<AuthservId, String> {
         if s == "HOSTNAME" {
             return Ok(AuthservId::Hostname);
@@ -260,13 +262,20 @@ impl AuthservId {
         if s.trim().is_empty() {
             return Err("the authserv-id is empty: leave the option unset to use the MTA's host name (Postfix's j macro), or write HOSTNAME for this machine's host name".into());
         }
-        if let Some(c) = s.chars().find(|c| !c.is_ascii() || c.is_ascii_control()) {
+        if let Some(c) = s.chars().find(|&c| !is_token_char(c)) {
             return Err(format!(
-                "the authserv-id {s:?} contains {c:?}: only printable ASCII can be written in a header"
+                "the authserv-id {s:?} contains {c:?}: it must be one token of RFC 8601 §2.2 (letters, digits, '.', '-', '_' and the like; no spaces, quotes or ;:()<>@,/\\[]?=), usually the host name"
             ));
         }
         Ok(AuthservId::Fixed(s.to_owned()))
     }
+}
+
+/// A character of an RFC 2045 §5.1 `token`: printable ASCII other than
+/// space and the tspecials. The authserv-id (RFC 8601 §2.2 `value`) is
+/// written as one, so that no header reader can split it.
+pub fn is_token_char(c: char) -> bool {
+    c.is_ascii_graphic() && !"()<>@,;:\\\"/[]?=".contains(c)
 }
 
 // ------------------------------------------------------------------ socket

@@ -32,7 +32,11 @@ impl Logger {
         }
     }
 
+    /// Writes one line. Control characters in it (from a HELO name, a
+    /// sender, a header, a DNS answer…) are escaped first, so that no value
+    /// can end the line and forge another one in the log.
     pub fn log(&self, level: LogLevel, line: &str) {
+        let line = &*one_line(line);
         let pid = std::process::id();
         match self {
             Logger::Syslog(socket) => {
@@ -50,5 +54,40 @@ impl Logger {
                 eprintln!("<{priority}>{line}");
             }
         }
+    }
+}
+
+/// `line` with each control character (C0, DEL, C1) written as Rust
+/// escapes it (`\r`, `\n`, `\t`, `\u{1b}`): one log line, readable, and
+/// the original bytes recoverable by a reader who needs them.
+fn one_line(line: &str) -> std::borrow::Cow<'_, str> {
+    if !line.chars().any(char::is_control) {
+        return std::borrow::Cow::Borrowed(line);
+    }
+    let mut out = String::with_capacity(line.len() + 8);
+    for c in line.chars() {
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::one_line;
+
+    #[test]
+    fn control_characters_cannot_start_a_new_line() {
+        assert_eq!(
+            one_line("helo x\r\nX-Inj: 1\u{1b}[31m\u{7f}\u{85}end"),
+            "helo x\\r\\nX-Inj: 1\\u{1b}[31m\\u{7f}\\u{85}end"
+        );
+        assert_eq!(one_line("tab\there"), "tab\\there");
+        // Printable text, non-ASCII included, is written as it is.
+        let plain = "from <j\u{fc}rgen@example.org> (\\ and \")";
+        assert!(matches!(one_line(plain), std::borrow::Cow::Borrowed(p) if p == plain));
     }
 }

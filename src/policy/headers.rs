@@ -6,7 +6,7 @@ use std::borrow::Cow;
 use std::fmt::Write as _;
 use std::net::IpAddr;
 
-use crate::config::HeaderType;
+use crate::config::{HeaderType, is_token_char};
 use crate::spf::{Identity, SpfOutcome, SpfResult};
 
 use super::skip::{SkipReason, x_comment_value};
@@ -312,12 +312,10 @@ pub fn is_forged_trace_header(name: &str, value: &str, our_authserv_id: &str) ->
         && authserv_id_of(value).is_some_and(|id| id.eq_ignore_ascii_case(our_authserv_id))
 }
 
-/// RFC 2045 token characters: what a value may be without quotes
-/// (RFC 8601 §2.2 `value`).
+/// An RFC 2045 token: what a value may be without quotes (RFC 8601 §2.2
+/// `value`).
 fn is_token(s: &str) -> bool {
-    !s.is_empty()
-        && s.chars()
-            .all(|c| c.is_ascii_graphic() && !"()<>@,;:\\\"/[]?=".contains(c))
+    !s.is_empty() && s.chars().all(is_token_char)
 }
 
 fn push_token_or_quoted(out: &mut String, value: &str) {
