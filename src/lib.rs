@@ -4,6 +4,8 @@
 //! [`spf`] evaluates SPF and knows only [`dns::Lookup`]; [`dns`] answers the
 //! five DNS questions SPF asks.
 
+#![forbid(unsafe_code)]
+
 pub mod config;
 pub mod dns;
 pub mod metrics;

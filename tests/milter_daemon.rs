@@ -2315,7 +2315,9 @@ async fn log_lines_carry_the_queue_id() {
     );
     c.message("<user@rcpt.example>", &[]).await;
     c.close().await;
-    let log = d.stderr();
+    let log = d
+        .wait_for_log("4QX7abcDEF: Pass; identity=mailfrom; client-ip=192.0.2.1; helo=pass.test; envelope-from=b@pass.test")
+        .await;
     assert!(
         log.contains("NOQUEUE: Pass; identity=mailfrom; client-ip=192.0.2.1; helo=pass.test; envelope-from=a@pass.test"),
         "{log}"
