@@ -8,7 +8,9 @@
 
 pub mod config;
 pub mod dns;
+pub mod log;
 pub mod metrics;
 pub mod milter;
 pub mod policy;
+pub mod session;
 pub mod spf;

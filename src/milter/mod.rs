@@ -1,53 +1,40 @@
-//! The milter adapter: indymilter callbacks around [`crate::policy`].
+//! The milter adapter: indymilter callbacks around [`crate::session`].
 //!
-//! Thin on purpose: each callback records what Postfix said (client
-//! address, HELO, sender, first recipient, incoming trace headers) in the
-//! per-connection state, and at MAIL FROM hands the session to
-//! [`skip`] and [`decide`]; a reject or defer is answered there, accepted
-//! mail gets its trace headers at end of message, inserted at index 0
-//! (above Postfix's own `Received:`), after forged ones are deleted.
-//!
-//! Logging follows `debugLevel` (one line per action, the policyd-spf
-//! result lines at 2): to syslog (facility mail, through `/dev/log`) by
-//! default, or to standard error.
+//! Glue only: each callback turns what the MTA sent into one call of the
+//! connection's [`Session`] and its [`Answer`] (and, at end of message, its
+//! [`HeaderEdit`]s) back into the milter protocol. One panic guard covers
+//! every stage; a panic or a header edit the library refuses is answered as
+//! `on_internal_error` says.
 
 use std::ffi::{CStr, CString};
-use std::net::IpAddr;
+use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
 
+use futures_util::FutureExt as _;
 use indymilter::{
     Actions, Callbacks, ContextActions, MacroStage, NegotiateContext, SetErrorReply, SocketInfo,
     Status,
 };
 
-use crate::config::{AuthservId, Config, InternalErrorAction, LogLevel};
+use crate::config::Config;
 use crate::dns::{CachingLookup, HickoryLookup, ResolverOptions, cache::CacheOptions};
-use crate::metrics::{DnsStatsSource, MessageAction, Metrics};
-use crate::policy::decide::{Action, Decision, Inputs, Reply, decide};
-use crate::policy::headers::{
-    Transaction, header_receiver, is_forged_trace_header, skip_headers, spf_headers,
-};
-use crate::policy::skip::{Session as SkipSession, Skip, SkipReason, skip};
+use crate::log::Logger;
+use crate::metrics::{DnsStatsSource, Metrics};
+use crate::policy::decide::Reply;
+use crate::session::{Answer, HeaderEdit, Session, Stage};
 use crate::spf::Evaluator;
 
 mod daemon;
 pub mod io;
-mod log;
 pub mod session_log;
 
 pub use daemon::run;
-use log::Logger;
 
 type Lookup = CachingLookup<HickoryLookup>;
 
-/// What every connection shares: the configuration and the evaluator
-/// (with its DNS cache).
-pub struct Shared {
-    pub config: Arc<Config>,
-    pub evaluator: Evaluator<Lookup>,
-    logger: Logger,
-}
+/// What every connection of one configuration shares, with the resolver
+/// the configuration asks for.
+pub type Shared = crate::session::Shared<Lookup>;
 
 impl Shared {
     /// Builds the resolver and evaluator the configuration asks for.
@@ -61,17 +48,7 @@ impl Shared {
         let evaluator = Evaluator::new(CachingLookup::new(hickory, CacheOptions::default()))
             .with_limits(config.spf_limits());
         let logger = Logger::new(config.log.target);
-        Ok(Self {
-            config,
-            evaluator,
-            logger,
-        })
-    }
-
-    fn log(&self, level: LogLevel, line: &str) {
-        if self.config.log.level >= level {
-            self.logger.log(level, line);
-        }
+        Ok(Self::with_evaluator(config, evaluator, logger))
     }
 
     /// Defaults, a nameserver that is never asked, and standard error.
@@ -84,44 +61,8 @@ impl Shared {
     }
 }
 
-/// Per connection.
-#[derive(Default)]
-struct Connection {
-    /// The configuration and evaluator current when the connection came:
-    /// a reload applies to new connections, never mid-message.
-    shared: Option<Arc<Shared>>,
-    metrics: Option<Arc<Metrics>>,
-    client_ip: Option<IpAddr>,
-    helo: String,
-    /// Ours in Authentication-Results, settled at connect (the MTA's `j`
-    /// macro by default): every header of the session is compared with it.
-    authserv_id: String,
-    message: Message,
-}
-
-/// Per message; reset at MAIL FROM and on abort.
-#[derive(Debug, Default)]
-struct Message {
-    sender: String,
-    first_recipient: Option<String>,
-    decision: Option<Decision>,
-    skipped: Option<SkipReason>,
-    /// How many headers of each of [`TRACE_HEADERS`] came so far.
-    trace_seen: [i32; TRACE_HEADERS.len()],
-    /// Occurrences (name, 1-based index among headers of that name) of
-    /// incoming headers to delete.
-    forged: Vec<(&'static str, i32)>,
-}
-
-/// The header names whose occurrences are counted: the only ones ever
-/// deleted. Counting nothing else keeps a header costing O(1) whatever
-/// names a message brings. The MTA compares names without regard to case
-/// when it applies an edit (Postfix's cleanup_milter.c), so these
-/// spellings address any spelling that came.
-const TRACE_HEADERS: [&str; 2] = ["Received-SPF", "Authentication-Results"];
-
-/// How many deleted headers one log line names; the rest are counted.
-const FORGED_NAMED_IN_LOG: usize = 10;
+/// A connection's state: its session, from connect on.
+type Connection = Session<Lookup>;
 
 fn lossy(s: &CStr) -> String {
     String::from_utf8_lossy(s.to_bytes()).into_owned()
@@ -140,19 +81,51 @@ fn set_reply(reply: &mut indymilter::SmtpReply, r: &Reply) {
     let _ = reply.set_error_reply(&code, r.enhanced, [text.as_str()]);
 }
 
-/// The authserv-id: configured, the host name, or the MTA's `j` macro.
-fn authserv_id(config: &Config, mta_name: Option<&str>) -> String {
-    match &config.milter.authserv_id {
-        AuthservId::Fixed(id) => id.clone(),
-        AuthservId::Hostname => host_name(),
-        AuthservId::MtaHostname => mta_name.map_or_else(host_name, str::to_owned),
+/// A session's answer in the milter protocol.
+fn status(reply: &mut indymilter::SmtpReply, answer: Answer) -> Status {
+    match answer {
+        Answer::Continue => Status::Continue,
+        Answer::Accept => Status::Accept,
+        Answer::Reject(r) => {
+            set_reply(reply, &r);
+            Status::Reject
+        }
+        Answer::Tempfail(r) => {
+            set_reply(reply, &r);
+            Status::Tempfail
+        }
     }
 }
 
-fn host_name() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|s| s.trim().to_owned())
-        .unwrap_or_else(|_| "localhost".to_owned())
+/// The one panic guard: runs a stage's work; a panic in it becomes the
+/// text of an internal error.
+async fn guarded<T>(work: impl Future<Output = T>) -> Result<T, String> {
+    std::panic::AssertUnwindSafe(work)
+        .catch_unwind()
+        .await
+        .map_err(|panic| {
+            panic
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "(no message)".to_owned())
+        })
+}
+
+/// Runs one stage of `session` under [`guarded`] and answers.
+macro_rules! stage {
+    ($cx:ident, $stage:expr, |$session:ident, $macros:ident| $work:expr) => {{
+        let Some($session) = $cx.data.as_mut() else {
+            return Status::Continue;
+        };
+        let macros = &$cx.macros;
+        let $macros = &|name: &str| macro_value(macros, name);
+        let answer = match guarded(async { $work }).await {
+            Ok(answer) => answer,
+            Err(panic) => $session.internal_error($stage, $macros, &panic),
+        };
+        status(&mut $cx.reply, answer)
+    }};
 }
 
 /// The running milter: the current configuration, swapped whole on
@@ -237,107 +210,6 @@ fn macro_value(macros: &indymilter::Macros, name: &str) -> Option<String> {
     macros.get(&name).map(lossy)
 }
 
-/// The queue ID for log lines: Postfix's `i`, or `NOQUEUE` before Postfix
-/// has assigned one (at MAIL FROM, by default).
-fn queue_id(macros: &indymilter::Macros) -> String {
-    macro_value(macros, "i")
-        .filter(|id| !id.is_empty())
-        .unwrap_or_else(|| "NOQUEUE".to_owned())
-}
-
-/// What a panic in a callback is answered with (`on_internal_error`).
-fn internal_error(
-    shared: &Shared,
-    metrics: Option<&Metrics>,
-    reply: &mut indymilter::SmtpReply,
-    stage: &str,
-    queue_id: &str,
-    panic: &(dyn std::any::Any + Send),
-) -> Status {
-    let what = panic
-        .downcast_ref::<&str>()
-        .copied()
-        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
-        .unwrap_or("(no message)");
-    let action = shared.config.milter.on_internal_error;
-    if let Some(metrics) = metrics {
-        metrics.message(MessageAction::InternalError, [], Duration::ZERO);
-    }
-    shared.log(
-        LogLevel::Errors,
-        &format!(
-            "{queue_id}: internal error at {stage}: {what}; answering {action} (on_internal_error)"
-        ),
-    );
-    let (status, answer) = internal_error_answer(action);
-    if let Some(answer) = answer {
-        set_reply(reply, &answer);
-    }
-    status
-}
-
-/// The one log line of a message's deleted headers:
-/// `removing 3 forged headers: Received-SPF #2, Received-SPF #1,
-/// Authentication-Results #1`, at most [`FORGED_NAMED_IN_LOG`] named and
-/// the others counted (`… and 99990 more`), so that a message of many
-/// forged headers costs one line.
-fn forged_log_line(forged: &[(&str, i32)]) -> String {
-    let mut line = format!(
-        "removing {} forged header{}:",
-        forged.len(),
-        if forged.len() == 1 { "" } else { "s" }
-    );
-    for (i, (name, index)) in forged.iter().take(FORGED_NAMED_IN_LOG).enumerate() {
-        line.push_str(if i == 0 { " " } else { ", " });
-        line.push_str(name);
-        line.push_str(" #");
-        line.push_str(&index.to_string());
-    }
-    if let Some(more) = forged
-        .len()
-        .checked_sub(FORGED_NAMED_IN_LOG)
-        .filter(|&n| n > 0)
-    {
-        line.push_str(&format!(" and {more} more"));
-    }
-    line
-}
-
-/// The `reason` label of a bypass in the metrics.
-fn skip_label(reason: SkipReason) -> &'static str {
-    match reason {
-        SkipReason::LocalConnection => "local",
-        SkipReason::WhitelistedRelay => "whitelist",
-        SkipReason::WhitelistedDomain => "domain_whitelist",
-        SkipReason::WhitelistedHelo => "helo_whitelist",
-        SkipReason::PtrWhitelistedDomain => "ptr_whitelist",
-    }
-}
-
-/// The status and reply of `on_internal_error`.
-fn internal_error_answer(action: InternalErrorAction) -> (Status, Option<Reply>) {
-    match action {
-        // Accepted as if the milter were not there: no header.
-        InternalErrorAction::Accept => (Status::Accept, None),
-        InternalErrorAction::Tempfail => (
-            Status::Tempfail,
-            Some(Reply {
-                code: 451,
-                enhanced: Some("4.3.0"),
-                text: "Temporary internal error in the SPF check".to_owned(),
-            }),
-        ),
-        InternalErrorAction::Reject => (
-            Status::Reject,
-            Some(Reply {
-                code: 550,
-                enhanced: Some("5.7.1"),
-                text: "Internal error in the SPF check".to_owned(),
-            }),
-        ),
-    }
-}
-
 /// The callbacks.
 fn callbacks(milter: Arc<Milter>) -> Callbacks<Connection> {
     let negotiating = Arc::clone(&milter);
@@ -356,329 +228,109 @@ fn callbacks(milter: Arc<Milter>) -> Callbacks<Connection> {
             let shared = milter.current();
             let metrics = Arc::clone(milter.metrics());
             Box::pin(async move {
-                let mta_name = cx.macros.get(c"j").map(lossy);
-                metrics.connection_opened();
-                let mut conn = Connection {
-                    authserv_id: authserv_id(&shared.config, mta_name.as_deref()),
-                    shared: Some(Arc::clone(&shared)),
-                    metrics: Some(metrics),
-                    ..Connection::default()
+                let client_ip = match socket {
+                    SocketInfo::Inet(addr) => Some(addr.ip()),
+                    _ => None,
                 };
-                if let SocketInfo::Inet(addr) = socket {
-                    conn.client_ip = Some(addr.ip());
+                let mta_name = macro_value(&cx.macros, "j");
+                let connected = guarded(async {
+                    Session::connect(shared, metrics, client_ip, mta_name.as_deref())
+                })
+                .await;
+                match connected {
+                    Ok(session) => {
+                        cx.data = Some(session);
+                        Status::Continue
+                    }
+                    // No session to answer for: the MTA applies
+                    // milter_default_action.
+                    Err(_) => Status::Tempfail,
                 }
-                shared.log(
-                    LogLevel::Requests,
-                    &format!(
-                        "connect from {}",
-                        conn.client_ip
-                            .map_or_else(|| "an unknown address".to_owned(), |ip| ip.to_string())
-                    ),
-                );
-                cx.data = Some(conn);
-                Status::Continue
             })
         })
         .on_helo(|cx, helo| {
             Box::pin(async move {
-                // A second HELO/EHLO (after STARTTLS) replaces the first.
-                if let Some(conn) = cx.data.as_mut() {
-                    conn.helo = lossy(&helo);
-                }
-                Status::Continue
+                stage!(cx, Stage::Helo, |session, _macros| {
+                    session.helo(&lossy(&helo));
+                    Answer::Continue
+                })
             })
         })
         .on_mail(|cx, args| {
             Box::pin(async move {
-                let Some(shared) = cx.data.as_ref().and_then(|c| c.shared.clone()) else {
-                    return Status::Continue;
-                };
-                let queue_id = queue_id(&cx.macros);
-                let guarded = std::panic::AssertUnwindSafe(at_mail(cx, &args, &shared, &queue_id));
-                match futures_util::FutureExt::catch_unwind(guarded).await {
-                    Ok(status) => status,
-                    Err(panic) => {
-                        let metrics = cx.data.as_mut().and_then(|conn| {
-                            conn.message = Message::default();
-                            conn.metrics.clone()
-                        });
-                        internal_error(
-                            &shared,
-                            metrics.as_deref(),
-                            &mut cx.reply,
-                            "MAIL FROM",
-                            &queue_id,
-                            &*panic,
-                        )
-                    }
-                }
+                let sender = args.first().map(|a| lossy(a)).unwrap_or_default();
+                stage!(cx, Stage::Mail, |session, macros| session
+                    .mail(&sender, macros)
+                    .await)
             })
         })
         .on_rcpt(|cx, args| {
             Box::pin(async move {
-                if let Some(conn) = cx.data.as_mut()
-                    && conn.message.first_recipient.is_none()
-                {
-                    conn.message.first_recipient = args.first().map(|a| lossy(a));
-                }
-                Status::Continue
+                stage!(cx, Stage::Rcpt, |session, _macros| {
+                    if let Some(recipient) = args.first() {
+                        session.rcpt(&lossy(recipient));
+                    }
+                    Answer::Continue
+                })
             })
         })
         .on_header(|cx, name, value| {
             Box::pin(async move {
-                let Some(conn) = cx.data.as_mut() else {
-                    return Status::Continue;
-                };
-                let Some(shared) = conn.shared.clone() else {
-                    return Status::Continue;
-                };
-                let Some(kind) = TRACE_HEADERS
-                    .iter()
-                    .position(|t| t.as_bytes().eq_ignore_ascii_case(name.to_bytes()))
-                else {
-                    return Status::Continue;
-                };
-                let name = TRACE_HEADERS[kind];
-                let seen = &mut conn.message.trace_seen[kind];
-                *seen = seen.saturating_add(1);
-                let index = *seen;
-                if shared.config.milter.remove_forged_headers
-                    && is_forged_trace_header(
-                        name,
-                        &String::from_utf8_lossy(value.to_bytes()),
-                        &conn.authserv_id,
-                    )
-                {
-                    conn.message.forged.push((name, index));
-                }
-                Status::Continue
+                stage!(cx, Stage::Header, |session, _macros| {
+                    session.header(name.to_bytes(), value.to_bytes());
+                    Answer::Continue
+                })
             })
         })
         .on_eom(|cx| {
             Box::pin(async move {
-                let Some(shared) = cx.data.as_ref().and_then(|c| c.shared.clone()) else {
+                let Some(session) = cx.data.as_mut() else {
                     return Status::Continue;
                 };
-                let queue_id = queue_id(&cx.macros);
-                let guarded =
-                    std::panic::AssertUnwindSafe(at_end_of_message(cx, &shared, &queue_id));
-                match futures_util::FutureExt::catch_unwind(guarded).await {
-                    Ok(status) => status,
-                    Err(panic) => {
-                        let metrics = cx.data.as_ref().and_then(|conn| conn.metrics.clone());
-                        internal_error(
-                            &shared,
-                            metrics.as_deref(),
-                            &mut cx.reply,
-                            "end of message",
-                            &queue_id,
-                            &*panic,
-                        )
-                    }
-                }
+                let macros = &cx.macros;
+                let macros = &|name: &str| macro_value(macros, name);
+                let answer = match guarded(async { session.end_of_message(macros) }).await {
+                    Ok(edits) => match apply(&cx.actions, &edits).await {
+                        Ok(()) => Answer::Continue,
+                        Err(e) => session.internal_error(Stage::EndOfMessage, macros, &e),
+                    },
+                    Err(panic) => session.internal_error(Stage::EndOfMessage, macros, &panic),
+                };
+                status(&mut cx.reply, answer)
             })
         })
         .on_abort(|cx| {
             Box::pin(async move {
-                if let Some(conn) = cx.data.as_mut() {
-                    conn.message = Message::default();
-                }
-                Status::Continue
+                stage!(cx, Stage::Abort, |session, _macros| {
+                    session.abort();
+                    Answer::Continue
+                })
             })
         })
         .on_close(|cx| {
             Box::pin(async move {
-                if let Some(metrics) = cx.data.take().and_then(|c| c.metrics) {
-                    metrics.connection_closed();
-                }
+                // The session's end is counted when it is dropped.
+                cx.data = None;
                 Status::Continue
             })
         })
 }
 
-/// MAIL FROM: the bypass chain, then the decision; a reject or defer is
-/// answered here.
-async fn at_mail(
-    cx: &mut indymilter::Context<Connection>,
-    args: &[CString],
-    shared: &Shared,
-    queue_id: &str,
-) -> Status {
-    let config = &shared.config;
-    // The whole stage, bypass lookups and both evaluations, stays inside
-    // one budget below Postfix's milter_command_timeout.
-    let started = tokio::time::Instant::now();
-    let deadline = started + config.milter.decision_time_limit;
-    let authenticated = cx
-        .macros
-        .get(c"{auth_authen}")
-        .is_some_and(|v| !v.is_empty());
-    let Some(conn) = cx.data.as_mut() else {
-        return Status::Continue;
-    };
-    let sender = args.first().map(|a| lossy(a)).unwrap_or_default();
-    let sender = sender
-        .trim()
-        .trim_start_matches('<')
-        .trim_end_matches('>')
-        .to_owned();
-    conn.message = Message {
-        sender,
-        ..Message::default()
-    };
-    let macros = &cx.macros;
-    let macro_lookup = |name: &str| macro_value(macros, name);
-    let session = SkipSession {
-        client_ip: conn.client_ip,
-        helo: &conn.helo,
-        sender: &conn.message.sender,
-        authenticated,
-        macro_value: &macro_lookup,
-    };
-    let skipped =
-        tokio::time::timeout_at(deadline, skip(config, &shared.evaluator, &session)).await;
-    match skipped.unwrap_or_else(|_| {
-        shared.log(
-            LogLevel::Errors,
-            &format!(
-                "{queue_id}: the bypass checks ran out of time (decision_time_limit): checking SPF"
-            ),
-        );
-        Skip::Check
-    }) {
-        Skip::Check => {}
-        Skip::Silent(why) => {
-            shared.log(
-                LogLevel::Results,
-                &format!("{queue_id}: not checked: {why}"),
-            );
-            if let Some(metrics) = &conn.metrics {
-                metrics.message(MessageAction::Unchecked, [], started.elapsed());
+/// Makes the header edits of end of message, in order; the first the
+/// library refuses stops them, named in the error.
+async fn apply(actions: &impl ContextActions, edits: &[HeaderEdit]) -> Result<(), String> {
+    for edit in edits {
+        let done = match edit {
+            HeaderEdit::Delete { name, index } => {
+                actions.change_header(*name, *index, None::<&str>).await
             }
-            return Status::Continue;
-        }
-        Skip::Traced(reason) => {
-            shared.log(
-                LogLevel::Actions,
-                &format!("{queue_id}: {}", reason.comment()),
-            );
-            if let Some(metrics) = &conn.metrics {
-                metrics.skipped(skip_label(reason), started.elapsed());
+            HeaderEdit::Prepend { name, value } => {
+                actions.insert_header(0, *name, value.as_str()).await
             }
-            conn.message.skipped = Some(reason);
-            return Status::Continue;
-        }
-    }
-    let inputs = Inputs {
-        client_ip: conn.client_ip,
-        helo: &conn.helo,
-        sender: &conn.message.sender,
-        deadline: Some(deadline),
-    };
-    let decision = decide(config, &shared.evaluator, &inputs).await;
-    for line in &decision.log {
-        shared.log(line.level, &format!("{queue_id}: {line}"));
-    }
-    if let Some(metrics) = &conn.metrics {
-        let action = match decision.action {
-            Action::Accept => MessageAction::Accept,
-            Action::Reject(_) => MessageAction::Reject,
-            Action::Defer(_) => MessageAction::Defer,
         };
-        let checks = [&decision.helo, &decision.mail_from]
-            .into_iter()
-            .flatten()
-            .map(|o| (o.identity.as_str(), o.result.as_str()));
-        metrics.message(action, checks, started.elapsed());
+        done.map_err(|e| format!("cannot {edit}: {e}"))?;
     }
-    let status = match &decision.action {
-        Action::Accept => Status::Continue,
-        Action::Reject(reply) => {
-            set_reply(&mut cx.reply, reply);
-            Status::Reject
-        }
-        Action::Defer(reply) => {
-            set_reply(&mut cx.reply, reply);
-            Status::Tempfail
-        }
-    };
-    if let Some(conn) = cx.data.as_mut() {
-        conn.message.decision = Some(decision);
-    }
-    status
-}
-
-/// End of message: forged trace headers deleted, ours inserted on top.
-async fn at_end_of_message(
-    cx: &mut indymilter::EomContext<Connection>,
-    shared: &Shared,
-    queue_id: &str,
-) -> Status {
-    let Some(conn) = cx.data.as_mut() else {
-        return Status::Continue;
-    };
-    let config = &shared.config;
-    let mut message = std::mem::take(&mut conn.message);
-    // Forged trace headers go first (postfix-opendmarc.md), the last of a
-    // name first: the MTA renumbers the headers of that name after each
-    // deletion, so deleting #1 before #2 would delete the third one and
-    // leave the second.
-    message
-        .forged
-        .sort_by_key(|&(_, index)| std::cmp::Reverse(index));
-    if !message.forged.is_empty() {
-        shared.log(
-            LogLevel::Actions,
-            &format!("{queue_id}: {}", forged_log_line(&message.forged)),
-        );
-    }
-    for &(name, index) in &message.forged {
-        let _ = cx.actions.change_header(name, index, None::<&str>).await;
-    }
-    let id = &conn.authserv_id;
-    let receiver = header_receiver(
-        config.milter.hide_receiver,
-        message.first_recipient.as_deref(),
-    );
-    let headers = match (&message.skipped, &message.decision) {
-        (Some(reason), _) => conn.client_ip.map(|ip| {
-            skip_headers(
-                config.milter.header_type,
-                id,
-                *reason,
-                &Transaction {
-                    client_ip: ip,
-                    helo: &conn.helo,
-                    envelope_from: &message.sender,
-                    receiver,
-                },
-            )
-        }),
-        (None, Some(decision)) => match (decision.header_outcome(), decision.ip) {
-            (Some(outcome), Some(ip)) => Some(spf_headers(
-                config.milter.header_type,
-                id,
-                outcome,
-                &Transaction {
-                    client_ip: ip,
-                    helo: &conn.helo,
-                    envelope_from: &message.sender,
-                    receiver,
-                },
-            )),
-            _ => None,
-        },
-        (None, None) => None,
-    };
-    // Inserted at index 0 in reverse, so the first ends on top.
-    for (name, value) in headers.unwrap_or_default().iter().rev() {
-        shared.log(
-            LogLevel::Actions,
-            &format!("{queue_id}: prepend {name}: {}", value.replace("\n\t", " ")),
-        );
-        let _ = cx.actions.insert_header(0, *name, value.as_str()).await;
-    }
-    Status::Continue
+    Ok(())
 }
 
 #[cfg(test)]
@@ -709,41 +361,108 @@ mod tests {
         assert_eq!(list(MacroStage::Eom).as_deref(), Some("i"));
     }
 
-    #[test]
-    fn deleted_headers_are_logged_in_one_line() {
-        assert_eq!(
-            forged_log_line(&[("Received-SPF", 1)]),
-            "removing 1 forged header: Received-SPF #1"
-        );
-        let many: Vec<(&str, i32)> = (1..=12)
-            .rev()
-            .map(|i| ("Authentication-Results", i))
-            .collect();
-        let line = forged_log_line(&many);
-        assert!(
-            line.starts_with(
-                "removing 12 forged headers: Authentication-Results #12, Authentication-Results #11,"
-            ),
-            "{line}"
-        );
-        assert!(
-            line.ends_with("Authentication-Results #3 and 2 more"),
-            "{line}"
-        );
+    /// Milter actions that refuse every edit (as the library does for an
+    /// action that was not negotiated), recording what was asked.
+    #[derive(Default)]
+    struct Refusing(std::sync::Mutex<Vec<String>>);
+
+    #[async_trait::async_trait]
+    impl ContextActions for Refusing {
+        async fn add_header<'cx, 'k, 'v>(
+            &'cx self,
+            _: impl indymilter::IntoCString + Send + 'k,
+            _: impl indymilter::IntoCString + Send + 'v,
+        ) -> Result<(), indymilter::ActionError> {
+            self.0.lock().unwrap().push("add".into());
+            Err(indymilter::ActionError::NotAvailable)
+        }
+        async fn insert_header<'cx, 'k, 'v>(
+            &'cx self,
+            _: i32,
+            _: impl indymilter::IntoCString + Send + 'k,
+            _: impl indymilter::IntoCString + Send + 'v,
+        ) -> Result<(), indymilter::ActionError> {
+            self.0.lock().unwrap().push("insert".into());
+            Err(indymilter::ActionError::NotAvailable)
+        }
+        async fn change_header<'cx, 'k, 'v>(
+            &'cx self,
+            _: impl indymilter::IntoCString + Send + 'k,
+            _: i32,
+            _: Option<impl indymilter::IntoCString + Send + 'v>,
+        ) -> Result<(), indymilter::ActionError> {
+            self.0.lock().unwrap().push("change".into());
+            Err(indymilter::ActionError::InvalidParam)
+        }
+        async fn change_sender<'cx, 'a, 'b>(
+            &'cx self,
+            _: impl indymilter::IntoCString + Send + 'a,
+            _: Option<impl indymilter::IntoCString + Send + 'b>,
+        ) -> Result<(), indymilter::ActionError> {
+            unreachable!("spfmilter never changes the sender")
+        }
+        async fn add_recipient<'cx, 'a>(
+            &'cx self,
+            _: impl indymilter::IntoCString + Send + 'a,
+        ) -> Result<(), indymilter::ActionError> {
+            unreachable!("spfmilter never adds recipients")
+        }
+        async fn add_recipient_ext<'cx, 'a, 'b>(
+            &'cx self,
+            _: impl indymilter::IntoCString + Send + 'a,
+            _: Option<impl indymilter::IntoCString + Send + 'b>,
+        ) -> Result<(), indymilter::ActionError> {
+            unreachable!("spfmilter never adds recipients")
+        }
+        async fn delete_recipient<'cx, 'a>(
+            &'cx self,
+            _: impl indymilter::IntoCString + Send + 'a,
+        ) -> Result<(), indymilter::ActionError> {
+            unreachable!("spfmilter never deletes recipients")
+        }
+        async fn replace_body<'cx, 'a>(
+            &'cx self,
+            _: &'a [u8],
+        ) -> Result<(), indymilter::ActionError> {
+            unreachable!("spfmilter never replaces the body")
+        }
+        async fn progress<'cx>(&'cx self) -> Result<(), indymilter::ActionError> {
+            unreachable!("spfmilter never sends progress")
+        }
+        async fn quarantine<'cx, 'a>(
+            &'cx self,
+            _: impl indymilter::IntoCString + Send + 'a,
+        ) -> Result<(), indymilter::ActionError> {
+            unreachable!("spfmilter never quarantines")
+        }
     }
 
-    #[test]
-    fn internal_errors_answer_as_configured() {
-        let (status, reply) = internal_error_answer(InternalErrorAction::Tempfail);
-        assert_eq!(status, Status::Tempfail);
-        let reply = reply.unwrap();
-        assert_eq!((reply.code, reply.enhanced), (451, Some("4.3.0")));
-        let (status, reply) = internal_error_answer(InternalErrorAction::Reject);
-        assert_eq!(status, Status::Reject);
-        assert_eq!(reply.unwrap().code, 550);
-        assert_eq!(
-            internal_error_answer(InternalErrorAction::Accept),
-            (Status::Accept, None)
+    /// A header edit the library refuses stops the edits and is named in
+    /// the error, which the end-of-message glue answers as an internal
+    /// error (tested in `crate::session`).
+    #[tokio::test]
+    async fn a_refused_header_edit_stops_the_edits_and_is_named() {
+        let refusing = Refusing::default();
+        let edits = [
+            HeaderEdit::Delete {
+                name: "Received-SPF",
+                index: 2,
+            },
+            HeaderEdit::Prepend {
+                name: "Received-SPF",
+                value: "Pass".into(),
+            },
+        ];
+        let error = apply(&refusing, &edits).await.unwrap_err();
+        assert!(
+            error.starts_with("cannot delete Received-SPF header #2: "),
+            "{error}"
+        );
+        assert_eq!(*refusing.0.lock().unwrap(), ["change"]);
+        let error = apply(&refusing, &edits[1..]).await.unwrap_err();
+        assert!(
+            error.starts_with("cannot prepend a Received-SPF header: "),
+            "{error}"
         );
     }
 

@@ -13,6 +13,8 @@ pub enum Logger {
     /// set): journald adds the name and pid itself and reads the priority
     /// from an `<N>` prefix, so a line is `<6>text`.
     Journal,
+    /// Kept in memory, for the tests of the layers that log.
+    Memory(std::sync::Mutex<Vec<String>>),
 }
 
 impl Logger {
@@ -53,6 +55,23 @@ impl Logger {
                 let priority = if level <= LogLevel::Errors { 3 } else { 6 };
                 eprintln!("<{priority}>{line}");
             }
+            Logger::Memory(lines) => lines
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .push(line.to_owned()),
+        }
+    }
+}
+
+impl Logger {
+    /// The lines a [`Logger::Memory`] kept; none for the others.
+    pub fn lines(&self) -> Vec<String> {
+        match self {
+            Logger::Memory(lines) => lines
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .clone(),
+            _ => Vec::new(),
         }
     }
 }

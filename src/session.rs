@@ -1,0 +1,492 @@
+//! One SMTP connection as the milter sees it, without the milter library:
+//! what the MTA said at each stage (connect, HELO, MAIL FROM, RCPT TO,
+//! headers, end of message, abort), the per-connection and per-message
+//! state, and what to answer. [`crate::milter`] turns the milter protocol
+//! into calls of [`Session`] and its [`Answer`]s and [`HeaderEdit`]s back
+//! into the protocol; nothing here knows a socket or a milter type, so the
+//! whole session runs in unit tests and under the fuzzer.
+//!
+//! At MAIL FROM the session hands the envelope to [`skip`] and [`decide`]; a
+//! reject or defer is answered there. Accepted mail gets its trace headers
+//! at end of message, inserted at index 0 (above the MTA's own
+//! `Received:`), after forged ones are deleted.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::config::{AuthservId, Config, InternalErrorAction, LogLevel};
+use crate::dns::Lookup;
+use crate::log::Logger;
+use crate::metrics::{MessageAction, Metrics};
+use crate::policy::decide::{Action, Decision, Inputs, Reply, decide};
+use crate::policy::headers::{
+    Transaction, header_receiver, is_forged_trace_header, skip_headers, spf_headers,
+};
+use crate::policy::skip::{Session as SkipSession, Skip, SkipReason, skip};
+use crate::spf::Evaluator;
+
+#[cfg(test)]
+mod tests;
+
+/// What every session of one configuration shares: the configuration, the
+/// evaluator (with its DNS cache) and the log.
+pub struct Shared<L> {
+    pub config: Arc<Config>,
+    pub evaluator: Evaluator<L>,
+    logger: Logger,
+}
+
+impl<L> Shared<L> {
+    pub fn with_evaluator(config: Arc<Config>, evaluator: Evaluator<L>, logger: Logger) -> Self {
+        Self {
+            config,
+            evaluator,
+            logger,
+        }
+    }
+
+    /// Logs `line` if `log.level` asks for lines of `level`.
+    pub fn log(&self, level: LogLevel, line: &str) {
+        if self.config.log.level >= level {
+            self.logger.log(level, line);
+        }
+    }
+
+    pub fn logger(&self) -> &Logger {
+        &self.logger
+    }
+}
+
+/// An MTA macro by name without braces (`i`, `j`, `auth_authen`,
+/// `daemon_name`); `None` when the MTA did not send it.
+pub type Macros<'a> = dyn Fn(&str) -> Option<String> + Sync + 'a;
+
+/// The stages of a session, as named in log lines.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    Connect,
+    Helo,
+    Mail,
+    Rcpt,
+    Header,
+    EndOfMessage,
+    Abort,
+}
+
+impl std::fmt::Display for Stage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Stage::Connect => "connect",
+            Stage::Helo => "HELO",
+            Stage::Mail => "MAIL FROM",
+            Stage::Rcpt => "RCPT TO",
+            Stage::Header => "header",
+            Stage::EndOfMessage => "end of message",
+            Stage::Abort => "abort",
+        })
+    }
+}
+
+/// What a stage answers the MTA.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Answer {
+    /// Go on with the next stage.
+    Continue,
+    /// Accept the message without looking further (`on_internal_error =
+    /// accept`).
+    Accept,
+    /// A permanent reject with this reply.
+    Reject(Reply),
+    /// A temporary failure with this reply.
+    Tempfail(Reply),
+}
+
+/// A header edit to make at end of message, in the order given.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HeaderEdit {
+    /// Delete the `index`-th (from 1) header named `name` (any case).
+    Delete { name: &'static str, index: i32 },
+    /// Insert a header at the top (index 0); the value is folded for the
+    /// milter protocol (LF + TAB).
+    Prepend { name: &'static str, value: String },
+}
+
+impl std::fmt::Display for HeaderEdit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            HeaderEdit::Delete { name, index } => write!(f, "delete {name} header #{index}"),
+            HeaderEdit::Prepend { name, .. } => write!(f, "prepend a {name} header"),
+        }
+    }
+}
+
+/// The header names whose occurrences are counted: the only ones ever
+/// deleted. Counting nothing else keeps a header costing O(1) whatever
+/// names a message brings. The MTA compares names without regard to case
+/// when it applies an edit (Postfix's cleanup_milter.c), so these
+/// spellings address any spelling that came.
+const TRACE_HEADERS: [&str; 2] = ["Received-SPF", "Authentication-Results"];
+
+/// How many deleted headers one log line names; the rest are counted.
+const FORGED_NAMED_IN_LOG: usize = 10;
+
+/// What is known of the connection.
+#[derive(Debug)]
+struct ConnectionData {
+    client_ip: Option<IpAddr>,
+    /// The last HELO/EHLO argument (after STARTTLS the client says it
+    /// again); empty before any.
+    helo: String,
+    /// Ours in Authentication-Results, settled at connect (the MTA's `j`
+    /// macro by default): every header of the session is compared with it.
+    authserv_id: String,
+}
+
+/// What is known of the current message; reset at MAIL FROM and on abort.
+#[derive(Debug, Default)]
+struct MessageData {
+    /// MAIL FROM without angle brackets; empty for `<>`.
+    sender: String,
+    first_recipient: Option<String>,
+    decision: Option<Decision>,
+    skipped: Option<SkipReason>,
+    /// How many headers of each of [`TRACE_HEADERS`] came so far.
+    trace_seen: [i32; TRACE_HEADERS.len()],
+    /// Occurrences (name, 1-based index among headers of that name) of
+    /// incoming headers to delete.
+    forged: Vec<(&'static str, i32)>,
+}
+
+/// One milter connection: the configuration it started with (a reload
+/// applies to new connections, never mid-message), and its state.
+pub struct Session<L> {
+    shared: Arc<Shared<L>>,
+    metrics: Arc<Metrics>,
+    connection: ConnectionData,
+    message: MessageData,
+}
+
+impl<L: Lookup> Session<L> {
+    /// A new connection from `client_ip` (`None`: the MTA did not say,
+    /// e.g. a local submission); `mta_name` is the MTA's `j` macro.
+    pub fn connect(
+        shared: Arc<Shared<L>>,
+        metrics: Arc<Metrics>,
+        client_ip: Option<IpAddr>,
+        mta_name: Option<&str>,
+    ) -> Self {
+        metrics.connection_opened();
+        shared.log(
+            LogLevel::Requests,
+            &format!(
+                "connect from {}",
+                client_ip.map_or_else(|| "an unknown address".to_owned(), |ip| ip.to_string())
+            ),
+        );
+        let authserv_id = authserv_id(&shared.config, mta_name);
+        Self {
+            shared,
+            metrics,
+            connection: ConnectionData {
+                client_ip,
+                helo: String::new(),
+                authserv_id,
+            },
+            message: MessageData::default(),
+        }
+    }
+
+    /// The configuration the session started with.
+    pub fn config(&self) -> &Config {
+        &self.shared.config
+    }
+
+    /// HELO/EHLO: a second one (after STARTTLS) replaces the first.
+    pub fn helo(&mut self, name: &str) {
+        name.clone_into(&mut self.connection.helo);
+    }
+
+    /// MAIL FROM (`sender` as the MTA passes it, `<a@b>`): the bypass
+    /// chain, then the decision; a reject or defer is answered here.
+    pub async fn mail(&mut self, sender: &str, macros: &Macros<'_>) -> Answer {
+        let shared = Arc::clone(&self.shared);
+        let config = &shared.config;
+        let queue_id = queue_id(macros);
+        // The whole stage, bypass lookups and both evaluations, stays
+        // inside one budget below Postfix's milter_command_timeout.
+        let started = tokio::time::Instant::now();
+        let deadline = started + config.milter.decision_time_limit;
+        let authenticated = macros("auth_authen").is_some_and(|v| !v.is_empty());
+        self.message = MessageData {
+            sender: sender
+                .trim()
+                .trim_start_matches('<')
+                .trim_end_matches('>')
+                .to_owned(),
+            ..MessageData::default()
+        };
+        let envelope = SkipSession {
+            client_ip: self.connection.client_ip,
+            helo: &self.connection.helo,
+            sender: &self.message.sender,
+            authenticated,
+            macro_value: macros,
+        };
+        let skipped =
+            tokio::time::timeout_at(deadline, skip(config, &shared.evaluator, &envelope)).await;
+        match skipped.unwrap_or_else(|_| {
+            shared.log(
+                LogLevel::Errors,
+                &format!(
+                    "{queue_id}: the bypass checks ran out of time (decision_time_limit): checking SPF"
+                ),
+            );
+            Skip::Check
+        }) {
+            Skip::Check => {}
+            Skip::Silent(why) => {
+                shared.log(
+                    LogLevel::Results,
+                    &format!("{queue_id}: not checked: {why}"),
+                );
+                self.metrics
+                    .message(MessageAction::Unchecked, [], started.elapsed());
+                return Answer::Continue;
+            }
+            Skip::Traced(reason) => {
+                shared.log(
+                    LogLevel::Actions,
+                    &format!("{queue_id}: {}", reason.comment()),
+                );
+                self.metrics
+                    .skipped(skip_label(reason), started.elapsed());
+                self.message.skipped = Some(reason);
+                return Answer::Continue;
+            }
+        }
+        let inputs = Inputs {
+            client_ip: self.connection.client_ip,
+            helo: &self.connection.helo,
+            sender: &self.message.sender,
+            deadline: Some(deadline),
+        };
+        let decision = decide(config, &shared.evaluator, &inputs).await;
+        for line in &decision.log {
+            shared.log(line.level, &format!("{queue_id}: {line}"));
+        }
+        let (action, answer) = match &decision.action {
+            Action::Accept => (MessageAction::Accept, Answer::Continue),
+            Action::Reject(reply) => (MessageAction::Reject, Answer::Reject(reply.clone())),
+            Action::Defer(reply) => (MessageAction::Defer, Answer::Tempfail(reply.clone())),
+        };
+        let checks = [&decision.helo, &decision.mail_from]
+            .into_iter()
+            .flatten()
+            .map(|o| (o.identity.as_str(), o.result.as_str()));
+        self.metrics.message(action, checks, started.elapsed());
+        self.message.decision = Some(decision);
+        answer
+    }
+
+    /// RCPT TO: the first recipient names the receiver in the headers.
+    pub fn rcpt(&mut self, recipient: &str) {
+        if self.message.first_recipient.is_none() {
+            self.message.first_recipient = Some(recipient.to_owned());
+        }
+    }
+
+    /// One header of the message: trace headers that could be taken for
+    /// ours are remembered, to be deleted at end of message.
+    pub fn header(&mut self, name: &[u8], value: &[u8]) {
+        let Some(kind) = TRACE_HEADERS
+            .iter()
+            .position(|t| t.as_bytes().eq_ignore_ascii_case(name))
+        else {
+            return;
+        };
+        let name = TRACE_HEADERS[kind];
+        let seen = &mut self.message.trace_seen[kind];
+        *seen = seen.saturating_add(1);
+        let index = *seen;
+        if self.shared.config.milter.remove_forged_headers
+            && is_forged_trace_header(
+                name,
+                &String::from_utf8_lossy(value),
+                &self.connection.authserv_id,
+            )
+        {
+            self.message.forged.push((name, index));
+        }
+    }
+
+    /// End of message: the edits to make, in order. Forged trace headers
+    /// are deleted first, the last of a name first: the MTA renumbers the
+    /// headers of that name after each deletion, so deleting #1 before #2
+    /// would delete the third one and leave the second. Then ours, on top.
+    pub fn end_of_message(&mut self, macros: &Macros<'_>) -> Vec<HeaderEdit> {
+        let queue_id = queue_id(macros);
+        let shared = &self.shared;
+        let config = &shared.config;
+        let mut message = std::mem::take(&mut self.message);
+        message
+            .forged
+            .sort_by_key(|&(_, index)| std::cmp::Reverse(index));
+        if !message.forged.is_empty() {
+            shared.log(
+                LogLevel::Actions,
+                &format!("{queue_id}: {}", forged_log_line(&message.forged)),
+            );
+        }
+        let mut edits: Vec<HeaderEdit> = message
+            .forged
+            .iter()
+            .map(|&(name, index)| HeaderEdit::Delete { name, index })
+            .collect();
+        let connection = &self.connection;
+        let receiver = header_receiver(
+            config.milter.hide_receiver,
+            message.first_recipient.as_deref(),
+        );
+        let transaction = |client_ip| Transaction {
+            client_ip,
+            helo: &connection.helo,
+            envelope_from: &message.sender,
+            receiver,
+        };
+        let id = &connection.authserv_id;
+        let headers = match (&message.skipped, &message.decision) {
+            (Some(reason), _) => connection
+                .client_ip
+                .map(|ip| skip_headers(config.milter.header_type, id, *reason, &transaction(ip))),
+            (None, Some(decision)) => match (decision.header_outcome(), decision.ip) {
+                (Some(outcome), Some(ip)) => Some(spf_headers(
+                    config.milter.header_type,
+                    id,
+                    outcome,
+                    &transaction(ip),
+                )),
+                _ => None,
+            },
+            (None, None) => None,
+        };
+        // Inserted at index 0 in reverse, so the first ends on top.
+        for (name, value) in headers.unwrap_or_default().into_iter().rev() {
+            shared.log(
+                LogLevel::Actions,
+                &format!("{queue_id}: prepend {name}: {}", value.replace("\n\t", " ")),
+            );
+            edits.push(HeaderEdit::Prepend { name, value });
+        }
+        edits
+    }
+
+    /// The message ended without end of message (RSET, a reject, a
+    /// dropped client): its state is forgotten.
+    pub fn abort(&mut self) {
+        self.message = MessageData::default();
+    }
+
+    /// Something went wrong inside the milter at `stage` (a panic, a
+    /// header edit the library refused): logged, counted, the message
+    /// forgotten, and answered as `on_internal_error` says.
+    pub fn internal_error(&mut self, stage: Stage, macros: &Macros<'_>, what: &str) -> Answer {
+        self.message = MessageData::default();
+        let action = self.shared.config.milter.on_internal_error;
+        self.metrics
+            .message(MessageAction::InternalError, [], Duration::ZERO);
+        self.shared.log(
+            LogLevel::Errors,
+            &format!(
+                "{}: internal error at {stage}: {what}; answering {action} (on_internal_error)",
+                queue_id(macros)
+            ),
+        );
+        internal_error_answer(action)
+    }
+}
+
+impl<L> Drop for Session<L> {
+    fn drop(&mut self) {
+        self.metrics.connection_closed();
+    }
+}
+
+/// The authserv-id: configured, the host name, or the MTA's `j` macro.
+fn authserv_id(config: &Config, mta_name: Option<&str>) -> String {
+    match &config.milter.authserv_id {
+        AuthservId::Fixed(id) => id.clone(),
+        AuthservId::Hostname => host_name(),
+        AuthservId::MtaHostname => mta_name.map_or_else(host_name, str::to_owned),
+    }
+}
+
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_else(|_| "localhost".to_owned())
+}
+
+/// The queue ID for log lines: the MTA's `i`, or `NOQUEUE` before it has
+/// assigned one (at MAIL FROM, with Postfix's defaults).
+fn queue_id(macros: &Macros<'_>) -> String {
+    macros("i")
+        .filter(|id| !id.is_empty())
+        .unwrap_or_else(|| "NOQUEUE".to_owned())
+}
+
+/// The one log line of a message's deleted headers:
+/// `removing 3 forged headers: Received-SPF #2, Received-SPF #1,
+/// Authentication-Results #1`, at most [`FORGED_NAMED_IN_LOG`] named and
+/// the others counted (`… and 99990 more`), so that a message of many
+/// forged headers costs one line.
+fn forged_log_line(forged: &[(&str, i32)]) -> String {
+    let mut line = format!(
+        "removing {} forged header{}:",
+        forged.len(),
+        if forged.len() == 1 { "" } else { "s" }
+    );
+    for (i, (name, index)) in forged.iter().take(FORGED_NAMED_IN_LOG).enumerate() {
+        line.push_str(if i == 0 { " " } else { ", " });
+        line.push_str(name);
+        line.push_str(" #");
+        line.push_str(&index.to_string());
+    }
+    if let Some(more) = forged
+        .len()
+        .checked_sub(FORGED_NAMED_IN_LOG)
+        .filter(|&n| n > 0)
+    {
+        line.push_str(&format!(" and {more} more"));
+    }
+    line
+}
+
+/// The `reason` label of a bypass in the metrics.
+fn skip_label(reason: SkipReason) -> &'static str {
+    match reason {
+        SkipReason::LocalConnection => "local",
+        SkipReason::WhitelistedRelay => "whitelist",
+        SkipReason::WhitelistedDomain => "domain_whitelist",
+        SkipReason::WhitelistedHelo => "helo_whitelist",
+        SkipReason::PtrWhitelistedDomain => "ptr_whitelist",
+    }
+}
+
+/// The answer of `on_internal_error`.
+fn internal_error_answer(action: InternalErrorAction) -> Answer {
+    match action {
+        // Accepted as if the milter were not there: no header.
+        InternalErrorAction::Accept => Answer::Accept,
+        InternalErrorAction::Tempfail => Answer::Tempfail(Reply {
+            code: 451,
+            enhanced: Some("4.3.0"),
+            text: "Temporary internal error in the SPF check".to_owned(),
+        }),
+        InternalErrorAction::Reject => Answer::Reject(Reply {
+            code: 550,
+            enhanced: Some("5.7.1"),
+            text: "Internal error in the SPF check".to_owned(),
+        }),
+    }
+}
