@@ -106,6 +106,43 @@ async fn the_void_limit_is_two_by_default_and_configurable() {
     assert_eq!((o.dns_lookups, o.void_lookups), (3, 3));
 }
 
+/// RFC 7208 §4.6.4 counts void lookups per *term*: an `mx` term whose MX
+/// hosts have no AAAA record for an IPv6 client is one term that matched
+/// nothing, not one void lookup per host. pyspf counts every empty answer
+/// (its issues #40, #41, #44), so this record is PermError there for an
+/// IPv6 client; here it gets its real result (README, "Deliberate
+/// departures").
+#[tokio::test]
+async fn void_lookups_are_counted_per_term_not_per_empty_answer() {
+    let zone = Zone::new()
+        .with_txt("v4only.test", "v=spf1 mx a -all")
+        .with_mx("v4only.test", 10, "mx1.v4only.test")
+        .with_mx("v4only.test", 20, "mx2.v4only.test")
+        .with_mx("v4only.test", 30, "mx3.v4only.test")
+        .with_ip("mx1.v4only.test", "192.0.2.1")
+        .with_ip("mx2.v4only.test", "192.0.2.2")
+        .with_ip("mx3.v4only.test", "192.0.2.3")
+        .with_ip("v4only.test", "192.0.2.4");
+    let o = Evaluator::new(zone.clone())
+        .check(
+            &request("2001:db8::1", "h.test", "a@v4only.test"),
+            Identity::MailFrom,
+        )
+        .await;
+    // Three empty AAAA answers under `mx`, one under `a`: pyspf's count
+    // would be four, over the limit of two.
+    assert_eq!(o.result, SpfResult::Fail, "{o:?}");
+    assert!(o.void_lookups <= 2, "{o:?}");
+    // The IPv4 clients the record names still pass.
+    let o = Evaluator::new(zone)
+        .check(
+            &request("192.0.2.3", "h.test", "a@v4only.test"),
+            Identity::MailFrom,
+        )
+        .await;
+    assert_eq!(o.result, SpfResult::Pass, "{o:?}");
+}
+
 /// Answers every query after a delay, counting the queries that finished.
 #[derive(Clone)]
 struct SlowLookup {

@@ -254,7 +254,7 @@ pub static OPTIONS: &[OptionInfo] = &[
         "reject_not_pass_domains",
         Some("Reject_Not_Pass_Domains"),
         "`[]`",
-        "Domains whose HELO name or sender domain get the SPF_Not_Pass policy (reason \"Receiver policy for SPF <result>\")."
+        "HELO names and sender domains that get the SPF_Not_Pass policy (reason \"Receiver policy for SPF <result>\"); each entry is one name, not the names below it."
     ),
     opt!(
         TestMode,

@@ -483,6 +483,14 @@ impl DomainName {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// `name` is this name: compared without regard to ASCII case, a
+    /// trailing dot ignored (a name from the envelope, not validated).
+    pub fn is(&self, name: &str) -> bool {
+        name.strip_suffix('.')
+            .unwrap_or(name)
+            .eq_ignore_ascii_case(&self.0)
+    }
 }
 
 impl fmt::Display for DomainName {

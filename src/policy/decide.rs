@@ -67,7 +67,6 @@ use std::net::IpAddr;
 
 use crate::config::{Config, LogLevel, PolicyConfig, RejectPolicy};
 use crate::dns::Lookup;
-use crate::spf::eval::is_same_or_subdomain;
 use crate::spf::record::is_spf1;
 use crate::spf::{
     Evaluator, Identity, Mechanism, Qualifier, Record, Request, SpfOutcome, SpfResult,
@@ -399,13 +398,13 @@ fn sender_domain(sender: &str) -> &str {
     sender.rsplit_once('@').map_or(sender, |(_, d)| d)
 }
 
-/// `Reject_Not_Pass_Domains` names `domain` (or a domain above it).
+/// `Reject_Not_Pass_Domains` names `domain` itself: a name below a listed
+/// one is not listed, as in policyd-spf. (policyd-spf also takes a name
+/// *above* a listed entry for listed — `mx.example.com` listed rejects
+/// `example.com` — which spfmilter does not: a departure that rejects
+/// less, docs/policyd-spf-compatibility.md §5.)
 fn is_listed(policy: &PolicyConfig, domain: &str) -> bool {
-    !domain.is_empty()
-        && policy
-            .reject_not_pass_domains
-            .iter()
-            .any(|d| is_same_or_subdomain(domain, d.as_str()))
+    policy.reject_not_pass_domains.iter().any(|d| d.is(domain))
 }
 
 /// The reject sets of §2, `PermError_reject` and `TempError_Defer`.

@@ -212,9 +212,7 @@ pub async fn skip<L: Lookup>(
     }
     let helo = session.helo.strip_suffix('.').unwrap_or(session.helo);
     if !helo.is_empty()
-        && s.helo_whitelist
-            .iter()
-            .any(|d| d.as_str().eq_ignore_ascii_case(helo))
+        && s.helo_whitelist.iter().any(|d| d.is(helo))
         && bounded(limit, has_address(lookup, helo, ip))
             .await
             .unwrap_or(false)

@@ -77,10 +77,9 @@
 //!   it asks whether a *listed entry* equals the name or lies below it. So
 //!   with `mx.neutral.test` listed, the sender domain `neutral.test` — a
 //!   parent, not listed — gets the SPF_Not_Pass policy and its Neutral is
-//!   rejected. The spec (§2) applies the policy to listed names; spfmilter
-//!   takes a listed name and the names below it (its documented choice in
-//!   `policy/decide.rs`), never a parent (case
-//!   `Reject_Not_Pass_Domains-parent`).
+//!   rejected. spfmilter takes the listed name itself only: the same as the
+//!   reference for a listed name and a name below it, one reject less for
+//!   a parent (case `Reject_Not_Pass_Domains-parent`).
 //! * **HELO pass, MAIL FROM none** (CVE-2019-20790, spec §3 "one deliberate
 //!   departure"): both accept, but the reference writes the HELO's pass
 //!   (`spf=pass smtp.helo=…`), which a DMARC verifier must not take for the
