@@ -1,6 +1,6 @@
 //! spfmilter: SPF (RFC 7208) checks for Postfix, with policyd-spf semantics.
 //!
-//! The layers, each usable alone (see README "Design"):
+//! The layers, each usable alone (docs/design.md):
 //! [`spf`] evaluates SPF and knows only [`dns::Lookup`]; [`dns`] answers the
 //! five DNS questions SPF asks.
 

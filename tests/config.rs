@@ -1024,15 +1024,17 @@ fn load_reports_unreadable_files() {
     );
 }
 
-// --------------------------------------------------------------- README
+// ------------------------------------------------ docs/configuration.md
 
 #[test]
-fn readme_lists_every_option() {
-    let readme =
-        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap();
+fn the_configuration_document_lists_every_option() {
+    let doc = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/configuration.md"),
+    )
+    .unwrap();
     assert!(
-        readme.contains(&options_markdown_table()),
-        "README.md's option table is out of date; it must contain:\n{}",
+        doc.contains(&options_markdown_table()),
+        "docs/configuration.md's option table is out of date; it must contain:\n{}",
         options_markdown_table()
     );
 }

@@ -102,7 +102,7 @@ fn toml5_has_a_section_per_table() {
 }
 
 /// Keys of policyd-spf.conf that spfmilter refuses or ignores are
-/// documented too (README "Configuration": "Mock, defaultSeedOnly, IntHosts
+/// documented too (docs/configuration.md: "Mock, defaultSeedOnly, IntHosts
 /// and QueueID are ignored with a warning"; the pass restrictions and
 /// Per_User are refused).
 #[test]

@@ -110,8 +110,8 @@ async fn the_void_limit_is_two_by_default_and_configurable() {
 /// hosts have no AAAA record for an IPv6 client is one term that matched
 /// nothing, not one void lookup per host. pyspf counts every empty answer
 /// (its issues #40, #41, #44), so this record is PermError there for an
-/// IPv6 client; here it gets its real result (README, "Deliberate
-/// departures").
+/// IPv6 client; here it gets its real result
+/// (docs/policyd-spf-compatibility.md §5).
 #[tokio::test]
 async fn void_lookups_are_counted_per_term_not_per_empty_answer() {
     let zone = Zone::new()

@@ -1,6 +1,7 @@
 //! The list of options: TOML table and key, policyd-spf key, default and
 //! meaning. One list drives the readers' key lookup, the commented TOML
-//! writer, the README table and the did-you-mean suggestions.
+//! writer, the table in docs/configuration.md and the did-you-mean
+//! suggestions.
 
 use std::fmt::Write as _;
 
@@ -61,9 +62,10 @@ pub struct OptionInfo {
     pub key: &'static str,
     /// The policyd-spf / pyspf-milter key, also accepted in TOML.
     pub legacy: Option<&'static str>,
-    /// The default, as the README shows it.
+    /// The default, as docs/configuration.md shows it.
     pub default: &'static str,
-    /// What it does, in one paragraph (README and TOML comment).
+    /// What it does, in one paragraph (docs/configuration.md and the TOML
+    /// comment).
     pub meaning: &'static str,
 }
 
@@ -496,7 +498,8 @@ pub(crate) static UNSUPPORTED: &[Unsupported] = &[
     },
 ];
 
-/// The README table: TOML key, legacy key, default, meaning.
+/// The option table of docs/configuration.md: TOML key, legacy key,
+/// default, meaning.
 pub fn options_markdown_table() -> String {
     let mut out =
         String::from("| TOML key | policyd-spf key | default | meaning |\n|---|---|---|---|\n");

@@ -107,8 +107,8 @@ async fn a_fail_is_rejected_at_mail_from_with_the_reference_reply() {
     let mut s = session();
     s.helo("mx.pass.test");
     let answer = s.mail("<a@fail.test>", &no_macros).await;
-    // policyd-spf's reply for Fail, with no Reason_URL (README, "Deliberate
-    // departures"); RFC 7372 §3.2's 5.7.23.
+    // policyd-spf's reply for Fail, with no Reason_URL
+    // (docs/policyd-spf-compatibility.md §4, §5); RFC 7372 §3.2's 5.7.23.
     assert_eq!(
         answer,
         Answer::Reject(Reply {
