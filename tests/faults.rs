@@ -1057,6 +1057,96 @@ async fn sigterm_under_load() {
     assert!(d.stderr().contains("stopping"), "{}", d.stderr());
 }
 
+/// SIGTERM while a MAIL FROM waits for a DNS server that never answers
+/// (the defaults: `lookup_time` 20 s, `decision_time_limit` 25 s; the
+/// daemon used to finish that check first, ~20 s): the process exits
+/// within a few seconds (`STOP_GRACE` + `STOP_CLOSE` in
+/// `src/milter/daemon.rs`, 4 s, plus room for a loaded machine), and the
+/// interrupted MAIL FROM is answered with a temporary failure, RFC 3463
+/// 4.3.2, so that the client tries again (Postfix would otherwise apply
+/// `milter_default_action`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_with_a_never_ending_check_in_flight() {
+    let dns = dns();
+    let mut d = Daemon::start(Transport::Unix, &toml(""), dns.addr());
+    let mut stuck = Client::connect(&d, ip(CLIENT), &[]).await;
+    assert_eq!(stuck.helo("none.test").await, Status::Continue);
+    let in_flight = tokio::spawn(async move {
+        let status = stuck.conn.mail([cstring("<a@timeout.test>")]).await;
+        (status, stuck)
+    });
+    // The query is out when the server has dropped it.
+    let start = Instant::now();
+    while dns.dropped_queries() == 0 {
+        assert!(start.elapsed() < Duration::from_secs(5), "no query sent");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let (status, elapsed) = tokio::task::block_in_place(|| d.terminate());
+    eprintln!("exited {elapsed:?} after SIGTERM");
+    assert!(status.success(), "exit status {status:?}: {}", d.stderr());
+    assert!(
+        elapsed < Duration::from_secs(8),
+        "exited {elapsed:?} after SIGTERM: {}",
+        d.stderr()
+    );
+    let (mail, _stuck) = tokio::time::timeout(Duration::from_secs(5), in_flight)
+        .await
+        .expect("the interrupted MAIL FROM hangs")
+        .unwrap();
+    match Verdict::from_mail(mail.expect("the interrupted MAIL FROM got no answer")) {
+        Some(Verdict::Tempfail(text)) => assert!(text.starts_with("451 4.3.2 "), "{text}"),
+        other => panic!("the interrupted MAIL FROM: {other:?}"),
+    }
+    let stderr = d.stderr();
+    assert!(
+        stderr.contains("NOQUEUE: stopping: SPF check interrupted; answering 451 4.3.2"),
+        "{stderr}"
+    );
+}
+
+// ------------------------------------------------------------- reloads
+
+/// `mv spfmilter.toml x; mkfifo spfmilter.toml; kill -HUP`: opening a
+/// FIFO for reading waits for a writer, for ever, and the daemon used to
+/// do it on a runtime worker (sessions hung, later SIGHUPs and SIGTERM
+/// were ignored). Now the file is refused as not a regular file, the old
+/// configuration stays, sessions are served, the next SIGHUP is handled
+/// too, and SIGTERM stops the daemon at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fifo_in_place_of_the_configuration_is_refused_on_reload() {
+    let dns = dns();
+    let mut d = Daemon::start(
+        Transport::Unix,
+        &toml("[policy]\nhelo_reject = \"Fail\"\n"),
+        dns.addr(),
+    );
+    let path = d.config_path().to_owned();
+    std::fs::remove_file(&path).unwrap();
+    nix::unistd::mkfifo(&path, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    let refused = format!("{}: not a regular file", path.display());
+    for round in 1..=2 {
+        d.hangup();
+        let start = Instant::now();
+        while d.stderr().matches(&refused).count() < round {
+            assert!(
+                start.elapsed() < Duration::from_secs(5),
+                "reload {round} did not refuse the FIFO: {}",
+                d.stderr()
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        wait_for_log(&d, "configuration refused, keeping the old configuration").await;
+        expect_pass(&d, &format!("after reload {round} from a FIFO")).await;
+    }
+    assert!(!d.stderr().contains("configuration reloaded"));
+    let (status, elapsed) = d.terminate();
+    assert!(status.success(), "{status:?}: {}", d.stderr());
+    assert!(
+        elapsed < Duration::from_secs(3),
+        "exited {elapsed:?} after SIGTERM"
+    );
+}
+
 // ------------------------------------------------ found by fuzzing
 
 /// Found by the `milter_session` fuzz target: a HELO name or sender
