@@ -259,6 +259,15 @@ fn cases() -> Vec<Case> {
             bad_toml: "\"soon\"",
         },
         Case {
+            toml_key: "milter.idle_timeout",
+            legacy_key: None,
+            legacy_value: "",
+            toml_value: "\"20m\"",
+            check: |c| c.milter.idle_timeout == Duration::from_secs(1200),
+            bad_legacy: "",
+            bad_toml: "7201",
+        },
+        Case {
             toml_key: "milter.on_internal_error",
             legacy_key: None,
             legacy_value: "",
@@ -867,6 +876,24 @@ fn policy_server_options_are_refused_or_ignored() {
         assert_eq!(c, Config::default());
         has(&w, Severity::Warning, 1, "ignored");
     }
+}
+
+/// `milter.idle_timeout`: above indymilter's own limit on reading a
+/// packet (7210 s) it could never apply, an error; below Postfix's
+/// `smtpd_timeout` (300 s) it cuts sessions that wait for a slow SMTP
+/// client, a warning naming the reason.
+#[test]
+fn idle_timeout_bounds() {
+    let (c, w) = ok(toml("[milter]\nidle_timeout = 7200\n"));
+    assert_eq!(c.milter.idle_timeout, Duration::from_secs(7200));
+    assert!(w.is_empty(), "{w:?}");
+    let diags = refused(toml("[milter]\nidle_timeout = \"7201s\"\n"));
+    has(&diags, Severity::Error, 2, "at most 7200 seconds");
+    let (c, w) = ok(toml("[milter]\nidle_timeout = \"299s\"\n"));
+    assert_eq!(c.milter.idle_timeout, Duration::from_secs(299));
+    has(&w, Severity::Warning, 2, "smtpd_timeout");
+    let diags = refused(toml("[milter]\nidle_timeout = 0\n"));
+    has(&diags, Severity::Error, 2, "longer than zero");
 }
 
 #[test]

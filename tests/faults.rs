@@ -724,6 +724,157 @@ async fn the_connection_limit_refuses_the_third_until_one_ends() {
     }
 }
 
+/// The `spfmilter_connections_open` figure, once it equals `want` (the
+/// daemon sees a connection open or close a moment after the client).
+async fn wait_for_open_connections(d: &Daemon, want: usize, context: &str) {
+    let line = format!("spfmilter_connections_open {want}");
+    let start = Instant::now();
+    loop {
+        let metrics = scrape(d).await;
+        if metrics.lines().any(|l| l == line) {
+            return;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "{context}: wanted {line:?}: {}",
+            metrics
+                .lines()
+                .filter(|l| l.starts_with("spfmilter_connections_open"))
+                .collect::<Vec<_>>()
+                .join(" ")
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Connections that never send a command (or stop halfway through one)
+/// are counted in `spfmilter_connections_open` from accept (they used to
+/// be counted only once the MTA reported its client: idle ones read 0),
+/// and are closed after `milter.idle_timeout` without a complete command,
+/// giving their places under `max_connections` back (they used to stay
+/// two hours); a session whose commands come within the limit is served
+/// however long it lasts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_are_counted_then_closed_after_idle_timeout() {
+    let dns = dns();
+    let d = Daemon::start(
+        Transport::Tcp,
+        &toml(
+            "[milter]\nmax_connections = 8\nidle_timeout = \"3s\"\n\
+             [metrics]\nlisten = \"127.0.0.1:0\"\n",
+        ),
+        dns.addr(),
+    );
+    wait_for_open_connections(&d, 0, "after the start").await;
+    // A session with a pause under the limit between its commands.
+    let mut slow = Client::connect(&d, ip(CLIENT), &[]).await;
+    // Idle ones: nothing at all, a negotiation only, half a packet.
+    let mut idle = Vec::new();
+    for i in 0..6 {
+        let mut s = d.connect_raw();
+        s.set_read_timeout(Some(Duration::from_millis(200)));
+        if i % 3 == 1 {
+            handshake(&mut s).unwrap();
+        }
+        if i % 3 == 2 {
+            handshake(&mut s).unwrap();
+            s.write_all(&connect_packet()[..6]).unwrap();
+        }
+        idle.push(s);
+    }
+    let opened = Instant::now();
+    wait_for_open_connections(&d, 7, "six idle and one session").await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(slow.helo("pass.test").await, Status::Continue);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(slow.mail("<a@pass.test>", &[]).await, Status::Continue);
+    // The idle ones end 3 s after their wait began, not before.
+    for (i, s) in idle.iter_mut().enumerate() {
+        assert!(closed_by_peer(s), "idle connection {i} still open");
+    }
+    let closed = opened.elapsed();
+    assert!(closed >= Duration::from_secs(3), "closed after {closed:?}");
+    wait_for_open_connections(&d, 1, "the idle ones closed").await;
+    let stderr = d.stderr();
+    assert!(
+        stderr.contains(
+            "closed after 3 s without a complete command from the MTA (milter.idle_timeout)"
+        ),
+        "{stderr}"
+    );
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let eom = slow
+        .message("<u@rcpt.example>", &[("Subject", "slow")])
+        .await;
+    check_header(&eom.actions, "Pass", Some("mailfrom"), "a slow session");
+    slow.close().await;
+    wait_for_open_connections(&d, 0, "all closed").await;
+}
+
+/// The daemon's resident memory (VmRSS), in bytes.
+fn resident(d: &Daemon) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{}/status", d.pid())).unwrap();
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().strip_suffix("kB"))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("VmRSS in /proc/PID/status");
+    kb * 1024
+}
+
+/// 200 connections, each announcing a packet of 1 MiB (indymilter's
+/// limit) and sending 1 KiB of it: the daemon holds about what was sent,
+/// not what was announced (indymilter allocates a packet's announced
+/// length as soon as it reads it, and the half-sent packets cost ~1 MiB
+/// each, 200 MiB here). The bound, 40 MiB, is the 200 KiB sent plus
+/// each connection's buffers (tens of KiB) with a wide margin.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn half_sent_large_packets_cost_what_was_sent() {
+    const CONNECTIONS: usize = 200;
+    let dns = dns();
+    let d = Daemon::start(
+        Transport::Unix,
+        &toml("[milter]\nmax_connections = 1000\n"),
+        dns.addr(),
+    );
+    // A session first, so that what every session needs is allocated.
+    expect_pass(&d, "before").await;
+    let before = resident(&d);
+    let mut held = Vec::new();
+    for _ in 0..CONNECTIONS {
+        let mut s = d.connect_raw();
+        s.set_read_timeout(Some(Duration::from_secs(5)));
+        handshake(&mut s).unwrap();
+        s.write_all(&connect_packet()).unwrap();
+        let mut reply = [0u8; 5];
+        s.read_exact(&mut reply).unwrap();
+        let mut partial = (1u32 << 20).to_be_bytes().to_vec();
+        partial.push(b'L');
+        partial.extend_from_slice(&[b'x'; 1024]);
+        s.write_all(&partial).unwrap();
+        held.push(s);
+    }
+    // Let the daemon read what was sent (and, before, allocate).
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let after = resident(&d);
+    let grown = after.saturating_sub(before);
+    eprintln!(
+        "resident memory {} KiB -> {} KiB (+{} KiB) with {CONNECTIONS} half-sent 1 MiB packets",
+        before / 1024,
+        after / 1024,
+        grown / 1024
+    );
+    assert!(
+        grown < 40 << 20,
+        "{} MiB more for {CONNECTIONS} connections that sent 1 KiB each",
+        grown >> 20
+    );
+    // Still serving.
+    expect_pass(&d, "after").await;
+    drop(held);
+}
+
 /// SIGHUP applies a new `max_connections` to new connections: raised from
 /// 1 to 2, a second session is served; lowered to 1 again with two open,
 /// both stay open and work, and new ones are refused until fewer than one

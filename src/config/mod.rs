@@ -67,6 +67,9 @@ pub struct MilterConfig {
     pub socket_group: Option<String>,
     /// Connections served at once; more wait to be accepted.
     pub max_connections: u32,
+    /// A connection that sends no complete command for this long is
+    /// closed.
+    pub idle_timeout: Duration,
     /// Reply when the milter fails internally.
     pub on_internal_error: InternalErrorAction,
     /// Everything done at MAIL FROM (bypass lookups, both evaluations)
@@ -97,6 +100,7 @@ impl Default for MilterConfig {
             socket_owner: None,
             socket_group: None,
             max_connections: 1024,
+            idle_timeout: Duration::from_secs(900),
             on_internal_error: InternalErrorAction::Tempfail,
             decision_time_limit: Duration::from_secs(25),
             header_type: HeaderType::Spf,

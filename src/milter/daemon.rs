@@ -44,6 +44,12 @@ pub async fn run(config: Arc<Config>, source: Source, overrides: Overrides) -> R
     }));
     raise_file_limit(&shared);
     let limit = ConnectionLimit::new(limit_of(settings));
+    limit.set_idle_timeout(settings.idle_timeout);
+    // Every connection from accept to close, whatever it sent.
+    let open = Arc::clone(&limit);
+    milter
+        .metrics()
+        .count_connections_with(Box::new(move || open.open()));
     let gate = {
         let logging = Arc::downgrade(&milter);
         let metrics = Arc::clone(milter.metrics());
@@ -723,12 +729,15 @@ async fn reload(
         );
     }
     let max_connections = limit_of(&config.milter);
+    let idle_timeout = config.milter.idle_timeout;
     match shared {
         Ok(shared) => {
             milter.replace(shared);
             // Connections open over a lowered limit stay; new ones are
             // refused until fewer are open.
             limit.set_max(max_connections);
+            // Applies to the next wait of every connection, open or new.
+            limit.set_idle_timeout(idle_timeout);
             milter
                 .current()
                 .log(LogLevel::Errors, "configuration reloaded");

@@ -366,7 +366,6 @@ fn callbacks(milter: Arc<Milter>) -> Callbacks<Connection> {
             let metrics = Arc::clone(milter.metrics());
             Box::pin(async move {
                 let mta_name = cx.macros.get(c"j").map(lossy);
-                metrics.connection_opened();
                 let mut conn = Connection {
                     authserv_id: authserv_id(&shared.config, mta_name.as_deref()),
                     shared: Some(Arc::clone(&shared)),
@@ -504,14 +503,6 @@ fn callbacks(milter: Arc<Milter>) -> Callbacks<Connection> {
             Box::pin(async move {
                 if let Some(conn) = cx.data.as_mut() {
                     conn.message = Message::default();
-                }
-                Status::Continue
-            })
-        })
-        .on_close(|cx| {
-            Box::pin(async move {
-                if let Some(metrics) = cx.data.take().and_then(|c| c.metrics) {
-                    metrics.connection_closed();
                 }
                 Status::Continue
             })

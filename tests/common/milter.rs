@@ -236,6 +236,11 @@ impl Daemon {
         }
     }
 
+    /// The daemon's process ID.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// The configuration file given to the daemon.
     pub fn config_path(&self) -> &std::path::Path {
         &self.config_path
