@@ -145,7 +145,12 @@ pub async fn run(config: Arc<Config>, source: Source, overrides: Overrides) -> R
     });
     tokio::pin!(served);
     let served = tokio::select! {
-        served = &mut served => served.map_err(|e| e.to_string()),
+        // The listener failed (indymilter gives up on it).
+        served = &mut served => {
+            notify_systemd(&shared, &[sd_notify::NotifyState::Stopping]);
+            shared.log(LogLevel::Errors, "stopping");
+            served.map_err(|e| e.to_string())
+        }
         () = stop_signals.recv() => {
             notify_systemd(&shared, &[sd_notify::NotifyState::Stopping]);
             shared.log(LogLevel::Errors, "stopping");
