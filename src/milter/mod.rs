@@ -160,6 +160,9 @@ fn host_name() -> String {
 pub struct Milter {
     current: std::sync::RwLock<Arc<Shared>>,
     metrics: Arc<Metrics>,
+    /// Set when the daemon stops and will not wait any longer for the
+    /// checks in progress ([`Milter::interrupt`]).
+    interrupt: tokio::sync::watch::Sender<bool>,
 }
 
 impl Milter {
@@ -177,6 +180,7 @@ impl Milter {
             Self {
                 current: std::sync::RwLock::new(Arc::new(shared)),
                 metrics: Arc::new(Metrics::new(dns)),
+                interrupt: tokio::sync::watch::Sender::new(false),
             }
         })
     }
@@ -192,6 +196,22 @@ impl Milter {
                 .read()
                 .unwrap_or_else(std::sync::PoisonError::into_inner),
         )
+    }
+
+    /// The daemon is stopping: every check in progress at MAIL FROM ends
+    /// now with a temporary failure (and so does any that starts).
+    fn interrupt(&self) {
+        self.interrupt.send_replace(true);
+    }
+
+    /// Completes when [`Milter::interrupt`] is called; never otherwise.
+    fn interrupted(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let mut interrupt = self.interrupt.subscribe();
+        async move {
+            if interrupt.wait_for(|&stop| stop).await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
     }
 
     fn replace(&self, shared: Shared) {
@@ -338,9 +358,36 @@ fn internal_error_answer(action: InternalErrorAction) -> (Status, Option<Reply>)
     }
 }
 
+/// The answer to a MAIL FROM whose check the daemon's stop interrupted:
+/// a temporary failure (RFC 3463 4.3.2, system not accepting network
+/// messages), so that the client tries again later.
+fn interrupted_answer(
+    cx: &mut indymilter::Context<Connection>,
+    shared: &Shared,
+    queue_id: &str,
+) -> Status {
+    if let Some(conn) = cx.data.as_mut() {
+        conn.message = Message::default();
+    }
+    shared.log(
+        LogLevel::Errors,
+        &format!("{queue_id}: stopping: SPF check interrupted; answering 451 4.3.2"),
+    );
+    set_reply(
+        &mut cx.reply,
+        &Reply {
+            code: 451,
+            enhanced: Some("4.3.2"),
+            text: "SPF check interrupted by a restart, try again later".to_owned(),
+        },
+    );
+    Status::Tempfail
+}
+
 /// The callbacks.
 fn callbacks(milter: Arc<Milter>) -> Callbacks<Connection> {
     let negotiating = Arc::clone(&milter);
+    let stopping = Arc::clone(&milter);
     Callbacks::new()
         .on_negotiate(move |cx: &mut NegotiateContext<Connection>, _, _| {
             let shared = negotiating.current();
@@ -357,7 +404,6 @@ fn callbacks(milter: Arc<Milter>) -> Callbacks<Connection> {
             let metrics = Arc::clone(milter.metrics());
             Box::pin(async move {
                 let mta_name = cx.macros.get(c"j").map(lossy);
-                metrics.connection_opened();
                 let mut conn = Connection {
                     authserv_id: authserv_id(&shared.config, mta_name.as_deref()),
                     shared: Some(Arc::clone(&shared)),
@@ -388,14 +434,25 @@ fn callbacks(milter: Arc<Milter>) -> Callbacks<Connection> {
                 Status::Continue
             })
         })
-        .on_mail(|cx, args| {
+        .on_mail(move |cx, args| {
+            let interrupted = stopping.interrupted();
             Box::pin(async move {
                 let Some(shared) = cx.data.as_ref().and_then(|c| c.shared.clone()) else {
                     return Status::Continue;
                 };
                 let queue_id = queue_id(&cx.macros);
-                let guarded = std::panic::AssertUnwindSafe(at_mail(cx, &args, &shared, &queue_id));
-                match futures_util::FutureExt::catch_unwind(guarded).await {
+                let finished = {
+                    let guarded =
+                        std::panic::AssertUnwindSafe(at_mail(cx, &args, &shared, &queue_id));
+                    tokio::select! {
+                        finished = futures_util::FutureExt::catch_unwind(guarded) => Some(finished),
+                        () = interrupted => None,
+                    }
+                };
+                let Some(finished) = finished else {
+                    return interrupted_answer(cx, &shared, &queue_id);
+                };
+                match finished {
                     Ok(status) => status,
                     Err(panic) => {
                         let metrics = cx.data.as_mut().and_then(|conn| {
@@ -482,14 +539,6 @@ fn callbacks(milter: Arc<Milter>) -> Callbacks<Connection> {
             Box::pin(async move {
                 if let Some(conn) = cx.data.as_mut() {
                     conn.message = Message::default();
-                }
-                Status::Continue
-            })
-        })
-        .on_close(|cx| {
-            Box::pin(async move {
-                if let Some(metrics) = cx.data.take().and_then(|c| c.metrics) {
-                    metrics.connection_closed();
                 }
                 Status::Continue
             })
