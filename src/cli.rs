@@ -444,11 +444,16 @@ fn run_main(args: &ConfigArgs) -> ExitCode {
         Ok(rt) => rt,
         Err(e) => return setup_error(&format!("cannot start the async runtime: {e}")),
     };
-    match runtime.block_on(spfmilter::milter::run(
+    let served = runtime.block_on(spfmilter::milter::run(
         config,
         args.source(),
         args.overrides(),
-    )) {
+    ));
+    // Sessions still open after the stop's grace are dropped with the
+    // runtime; nothing may hold the exit up (dropping the runtime would
+    // wait for its blocking threads without end).
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    match served {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => setup_error(&e),
     }

@@ -8,7 +8,7 @@
 //! | `spfmilter_checks_total` | counter | `identity` (helo, mailfrom), `result`, `action` of the message |
 //! | `spfmilter_skipped_total` | counter | `reason` (local, whitelist, domain_whitelist, helo_whitelist, ptr_whitelist) |
 //! | `spfmilter_decision_seconds` | histogram | — (bypass checks and SPF evaluations at MAIL FROM) |
-//! | `spfmilter_connections_open` | gauge | — |
+//! | `spfmilter_connections_open` | gauge | — (from accept to close, as the listener counts them) |
 //! | `spfmilter_connections_refused_total` | counter | — (closed at once over `max_connections`) |
 //! | `spfmilter_dns_queries_total` | counter | — (sent to the DNS servers) |
 //! | `spfmilter_dns_timeouts_total`, `spfmilter_dns_failures_total` | counter | — |
@@ -27,7 +27,7 @@ use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
 use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
+use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -91,9 +91,14 @@ pub struct Metrics {
     checks: Family<CheckLabels, Counter>,
     skipped: Family<ReasonLabels, Counter>,
     decision_seconds: Histogram,
-    connections: Gauge,
+    /// How many MTA connections are open, read when scraped (set once by
+    /// the daemon: the listener counts them, from accept to close).
+    connections: Arc<std::sync::OnceLock<ConnectionsSource>>,
     refused: Counter,
 }
+
+/// Where the open-connections figure comes from at scrape time.
+pub type ConnectionsSource = Box<dyn Fn() -> usize + Send + Sync>;
 
 impl fmt::Debug for Metrics {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -131,12 +136,8 @@ impl Metrics {
             prometheus_client::registry::Unit::Seconds,
             decision_seconds.clone(),
         );
-        let connections = Gauge::default();
-        registry.register(
-            "spfmilter_connections_open",
-            "MTA connections open",
-            connections.clone(),
-        );
+        let connections = Arc::new(std::sync::OnceLock::new());
+        registry.register_collector(Box::new(ConnectionsCollector(Arc::clone(&connections))));
         let refused = Counter::default();
         registry.register(
             "spfmilter_connections_refused",
@@ -185,12 +186,10 @@ impl Metrics {
         self.message(MessageAction::Skipped, [], took);
     }
 
-    pub fn connection_opened(&self) {
-        self.connections.inc();
-    }
-
-    pub fn connection_closed(&self) {
-        self.connections.dec();
+    /// Where `spfmilter_connections_open` comes from (the first call
+    /// counts; until then it reads 0).
+    pub fn count_connections_with(&self, source: ConnectionsSource) {
+        let _ = self.connections.set(source);
     }
 
     /// A connection closed at once over `max_connections`.
@@ -204,6 +203,29 @@ impl Metrics {
         // Writing to a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut text, &self.registry);
         text
+    }
+}
+
+/// The open connections, read when scraped.
+struct ConnectionsCollector(Arc<std::sync::OnceLock<ConnectionsSource>>);
+
+impl fmt::Debug for ConnectionsCollector {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ConnectionsCollector")
+    }
+}
+
+impl Collector for ConnectionsCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), fmt::Error> {
+        let open = self.0.get().map_or(0, |source| source());
+        let gauge = ConstGauge::new(i64::try_from(open).unwrap_or(i64::MAX));
+        let metric = encoder.encode_descriptor(
+            "spfmilter_connections_open",
+            "MTA connections open",
+            None,
+            gauge.metric_type(),
+        )?;
+        gauge.encode(metric)
     }
 }
 
@@ -332,9 +354,7 @@ mod tests {
     #[test]
     fn the_text_format_has_every_family_with_its_values() {
         let m = metrics();
-        m.connection_opened();
-        m.connection_opened();
-        m.connection_closed();
+        m.count_connections_with(Box::new(|| 1));
         m.connection_refused();
         m.message(
             MessageAction::Reject,

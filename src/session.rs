@@ -176,7 +176,6 @@ impl<L: Lookup> Session<L> {
         client_ip: Option<IpAddr>,
         mta_name: Option<&str>,
     ) -> Self {
-        metrics.connection_opened();
         shared.log(
             LogLevel::Requests,
             &format!(
@@ -387,6 +386,25 @@ impl<L: Lookup> Session<L> {
         self.message = MessageData::default();
     }
 
+    /// The daemon is stopping and will not wait for the check in progress
+    /// at MAIL FROM: a temporary failure (RFC 3463 4.3.2, system not
+    /// accepting network messages), so that the client tries again later.
+    pub fn interrupted(&mut self, macros: &Macros<'_>) -> Answer {
+        self.message = MessageData::default();
+        self.shared.log(
+            LogLevel::Errors,
+            &format!(
+                "{}: stopping: SPF check interrupted; answering 451 4.3.2",
+                queue_id(macros)
+            ),
+        );
+        Answer::Tempfail(Reply {
+            code: 451,
+            enhanced: Some("4.3.2"),
+            text: "SPF check interrupted by a restart, try again later".to_owned(),
+        })
+    }
+
     /// Something went wrong inside the milter at `stage` (a panic, a
     /// header edit the library refused): logged, counted, the message
     /// forgotten, and answered as `on_internal_error` says.
@@ -403,12 +421,6 @@ impl<L: Lookup> Session<L> {
             ),
         );
         internal_error_answer(action)
-    }
-}
-
-impl<L> Drop for Session<L> {
-    fn drop(&mut self) {
-        self.metrics.connection_closed();
     }
 }
 

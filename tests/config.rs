@@ -259,6 +259,15 @@ fn cases() -> Vec<Case> {
             bad_toml: "\"soon\"",
         },
         Case {
+            toml_key: "milter.idle_timeout",
+            legacy_key: None,
+            legacy_value: "",
+            toml_value: "\"20m\"",
+            check: |c| c.milter.idle_timeout == Duration::from_secs(1200),
+            bad_legacy: "",
+            bad_toml: "7201",
+        },
+        Case {
             toml_key: "milter.on_internal_error",
             legacy_key: None,
             legacy_value: "",
@@ -904,6 +913,24 @@ fn policy_server_options_are_refused_or_ignored() {
     }
 }
 
+/// `milter.idle_timeout`: above indymilter's own limit on reading a
+/// packet (7210 s) it could never apply, an error; below Postfix's
+/// `smtpd_timeout` (300 s) it cuts sessions that wait for a slow SMTP
+/// client, a warning naming the reason.
+#[test]
+fn idle_timeout_bounds() {
+    let (c, w) = ok(toml("[milter]\nidle_timeout = 7200\n"));
+    assert_eq!(c.milter.idle_timeout, Duration::from_secs(7200));
+    assert!(w.is_empty(), "{w:?}");
+    let diags = refused(toml("[milter]\nidle_timeout = \"7201s\"\n"));
+    has(&diags, Severity::Error, 2, "at most 7200 seconds");
+    let (c, w) = ok(toml("[milter]\nidle_timeout = \"299s\"\n"));
+    assert_eq!(c.milter.idle_timeout, Duration::from_secs(299));
+    has(&w, Severity::Warning, 2, "smtpd_timeout");
+    let diags = refused(toml("[milter]\nidle_timeout = 0\n"));
+    has(&diags, Severity::Error, 2, "longer than zero");
+}
+
 #[test]
 fn umask_decimal_pitfall() {
     let (c, w) = ok(legacy("UMask = 027\n"));
@@ -1167,4 +1194,111 @@ fn config_convert_output_loads_back_equal() {
         stderr.contains(":1: error: Per_User is not supported"),
         "{stderr}"
     );
+}
+
+/// Runs spfmilter, which must end within 5 s (a FIFO opened for reading
+/// waits for a writer for ever; the binary used to wait with it): the
+/// exit code and standard error.
+fn spfmilter_within_5s(args: &[&str]) -> (i32, String) {
+    use std::io::Read;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_spfmilter"))
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let start = std::time::Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if start.elapsed() > std::time::Duration::from_secs(5) {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("spfmilter {args:?} still runs after 5 s");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    };
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    (status.code().unwrap_or(-1), stderr)
+}
+
+/// A FIFO, a directory or a device where a file is expected (the
+/// configuration, a file dataset, the pid file) is refused at once as
+/// `FILE: not a regular file`, by `config check`, `config convert` and
+/// the daemon's start alike.
+#[test]
+fn files_that_are_not_regular_are_refused_at_once() {
+    let dir = std::env::temp_dir().join(format!("spfmilter-config-fifo-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let fifo = dir.join("fifo");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    let fifo_s = fifo.to_str().unwrap();
+    let not_regular = |path: &str| format!("{path}: not a regular file");
+
+    for args in [
+        &["config", "check", "--config", fifo_s][..],
+        &["config", "check", "--policyd-conf", fifo_s],
+        &["config", "convert", fifo_s],
+        &["run", "--config", fifo_s, "--log-target", "stderr"],
+        &["config", "check", "--config", "/dev/null"],
+        &["config", "check", "--config", dir.to_str().unwrap()],
+    ] {
+        let (code, stderr) = spfmilter_within_5s(args);
+        assert_eq!(code, 1, "{args:?}: {stderr}");
+        let file = args[args.len() - 1 - usize::from(args[0] == "run") * 2];
+        assert!(stderr.contains(&not_regular(file)), "{args:?}: {stderr}");
+    }
+
+    // A file dataset named by an option, in either format.
+    let toml_conf = dir.join("datasets.toml");
+    std::fs::write(
+        &toml_conf,
+        format!("[skip]\ninternal_hosts = \"file:{fifo_s}\"\n"),
+    )
+    .unwrap();
+    let legacy_conf = dir.join("datasets.conf");
+    std::fs::write(&legacy_conf, format!("InternalHosts = {fifo_s}\n")).unwrap();
+    for (flag, conf) in [("--config", &toml_conf), ("--policyd-conf", &legacy_conf)] {
+        let (code, stderr) =
+            spfmilter_within_5s(&["config", "check", flag, conf.to_str().unwrap()]);
+        assert_eq!(code, 1, "{stderr}");
+        assert!(
+            stderr.contains(&format!("{}:", conf.display()))
+                && stderr.contains(&not_regular(fifo_s)),
+            "{stderr}"
+        );
+    }
+
+    // The pid file: the daemon does not start (it would have hung on the
+    // write, before listening).
+    let socket = format!("unix:{}", dir.join("milter.sock").display());
+    let (code, stderr) = spfmilter_within_5s(&[
+        "run",
+        "--socket",
+        &socket,
+        "--pid-file",
+        fifo_s,
+        "--nameserver",
+        "127.0.0.1:53",
+        "--log-target",
+        "stderr",
+    ]);
+    assert_ne!(code, 0, "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "cannot write the pid file {}",
+            not_regular(fifo_s)
+        )),
+        "{stderr}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -715,6 +715,171 @@ async fn the_connection_limit_refuses_the_third_until_one_ends() {
     }
 }
 
+/// The `spfmilter_connections_open` figure, once it equals `want` (the
+/// daemon sees a connection open or close a moment after the client).
+async fn wait_for_open_connections(d: &Daemon, want: usize, context: &str) {
+    let line = format!("spfmilter_connections_open {want}");
+    let start = Instant::now();
+    loop {
+        let metrics = scrape(d).await;
+        if metrics.lines().any(|l| l == line) {
+            return;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "{context}: wanted {line:?}: {}",
+            metrics
+                .lines()
+                .filter(|l| l.starts_with("spfmilter_connections_open"))
+                .collect::<Vec<_>>()
+                .join(" ")
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Connections that never send a command (or stop halfway through one)
+/// are counted in `spfmilter_connections_open` from accept (they used to
+/// be counted only once the MTA reported its client: idle ones read 0),
+/// and are closed after `milter.idle_timeout` without a complete command,
+/// giving their places under `max_connections` back (they used to stay
+/// two hours); a session whose commands come within the limit is served
+/// however long it lasts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_are_counted_then_closed_after_idle_timeout() {
+    let dns = dns();
+    let d = Daemon::start(
+        Transport::Tcp,
+        &toml(
+            "[milter]\nmax_connections = 8\nidle_timeout = \"3s\"\n\
+             [metrics]\nlisten = \"127.0.0.1:0\"\n",
+        ),
+        dns.addr(),
+    );
+    wait_for_open_connections(&d, 0, "after the start").await;
+    // A session with a pause under the limit between its commands.
+    let mut slow = Client::connect(&d, ip(CLIENT), &[]).await;
+    // Idle ones: nothing at all, a negotiation only, half a packet.
+    let mut idle = Vec::new();
+    for i in 0..6 {
+        let mut s = d.connect_raw();
+        s.set_read_timeout(Some(Duration::from_millis(200)));
+        if i % 3 == 1 {
+            handshake(&mut s).unwrap();
+        }
+        if i % 3 == 2 {
+            handshake(&mut s).unwrap();
+            s.write_all(&connect_packet()[..6]).unwrap();
+        }
+        idle.push(s);
+    }
+    let opened = Instant::now();
+    wait_for_open_connections(&d, 7, "six idle and one session").await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(slow.helo("pass.test").await, Status::Continue);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(slow.mail("<a@pass.test>", &[]).await, Status::Continue);
+    // The idle ones end 3 s after their wait began, not before.
+    for (i, s) in idle.iter_mut().enumerate() {
+        assert!(closed_by_peer(s), "idle connection {i} still open");
+    }
+    let closed = opened.elapsed();
+    assert!(closed >= Duration::from_secs(3), "closed after {closed:?}");
+    wait_for_open_connections(&d, 1, "the idle ones closed").await;
+    let stderr = d.stderr();
+    assert!(
+        stderr.contains(
+            "closed after 3 s without a complete command from the MTA (milter.idle_timeout)"
+        ),
+        "{stderr}"
+    );
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let eom = slow
+        .message("<u@rcpt.example>", &[("Subject", "slow")])
+        .await;
+    check_header(&eom.actions, "Pass", Some("mailfrom"), "a slow session");
+    slow.close().await;
+    wait_for_open_connections(&d, 0, "all closed").await;
+}
+
+/// The daemon's resident memory (VmRSS), in bytes.
+fn resident(d: &Daemon) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{}/status", d.pid())).unwrap();
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().strip_suffix("kB"))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("VmRSS in /proc/PID/status");
+    kb * 1024
+}
+
+/// Opens a session and sends, after the connect, the start of a header
+/// packet announcing 1 MiB (indymilter's limit): its first 1 KiB.
+fn half_sent_packet(d: &Daemon) -> common::milter::RawStream {
+    let mut s = d.connect_raw();
+    s.set_read_timeout(Some(Duration::from_secs(5)));
+    handshake(&mut s).unwrap();
+    s.write_all(&connect_packet()).unwrap();
+    let mut reply = [0u8; 5];
+    s.read_exact(&mut reply).unwrap();
+    let mut partial = (1u32 << 20).to_be_bytes().to_vec();
+    partial.push(b'L');
+    partial.extend_from_slice(&[b'x'; 1024]);
+    s.write_all(&partial).unwrap();
+    s
+}
+
+/// Connections that each announce a packet of 1 MiB and send 1 KiB of
+/// it, 200 at a time, three times: the daemon holds about what was sent,
+/// not what was announced. indymilter allocates a packet's announced
+/// length, zeroed, as soon as it reads the length: fresh memory from the
+/// system is not touched by that, but memory that earlier connections
+/// gave back is cleared, so made resident, when later ones get it. The
+/// bound, 40 MiB, is the 200 KiB the last 200 sent plus each
+/// connection's buffers (tens of KiB) with a wide margin.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn half_sent_large_packets_cost_what_was_sent() {
+    const CONNECTIONS: usize = 200;
+    let dns = dns();
+    let d = Daemon::start(
+        Transport::Unix,
+        &toml("[milter]\nmax_connections = 1000\n"),
+        dns.addr(),
+    );
+    // A session first, so that what every session needs is allocated.
+    expect_pass(&d, "before").await;
+    let before = resident(&d);
+    for _ in 0..2 {
+        let earlier: Vec<_> = (0..CONNECTIONS).map(|_| half_sent_packet(&d)).collect();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        drop(earlier);
+        // The daemon sees them close and frees what they held.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let last: Vec<_> = (0..CONNECTIONS).map(|_| half_sent_packet(&d)).collect();
+    // Let the daemon read what was sent (and, before, allocate).
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let after = resident(&d);
+    let grown = after.saturating_sub(before);
+    eprintln!(
+        "resident memory {} KiB -> {} KiB (+{} KiB) with {CONNECTIONS} half-sent 1 MiB packets, \
+         after {} others",
+        before / 1024,
+        after / 1024,
+        grown / 1024,
+        2 * CONNECTIONS
+    );
+    assert!(
+        grown < 40 << 20,
+        "{} MiB more for {CONNECTIONS} connections that sent 1 KiB each",
+        grown >> 20
+    );
+    // Still serving.
+    expect_pass(&d, "after").await;
+    drop(last);
+}
+
 /// SIGHUP applies a new `max_connections` to new connections: raised from
 /// 1 to 2, a second session is served; lowered to 1 again with two open,
 /// both stay open and work, and new ones are refused until fewer than one
@@ -1046,6 +1211,96 @@ async fn sigterm_under_load() {
         "only {answered} answered before SIGTERM"
     );
     assert!(d.stderr().contains("stopping"), "{}", d.stderr());
+}
+
+/// SIGTERM while a MAIL FROM waits for a DNS server that never answers
+/// (the defaults: `lookup_time` 20 s, `decision_time_limit` 25 s; the
+/// daemon used to finish that check first, ~20 s): the process exits
+/// within a few seconds (`STOP_GRACE` + `STOP_CLOSE` in
+/// `src/milter/daemon.rs`, 4 s, plus room for a loaded machine), and the
+/// interrupted MAIL FROM is answered with a temporary failure, RFC 3463
+/// 4.3.2, so that the client tries again (Postfix would otherwise apply
+/// `milter_default_action`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_with_a_never_ending_check_in_flight() {
+    let dns = dns();
+    let mut d = Daemon::start(Transport::Unix, &toml(""), dns.addr());
+    let mut stuck = Client::connect(&d, ip(CLIENT), &[]).await;
+    assert_eq!(stuck.helo("none.test").await, Status::Continue);
+    let in_flight = tokio::spawn(async move {
+        let status = stuck.conn.mail([cstring("<a@timeout.test>")]).await;
+        (status, stuck)
+    });
+    // The query is out when the server has dropped it.
+    let start = Instant::now();
+    while dns.dropped_queries() == 0 {
+        assert!(start.elapsed() < Duration::from_secs(5), "no query sent");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let (status, elapsed) = tokio::task::block_in_place(|| d.terminate());
+    eprintln!("exited {elapsed:?} after SIGTERM");
+    assert!(status.success(), "exit status {status:?}: {}", d.stderr());
+    assert!(
+        elapsed < Duration::from_secs(8),
+        "exited {elapsed:?} after SIGTERM: {}",
+        d.stderr()
+    );
+    let (mail, _stuck) = tokio::time::timeout(Duration::from_secs(5), in_flight)
+        .await
+        .expect("the interrupted MAIL FROM hangs")
+        .unwrap();
+    match Verdict::from_mail(mail.expect("the interrupted MAIL FROM got no answer")) {
+        Some(Verdict::Tempfail(text)) => assert!(text.starts_with("451 4.3.2 "), "{text}"),
+        other => panic!("the interrupted MAIL FROM: {other:?}"),
+    }
+    let stderr = d.stderr();
+    assert!(
+        stderr.contains("NOQUEUE: stopping: SPF check interrupted; answering 451 4.3.2"),
+        "{stderr}"
+    );
+}
+
+// ------------------------------------------------------------- reloads
+
+/// `mv spfmilter.toml x; mkfifo spfmilter.toml; kill -HUP`: opening a
+/// FIFO for reading waits for a writer, for ever, and the daemon used to
+/// do it on a runtime worker (sessions hung, later SIGHUPs and SIGTERM
+/// were ignored). Now the file is refused as not a regular file, the old
+/// configuration stays, sessions are served, the next SIGHUP is handled
+/// too, and SIGTERM stops the daemon at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fifo_in_place_of_the_configuration_is_refused_on_reload() {
+    let dns = dns();
+    let mut d = Daemon::start(
+        Transport::Unix,
+        &toml("[policy]\nhelo_reject = \"Fail\"\n"),
+        dns.addr(),
+    );
+    let path = d.config_path().to_owned();
+    std::fs::remove_file(&path).unwrap();
+    nix::unistd::mkfifo(&path, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    let refused = format!("{}: not a regular file", path.display());
+    for round in 1..=2 {
+        d.hangup();
+        let start = Instant::now();
+        while d.stderr().matches(&refused).count() < round {
+            assert!(
+                start.elapsed() < Duration::from_secs(5),
+                "reload {round} did not refuse the FIFO: {}",
+                d.stderr()
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        wait_for_log(&d, "configuration refused, keeping the old configuration").await;
+        expect_pass(&d, &format!("after reload {round} from a FIFO")).await;
+    }
+    assert!(!d.stderr().contains("configuration reloaded"));
+    let (status, elapsed) = d.terminate();
+    assert!(status.success(), "{status:?}: {}", d.stderr());
+    assert!(
+        elapsed < Duration::from_secs(3),
+        "exited {elapsed:?} after SIGTERM"
+    );
 }
 
 // ------------------------------------------------ found by fuzzing

@@ -593,6 +593,24 @@ pub(crate) fn apply(cfg: &mut Config, opt: Opt, raw: Raw<'_>, cx: &mut Cx<'_>) {
                 m.decision_time_limit = v;
             }
         }
+        Opt::IdleTimeout => {
+            if let Some(v) = duration(raw, cx) {
+                // indymilter's own time limit on reading one packet is
+                // 7210 s: above it, this one would never be reached.
+                if v > std::time::Duration::from_secs(7200) {
+                    cx.error("must be at most 7200 seconds (2 hours)");
+                } else {
+                    if v < std::time::Duration::from_secs(300) {
+                        cx.warning(format_args!(
+                            "shorter than Postfix's smtpd_timeout (300 s by default): \
+                             a session waiting that long for its SMTP client loses the milter \
+                             (Postfix then applies milter_default_action)"
+                        ));
+                    }
+                    m.idle_timeout = v;
+                }
+            }
+        }
         Opt::OnInternalError => {
             if let Some(t) = text(raw, cx) {
                 let names = InternalErrorAction::ALL.map(|a| (a.as_str(), a));

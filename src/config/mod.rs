@@ -68,6 +68,9 @@ pub struct MilterConfig {
     pub socket_group: Option<String>,
     /// Connections served at once; more wait to be accepted.
     pub max_connections: u32,
+    /// A connection that sends no complete command for this long is
+    /// closed.
+    pub idle_timeout: Duration,
     /// Reply when the milter fails internally.
     pub on_internal_error: InternalErrorAction,
     /// Everything done at MAIL FROM (bypass lookups, both evaluations)
@@ -98,6 +101,7 @@ impl Default for MilterConfig {
             socket_owner: None,
             socket_group: None,
             max_connections: 1024,
+            idle_timeout: Duration::from_secs(900),
             on_internal_error: InternalErrorAction::Tempfail,
             decision_time_limit: Duration::from_secs(25),
             header_type: HeaderType::Spf,
@@ -442,17 +446,41 @@ impl Config {
 /// real one, low enough that a wrong path (a log, a device) fails fast.
 pub(crate) const MAX_FILE_SIZE: u64 = 1 << 20;
 
-/// Reads a regular file of at most [`MAX_FILE_SIZE`] bytes as UTF-8.
-pub(crate) fn read_limited(path: &Path) -> Result<String, String> {
-    use std::io::Read;
-    let file =
-        std::fs::File::open(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+/// Opens `path` for reading only if it is a regular file: opened without
+/// waiting (`O_NONBLOCK`: a FIFO put in place of a file would otherwise
+/// block the open until a writer comes, for ever), then checked with
+/// fstat(2) on what was opened, so that nothing but a regular file is ever
+/// read. `O_NOCTTY`: a terminal named by mistake never becomes ours.
+/// Every file a setting or the command line names goes through here: the
+/// configuration, file datasets, the pid file.
+pub(crate) fn open_regular(path: &Path) -> Result<std::fs::File, String> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_NONBLOCK | nix::libc::O_NOCTTY)
+        .open(path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    check_regular(&file, path)?;
+    Ok(file)
+}
+
+/// `FILE: not a regular file` unless `file` (already open) is one.
+pub(crate) fn check_regular(file: &std::fs::File, path: &Path) -> Result<(), String> {
     let meta = file
         .metadata()
         .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    if !meta.is_file() {
-        return Err(format!("{} is not a regular file", path.display()));
+    if meta.is_file() {
+        Ok(())
+    } else {
+        Err(format!("{}: not a regular file", path.display()))
     }
+}
+
+/// Reads a regular file of at most [`MAX_FILE_SIZE`] bytes as UTF-8
+/// (opened by [`open_regular`]).
+pub(crate) fn read_limited(path: &Path) -> Result<String, String> {
+    use std::io::Read;
+    let file = open_regular(path)?;
     let mut bytes = Vec::new();
     file.take(MAX_FILE_SIZE + 1)
         .read_to_end(&mut bytes)

@@ -43,6 +43,7 @@ struct RawMilter {
     socket_owner: Field,
     socket_group: Field,
     max_connections: Field,
+    idle_timeout: Field,
     on_internal_error: Field,
     decision_time_limit: Field,
     #[serde(alias = "Header_Type")]
@@ -153,6 +154,7 @@ impl RawToml {
             (Opt::SocketOwner, &m.socket_owner, false),
             (Opt::SocketGroup, &m.socket_group, false),
             (Opt::MaxConnections, &m.max_connections, false),
+            (Opt::IdleTimeout, &m.idle_timeout, false),
             (Opt::OnInternalError, &m.on_internal_error, false),
             (Opt::DecisionTimeLimit, &m.decision_time_limit, false),
             (Opt::HeaderType, &m.header_type, false),

@@ -13,6 +13,7 @@ pub(crate) enum Opt {
     SocketOwner,
     SocketGroup,
     MaxConnections,
+    IdleTimeout,
     OnInternalError,
     DecisionTimeLimit,
     HeaderType,
@@ -137,6 +138,14 @@ pub static OPTIONS: &[OptionInfo] = &[
         None,
         "`1024`",
         "MTA connections served at once. One more is closed at once, unread, so that the MTA applies its `milter_default_action` without waiting (logged, and counted in `spfmilter_connections_refused_total`). SIGHUP applies a change; connections open over a lowered limit stay open."
+    ),
+    opt!(
+        IdleTimeout,
+        "milter",
+        "idle_timeout",
+        None,
+        "`900` (seconds)",
+        "A connection that sends no complete command for this long is closed, so that connections left idle do not hold places under `max_connections`. Postfix's gaps between commands are bounded by `smtpd_timeout` (300 s), except the upload of a message (the headers come once it is queued): 900 s lets a message of Postfix's default `message_size_limit` (10 MB) arrive at 11 kB/s. Raise it if you accept larger messages from slow clients. At most 7200 (2 hours); below 300 a warning. SIGHUP applies a change, to open connections too. Seconds, or a string with a unit."
     ),
     opt!(
         DecisionTimeLimit,

@@ -95,6 +95,7 @@ fn value(cfg: &Config, opt: Opt) -> Option<String> {
         Opt::SocketOwner => quote(m.socket_owner.as_ref()?),
         Opt::SocketGroup => quote(m.socket_group.as_ref()?),
         Opt::MaxConnections => m.max_connections.to_string(),
+        Opt::IdleTimeout => duration_to_toml(m.idle_timeout),
         Opt::OnInternalError => quote(m.on_internal_error.as_str()),
         Opt::DecisionTimeLimit => duration_to_toml(m.decision_time_limit),
         Opt::HeaderType => quote(m.header_type.as_str()),

@@ -6,16 +6,19 @@
 //! socket in a root-owned directory works) → socket mode, owner, group →
 //! pid file → switch user → `READY=1` to systemd → serve.
 
+use std::future::Future;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use nix::unistd::{Gid, Group, Uid, User};
 
 use super::io::{AcceptHooks, ConnectionLimit, Gate, TcpMilterListener, UnixMilterListener};
 use super::{Milter, Shared, callbacks};
 use crate::config::{
-    Config, Family, LogLevel, MilterConfig, Overrides, SocketSpec, Source, UserSpec,
+    Config, Family, LogLevel, MilterConfig, Overrides, SocketSpec, Source, UserSpec, check_regular,
+    read_limited,
 };
 
 /// Runs the milter on the configured socket until SIGTERM or SIGINT.
@@ -28,6 +31,7 @@ pub async fn run(config: Arc<Config>, source: Source, overrides: Overrides) -> R
     if let Some(mask) = settings.umask {
         nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(mask.0));
     }
+    let mut stop_signals = StopSignals::catch();
     let milter = Milter::new(Shared::new(Arc::clone(&config))?);
     let shared = milter.current();
     // Sessions that die of a protocol or I/O error: one line each
@@ -40,6 +44,12 @@ pub async fn run(config: Arc<Config>, source: Source, overrides: Overrides) -> R
     }));
     raise_file_limit(&shared);
     let limit = ConnectionLimit::new(limit_of(settings));
+    limit.set_idle_timeout(settings.idle_timeout);
+    // Every connection from accept to close, whatever it sent.
+    let open = Arc::clone(&limit);
+    milter
+        .metrics()
+        .count_connections_with(Box::new(move || open.open()));
     let gate = {
         let logging = Arc::downgrade(&milter);
         let metrics = Arc::clone(milter.metrics());
@@ -121,35 +131,115 @@ pub async fn run(config: Arc<Config>, source: Source, overrides: Overrides) -> R
     };
     let callbacks = callbacks(Arc::clone(&milter));
     notify_systemd(&shared, &[sd_notify::NotifyState::Ready]);
-    let served = match listener {
-        Bound::Tcp(listener, _) => {
-            indymilter::run(listener, callbacks, milter_config, shutdown_signal()).await
+    let listener = match listener {
+        Bound::Tcp(listener, _) => indymilter::EitherListener::Tcp(listener),
+        Bound::Unix(listener, _) => indymilter::EitherListener::Unix(listener),
+    };
+    // Set at SIGTERM/SIGINT: indymilter stops accepting and ends each
+    // session once its current command is answered.
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let served = indymilter::run(listener, callbacks, milter_config, async move {
+        let mut stopped = stopped;
+        // The sender lives until this function returns.
+        let _ = stopped.wait_for(|&stop| stop).await;
+    });
+    tokio::pin!(served);
+    let served = tokio::select! {
+        // The listener failed (indymilter gives up on it).
+        served = &mut served => {
+            notify_systemd(&shared, &[sd_notify::NotifyState::Stopping]);
+            shared.log(LogLevel::Errors, "stopping");
+            served.map_err(|e| e.to_string())
         }
-        Bound::Unix(listener, _) => {
-            indymilter::run(listener, callbacks, milter_config, shutdown_signal()).await
+        () = stop_signals.recv() => {
+            notify_systemd(&shared, &[sd_notify::NotifyState::Stopping]);
+            shared.log(LogLevel::Errors, "stopping");
+            let _ = stop.send(true);
+            stop_sessions(&milter, &shared, served).await
         }
     };
-    notify_systemd(&shared, &[sd_notify::NotifyState::Stopping]);
-    shared.log(LogLevel::Errors, "stopping");
     socket_file.remove(&shared);
     if let Some(pid_file) = pid_file {
         pid_file.remove(&shared);
     }
-    served.map_err(|e| e.to_string())
+    served
 }
 
-/// SIGTERM or SIGINT.
-async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).ok();
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        () = async {
-            match term.as_mut() {
-                Some(t) => { t.recv().await; }
+/// After SIGTERM/SIGINT, how long the commands being processed (a MAIL
+/// FROM waiting for DNS, say) have to finish with their real answer.
+pub const STOP_GRACE: Duration = Duration::from_secs(2);
+
+/// After [`STOP_GRACE`], how long the sessions have to end once their
+/// checks are interrupted, before the daemon exits anyway.
+pub const STOP_CLOSE: Duration = Duration::from_secs(2);
+
+/// Lets the sessions end after a stop signal (indymilter ends each once
+/// its current command is answered), within a few seconds whatever they
+/// are doing: after [`STOP_GRACE`], SPF checks still running are answered
+/// with a temporary failure ([`Milter::interrupt`]); after [`STOP_CLOSE`]
+/// more, the connections still open are closed as the process exits
+/// (Postfix then applies `milter_default_action`).
+async fn stop_sessions(
+    milter: &Milter,
+    shared: &Shared,
+    mut served: std::pin::Pin<&mut impl Future<Output = std::io::Result<()>>>,
+) -> Result<(), String> {
+    if let Ok(served) = tokio::time::timeout(STOP_GRACE, served.as_mut()).await {
+        return served.map_err(|e| e.to_string());
+    }
+    shared.log(
+        LogLevel::Errors,
+        &format!(
+            "stopping: sessions still busy after {} s; answering SPF checks in progress \
+             with a temporary failure",
+            STOP_GRACE.as_secs()
+        ),
+    );
+    milter.interrupt();
+    if let Ok(served) = tokio::time::timeout(STOP_CLOSE, served.as_mut()).await {
+        return served.map_err(|e| e.to_string());
+    }
+    shared.log(
+        LogLevel::Errors,
+        &format!(
+            "stopping: closing the connections still open after {} s",
+            (STOP_GRACE + STOP_CLOSE).as_secs()
+        ),
+    );
+    Ok(())
+}
+
+/// SIGTERM and SIGINT, caught from the moment this is made (so before
+/// systemd hears that the milter is ready: a stop that follows at once
+/// is a stop, not a kill by the default action).
+struct StopSignals {
+    term: Option<tokio::signal::unix::Signal>,
+    int: Option<tokio::signal::unix::Signal>,
+}
+
+impl StopSignals {
+    fn catch() -> StopSignals {
+        use tokio::signal::unix::{SignalKind, signal};
+        StopSignals {
+            term: signal(SignalKind::terminate()).ok(),
+            int: signal(SignalKind::interrupt()).ok(),
+        }
+    }
+
+    /// Completes at the first SIGTERM or SIGINT.
+    async fn recv(&mut self) {
+        async fn one(signal: Option<&mut tokio::signal::unix::Signal>) {
+            match signal {
+                Some(signal) => {
+                    signal.recv().await;
+                }
                 None => std::future::pending::<()>().await,
             }
-        } => {}
+        }
+        tokio::select! {
+            () = one(self.term.as_mut()) => {}
+            () = one(self.int.as_mut()) => {}
+        }
     }
 }
 
@@ -372,8 +462,10 @@ struct PidFile {
 
 impl PidFile {
     fn create(path: &Path) -> Result<PidFile, String> {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
         let pid = std::process::id();
-        if let Ok(text) = std::fs::read_to_string(path)
+        if let Ok(text) = read_limited(path)
             && let Ok(other) = text.trim().parse::<u32>()
             && other != pid
             && is_spfmilter(other)
@@ -383,8 +475,27 @@ impl PidFile {
                 path.display()
             ));
         }
-        std::fs::write(path, format!("{pid}\n"))
-            .map_err(|e| format!("cannot write the pid file {}: {e}", path.display()))?;
+        // Like every file a setting names, only ever a regular file: a
+        // FIFO there would block the open or the write (config::open_regular).
+        let cannot = |e: &dyn std::fmt::Display| format!("cannot write the pid file {e}");
+        // Checked before the open too, for a clear message: without a
+        // reader, opening a FIFO fails with ENXIO.
+        if std::fs::metadata(path).is_ok_and(|meta| !meta.is_file()) {
+            return Err(cannot(&format_args!(
+                "{}: not a regular file",
+                path.display()
+            )));
+        }
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .custom_flags(nix::libc::O_NONBLOCK | nix::libc::O_NOCTTY)
+            .open(path)
+            .map_err(|e| cannot(&format_args!("{}: {e}", path.display())))?;
+        check_regular(&file, path).map_err(|e| cannot(&e))?;
+        file.set_len(0)
+            .and_then(|()| file.write_all(format!("{pid}\n").as_bytes()))
+            .map_err(|e| cannot(&format_args!("{}: {e}", path.display())))?;
         Ok(PidFile {
             path: path.to_owned(),
             pid,
@@ -393,8 +504,8 @@ impl PidFile {
 
     /// Removes the file if it is still ours.
     fn remove(self, shared: &Shared) {
-        let ours = std::fs::read_to_string(&self.path)
-            .is_ok_and(|text| text.trim().parse::<u32>() == Ok(self.pid));
+        let ours =
+            read_limited(&self.path).is_ok_and(|text| text.trim().parse::<u32>() == Ok(self.pid));
         if ours && let Err(e) = std::fs::remove_file(&self.path) {
             shared.log(
                 LogLevel::Errors,
@@ -410,7 +521,16 @@ fn is_spfmilter(pid: u32) -> bool {
         .is_ok_and(|comm| comm.trim() == "spfmilter")
 }
 
-/// Waits for SIGHUP and reloads, forever.
+/// How long a reload may take to read and check the configuration (and
+/// build its resolver) before it is given up and the old configuration
+/// kept. Reading is done off the runtime's workers, so sessions are
+/// served meanwhile whatever it takes; the limit is for the log and for
+/// systemd, which waits for the end of a reload.
+const RELOAD_TIME_LIMIT: Duration = Duration::from_secs(10);
+
+/// Waits for SIGHUP and reloads, forever. Signals that come during a
+/// reload are merged into one more reload after it (the signal stream
+/// keeps one pending notification, not a count).
 async fn reload_on_hangup(
     milter: Arc<Milter>,
     limit: Arc<ConnectionLimit>,
@@ -425,29 +545,140 @@ async fn reload_on_hangup(
         );
         return;
     };
+    let loader = Loader::default();
     while hangup.recv().await.is_some() {
         let old = milter.current();
         let reloading = sd_notify::NotifyState::monotonic_usec_now().ok();
         let mut states = vec![sd_notify::NotifyState::Reloading];
         states.extend(reloading);
         notify_systemd(&old, &states);
-        reload(&milter, &limit, &old, &source, &overrides);
+        reload(&milter, &limit, &old, &loader, &source, &overrides).await;
         notify_systemd(&milter.current(), &[sd_notify::NotifyState::Ready]);
     }
 }
 
-fn reload(
+/// The file a reload reads, for the log.
+fn source_name(source: &Source) -> String {
+    match source {
+        Source::Toml(path) | Source::Legacy(path) => path.display().to_string(),
+        Source::Default => crate::config::DEFAULT_CONFIG_PATH.to_owned(),
+    }
+}
+
+/// Why work given to a [`Loader`] brought nothing back.
+#[derive(Debug, PartialEq, Eq)]
+enum Unfinished {
+    /// It ran out of time; it may still be running, and its result will
+    /// be dropped.
+    TimedOut,
+    /// The previous work, given up on, still runs: nothing new is started,
+    /// so that a stuck file cannot pile up threads.
+    Busy,
+    /// The thread could not be started, or ended without a result (a
+    /// panic).
+    Failed(String),
+}
+
+/// Runs blocking work (reading files) on a thread of its own, never on
+/// the runtime's workers, one piece of work at a time, within a time
+/// limit: the listener, the sessions and the signal handling go on
+/// whatever the work does.
+#[derive(Debug, Default)]
+struct Loader {
+    /// Set while a thread runs (cleared by the thread when it ends, even
+    /// long after its caller gave up on it).
+    busy: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Loader {
+    async fn run<T: Send + 'static>(
+        &self,
+        limit: Duration,
+        work: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, Unfinished> {
+        use std::sync::atomic::Ordering;
+        if self.busy.swap(true, Ordering::AcqRel) {
+            return Err(Unfinished::Busy);
+        }
+        /// Clears `busy` when the thread ends, however it ends.
+        struct Done(Arc<std::sync::atomic::AtomicBool>);
+        impl Drop for Done {
+            fn drop(&mut self) {
+                self.0.store(false, Ordering::Release);
+            }
+        }
+        let done = Done(Arc::clone(&self.busy));
+        let (sender, receiver) = tokio::sync::oneshot::channel();
+        let runtime = tokio::runtime::Handle::current();
+        let spawned = std::thread::Builder::new()
+            .name("spfmilter-reload".to_owned())
+            .spawn(move || {
+                // Work that builds a resolver may need the runtime's
+                // context (not its workers).
+                let entered = runtime.enter();
+                let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(work));
+                drop(entered);
+                // Not busy any more before the caller hears of the end.
+                drop(done);
+                if let Ok(result) = result {
+                    // The receiver is gone if the caller gave up: nothing
+                    // to do then.
+                    let _ = sender.send(result);
+                }
+            });
+        if let Err(e) = spawned {
+            // The closure, and `done` with it, were dropped: not busy.
+            return Err(Unfinished::Failed(format!("cannot start a thread: {e}")));
+        }
+        match tokio::time::timeout(limit, receiver).await {
+            Ok(Ok(result)) => Ok(result),
+            Ok(Err(_)) => Err(Unfinished::Failed(
+                "internal error: the reading thread panicked".to_owned(),
+            )),
+            Err(_) => Err(Unfinished::TimedOut),
+        }
+    }
+}
+
+/// What the reload thread brings back: the new configuration and what
+/// serves it, or the lines that say why not.
+type Reloaded = Result<(Config, Vec<String>, Result<Shared, String>), Vec<String>>;
+
+/// Reads and checks the configuration (off the runtime's workers, within
+/// [`RELOAD_TIME_LIMIT`]), then puts it in place for new connections; on
+/// any failure keeps the old one and logs why.
+async fn reload(
     milter: &Milter,
     limit: &ConnectionLimit,
     old: &Shared,
+    loader: &Loader,
     source: &Source,
     overrides: &Overrides,
 ) {
-    let loaded = match Config::load(source) {
-        Ok(loaded) => loaded,
-        Err(e) => {
-            for diagnostic in &e.diagnostics {
-                old.log(LogLevel::Errors, &diagnostic.to_string());
+    let name = source_name(source);
+    let (source, overrides) = (source.clone(), overrides.clone());
+    let loaded = loader.run(RELOAD_TIME_LIMIT, move || -> Reloaded {
+        let loaded = Config::load(&source).map_err(|e| {
+            e.diagnostics
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+        })?;
+        let warnings = loaded.warnings.iter().map(ToString::to_string).collect();
+        let config = loaded.config.with_overrides(&overrides);
+        let shared = Shared::new(Arc::new(config.clone()));
+        Ok((config, warnings, shared))
+    });
+    let (config, shared) = match loaded.await {
+        Ok(Ok((config, warnings, shared))) => {
+            for warning in &warnings {
+                old.log(LogLevel::Errors, warning);
+            }
+            (config, shared)
+        }
+        Ok(Err(diagnostics)) => {
+            for diagnostic in &diagnostics {
+                old.log(LogLevel::Errors, diagnostic);
             }
             old.log(
                 LogLevel::Errors,
@@ -455,11 +686,25 @@ fn reload(
             );
             return;
         }
+        Err(unfinished) => {
+            let why = match unfinished {
+                Unfinished::TimedOut => format!(
+                    "reading {name} took longer than {} s",
+                    RELOAD_TIME_LIMIT.as_secs()
+                ),
+                Unfinished::Busy => format!(
+                    "an earlier reload is still reading {name} (given up after {} s)",
+                    RELOAD_TIME_LIMIT.as_secs()
+                ),
+                Unfinished::Failed(e) => e,
+            };
+            old.log(
+                LogLevel::Errors,
+                &format!("reload failed, keeping the old configuration: {why}"),
+            );
+            return;
+        }
     };
-    for warning in &loaded.warnings {
-        old.log(LogLevel::Errors, &warning.to_string());
-    }
-    let config = loaded.config.with_overrides(overrides);
     let old_settings = &old.config.milter;
     let process_settings = [
         (config.milter.socket != old_settings.socket, "the socket"),
@@ -489,12 +734,15 @@ fn reload(
         );
     }
     let max_connections = limit_of(&config.milter);
-    match Shared::new(Arc::new(config)) {
+    let idle_timeout = config.milter.idle_timeout;
+    match shared {
         Ok(shared) => {
             milter.replace(shared);
             // Connections open over a lowered limit stay; new ones are
             // refused until fewer are open.
             limit.set_max(max_connections);
+            // Applies to the next wait of every connection, open or new.
+            limit.set_idle_timeout(idle_timeout);
             milter
                 .current()
                 .log(LogLevel::Errors, "configuration reloaded");
@@ -544,6 +792,50 @@ mod tests {
         pid_file.remove(&Shared::for_tests());
         assert_eq!(std::fs::read_to_string(&path).unwrap(), "12345\n");
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn loader_work_runs_off_the_workers_within_a_time_limit_one_at_a_time() {
+        let loader = Loader::default();
+        // A result within the limit.
+        assert_eq!(
+            loader.run(Duration::from_secs(5), || 42).await,
+            Ok(42),
+            "a quick result"
+        );
+        // Stuck work (a current-thread runtime: were it run on the
+        // runtime's thread, the timer could never fire): given up on.
+        let (release, stuck) = std::sync::mpsc::channel::<()>();
+        let started = std::time::Instant::now();
+        let result = loader
+            .run(Duration::from_millis(200), move || stuck.recv().is_ok())
+            .await;
+        assert_eq!(result, Err(Unfinished::TimedOut));
+        assert!(started.elapsed() < Duration::from_secs(5));
+        // While it is stuck, nothing else starts.
+        assert_eq!(
+            loader.run(Duration::from_secs(5), || 1).await,
+            Err(Unfinished::Busy)
+        );
+        // Once it ends, work runs again.
+        release.send(()).unwrap();
+        let started = std::time::Instant::now();
+        loop {
+            match loader.run(Duration::from_secs(5), || 2).await {
+                Ok(n) => break assert_eq!(n, 2),
+                Err(Unfinished::Busy) => {
+                    assert!(started.elapsed() < Duration::from_secs(5), "still busy");
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                Err(e) => panic!("{e:?}"),
+            }
+        }
+        // Work that panics: a failure, not a hang, and not busy after.
+        let result = loader
+            .run(Duration::from_secs(5), || -> u8 { panic!("boom") })
+            .await;
+        assert!(matches!(result, Err(Unfinished::Failed(_))), "{result:?}");
+        assert_eq!(loader.run(Duration::from_secs(5), || 3).await, Ok(3));
     }
 
     #[test]

@@ -21,12 +21,20 @@
 //! The listeners also keep `[milter] max_connections` (see [`Gate`]): a
 //! connection over it is closed at once, and an accept error never stops
 //! the daemon.
+//!
+//! Reading, [`Coalescing`] hands indymilter whole packets only (see
+//! [`Incoming`]): indymilter allocates a packet's announced length as soon
+//! as it reads the length, so a peer announcing 1 MiB and sending a few
+//! bytes would cost 1 MiB; here what a connection holds follows what it
+//! sent, a packet announcing more than [`MAX_PACKET_LEN`] ends the
+//! connection before anything is allocated for it, and a connection that
+//! sends no complete packet for `[milter] idle_timeout` is closed.
 
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll, ready};
 use std::time::{Duration, Instant};
 
@@ -44,8 +52,101 @@ const MODIFICATION_ACTIONS: &[u8] = b"him+2-beq";
 /// if it ever did).
 const MAX_HELD: usize = 64 * 1024;
 
+/// The largest milter packet read, its length field (command octet and
+/// data): indymilter's own limit (1 MiB), checked here before anything is
+/// buffered. Postfix's largest packets are far smaller: body chunks of
+/// 64 KiB (`MILTER_CHUNK_SIZE`) and headers up to `header_size_limit`
+/// (100 KiB by default).
+pub const MAX_PACKET_LEN: u32 = 1 << 20;
+
+/// Bytes asked of the socket at a time: a burst of MTA commands in one
+/// read; a large packet in steps of at most [`READ_STEP`].
+const READ_AHEAD: usize = 4096;
+const READ_STEP: usize = 16 * 1024;
+
 /// A connection's stream: buffered reads, coalesced writes.
 pub type MilterStream<S> = BufReader<Coalescing<S>>;
+
+/// The reading side of a connection: bytes from the socket, handed up
+/// one whole packet at a time (the framing is indymilter's: a 4-byte
+/// big-endian length, then that many octets, the command octet first; a
+/// length of 0 still has its command octet).
+#[derive(Debug, Default)]
+struct Incoming {
+    /// Complete packets not yet handed up, then the start of the next.
+    buf: Vec<u8>,
+    /// Of `buf`, handed up already.
+    handed: usize,
+    /// Of `buf`, the complete packets: what may be handed up.
+    complete: usize,
+    /// When the packet being waited for must have arrived
+    /// (`idle_timeout` after the wait began); `None` when not waiting.
+    deadline: Option<Pin<Box<Sleep>>>,
+}
+
+impl Incoming {
+    /// Where the packet starting at `at` ends, if its length is known:
+    /// `Err` for a length over [`MAX_PACKET_LEN`].
+    fn packet_end(&self, at: usize) -> io::Result<Option<usize>> {
+        let Some(prefix) = self.buf.get(at..at + 4) else {
+            return Ok(None);
+        };
+        let mut len = [0u8; 4];
+        len.copy_from_slice(prefix);
+        let len = u32::from_be_bytes(len);
+        if len > MAX_PACKET_LEN {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "the MTA announced a packet of {len} bytes, over the limit of {MAX_PACKET_LEN}"
+                ),
+            ));
+        }
+        // indymilter reads the command octet even for a length of 0.
+        Ok(Some(at + 4 + (len as usize).max(1)))
+    }
+
+    /// Moves `complete` over the packets now whole.
+    fn scan(&mut self) -> io::Result<()> {
+        while let Some(end) = self.packet_end(self.complete)? {
+            if end > self.buf.len() {
+                break;
+            }
+            self.complete = end;
+        }
+        Ok(())
+    }
+
+    /// Bytes still missing from the packet after the complete ones (at
+    /// least 1: its length, when not yet known, has 4).
+    fn missing(&self) -> io::Result<usize> {
+        Ok(match self.packet_end(self.complete)? {
+            Some(end) => end - self.buf.len(),
+            None => self.complete + 4 - self.buf.len(),
+        })
+    }
+
+    /// Hands up what is complete; `false` if nothing is.
+    fn hand_up(&mut self, out: &mut ReadBuf<'_>) -> bool {
+        if self.handed == self.complete {
+            return false;
+        }
+        let n = out.remaining().min(self.complete - self.handed);
+        out.put_slice(&self.buf[self.handed..self.handed + n]);
+        self.handed += n;
+        if self.handed == self.complete {
+            // Keep only the start of the next packet; give a large
+            // packet's memory back.
+            self.buf.drain(..self.complete);
+            self.handed = 0;
+            self.complete = 0;
+            if self.buf.capacity() > READ_STEP {
+                self.buf.shrink_to(READ_AHEAD);
+            }
+        }
+        true
+    }
+}
 
 /// Writes held until a stage's final reply is flushed.
 #[derive(Debug)]
@@ -61,6 +162,7 @@ pub struct Coalescing<S> {
     written: usize,
     /// Where the message being written (not yet flushed) starts in `held`.
     message_start: usize,
+    incoming: Incoming,
 }
 
 impl<S> Coalescing<S> {
@@ -71,6 +173,7 @@ impl<S> Coalescing<S> {
             held: Vec::with_capacity(512),
             written: 0,
             message_start: 0,
+            incoming: Incoming::default(),
         }
     }
 
@@ -136,12 +239,72 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Coalescing<S> {
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for Coalescing<S> {
+    /// Whole packets only (see [`Incoming`]), and none at all after
+    /// `idle_timeout` without one: an error that ends the session.
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
+        out: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_read(cx, buf)
+        let this = self.get_mut();
+        let incoming = &mut this.incoming;
+        if out.remaining() == 0 {
+            return Poll::Ready(Ok(()));
+        }
+        loop {
+            if incoming.hand_up(out) {
+                incoming.deadline = None;
+                return Poll::Ready(Ok(()));
+            }
+            let missing = incoming.missing()?;
+            // Read ahead for a burst of small packets; a large one in
+            // steps, through a buffer on the stack, so that the memory
+            // held (and touched) follows what arrived.
+            let mut chunk = [0u8; READ_STEP];
+            let step = missing.clamp(READ_AHEAD, READ_STEP);
+            let mut read = ReadBuf::new(&mut chunk[..step]);
+            let polled = Pin::new(&mut this.inner).poll_read(cx, &mut read);
+            let got = read.filled();
+            let n = got.len();
+            if n > 0 {
+                let (len, capacity) = (incoming.buf.len(), incoming.buf.capacity());
+                if capacity < len + n {
+                    // Doubling, but never past the packet's end (and the
+                    // read-ahead): at most twice what arrived.
+                    let wanted = (capacity * 2).max(len + n).min(len + missing.max(n));
+                    incoming.buf.reserve_exact(wanted - len);
+                }
+                incoming.buf.extend_from_slice(got);
+            }
+            match polled {
+                Poll::Ready(Ok(())) if n == 0 => {
+                    // End of file: indymilter sees it (mid-packet, as an
+                    // unexpected end).
+                    incoming.deadline = None;
+                    return Poll::Ready(Ok(()));
+                }
+                Poll::Ready(Ok(())) => incoming.scan()?,
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => {
+                    let Some(idle) = this.slot.as_ref().map(Slot::idle_timeout) else {
+                        return Poll::Pending;
+                    };
+                    let deadline = incoming
+                        .deadline
+                        .get_or_insert_with(|| Box::pin(tokio::time::sleep(idle)));
+                    ready!(deadline.as_mut().poll(cx));
+                    incoming.deadline = None;
+                    return Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        format!(
+                            "closed after {} s without a complete command from the MTA \
+                             (milter.idle_timeout)",
+                            idle.as_secs()
+                        ),
+                    )));
+                }
+            }
+        }
     }
 }
 
@@ -154,10 +317,16 @@ fn milter_stream<S: AsyncRead + AsyncWrite + Unpin>(stream: S, slot: Slot) -> Mi
 /// `[milter] max_connections`: how many MTA connections are open, and how
 /// many may be. Shared by the listener (which takes a [`Slot`] per
 /// connection) and the reload (which changes the maximum).
+///
+/// It also holds `[milter] idle_timeout`, which each connection reads
+/// through its slot whenever it starts waiting for a packet, so that a
+/// reload applies it to connections already open.
 #[derive(Debug)]
 pub struct ConnectionLimit {
     open: AtomicUsize,
     max: AtomicUsize,
+    /// In milliseconds.
+    idle_timeout: AtomicU64,
 }
 
 impl ConnectionLimit {
@@ -165,7 +334,18 @@ impl ConnectionLimit {
         Arc::new(Self {
             open: AtomicUsize::new(0),
             max: AtomicUsize::new(max),
+            idle_timeout: AtomicU64::new(u64::MAX),
         })
+    }
+
+    /// How long a connection may wait for its next packet.
+    pub fn set_idle_timeout(&self, idle: Duration) {
+        let millis = u64::try_from(idle.as_millis()).unwrap_or(u64::MAX);
+        self.idle_timeout.store(millis, Ordering::Relaxed);
+    }
+
+    pub fn idle_timeout(&self) -> Duration {
+        Duration::from_millis(self.idle_timeout.load(Ordering::Relaxed))
     }
 
     /// A new maximum, for new connections: open ones over it are left
@@ -209,6 +389,12 @@ impl ConnectionLimit {
 /// the connection's stream, which holds it).
 #[derive(Debug)]
 pub struct Slot(Arc<ConnectionLimit>);
+
+impl Slot {
+    fn idle_timeout(&self) -> Duration {
+        self.0.idle_timeout()
+    }
+}
 
 impl Drop for Slot {
     fn drop(&mut self) {
@@ -522,6 +708,152 @@ mod tests {
         let _client = TcpStream::connect(addr).await.unwrap();
         let accepted = listener.accept().await.unwrap();
         assert!(accepted.get_ref().inner.nodelay().unwrap());
+    }
+
+    /// One read of at most `max` bytes, without waiting: `None` if the
+    /// read would wait.
+    fn try_read(
+        stream: &mut Coalescing<tokio::io::DuplexStream>,
+        max: usize,
+    ) -> Option<io::Result<Vec<u8>>> {
+        let mut out = vec![0; max];
+        let mut buf = ReadBuf::new(&mut out);
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        match Pin::new(stream).poll_read(&mut cx, &mut buf) {
+            Poll::Ready(Ok(())) => Some(Ok(buf.filled().to_vec())),
+            Poll::Ready(Err(e)) => Some(Err(e)),
+            Poll::Pending => None,
+        }
+    }
+
+    fn wire(kind: u8, data: &[u8]) -> Vec<u8> {
+        let mut p = u32::try_from(data.len() + 1)
+            .unwrap()
+            .to_be_bytes()
+            .to_vec();
+        p.push(kind);
+        p.extend_from_slice(data);
+        p
+    }
+
+    #[tokio::test]
+    async fn a_packet_is_handed_up_only_whole_and_what_is_held_follows_what_arrived() {
+        let (ours, mut peer) = tokio::io::duplex(1 << 21);
+        let mut stream = Coalescing::new(ours);
+        // A header packet announcing 1 MiB, of which 1000 bytes came:
+        // nothing for indymilter (which would allocate the 1 MiB), and
+        // what is held is about what came, not what was announced.
+        let data = vec![b'x'; (MAX_PACKET_LEN - 1) as usize];
+        let packet = wire(b'L', &data);
+        peer.write_all(&packet[..1005]).await.unwrap();
+        assert!(
+            try_read(&mut stream, 1 << 21).is_none(),
+            "handed up in part"
+        );
+        assert_eq!(stream.incoming.buf.len(), 1005);
+        assert!(
+            stream.incoming.buf.capacity() <= 2 * READ_STEP,
+            "{} bytes held for 1005 received",
+            stream.incoming.buf.capacity()
+        );
+        // Half of it: still nothing, and at most twice that held.
+        let half = packet.len() / 2;
+        peer.write_all(&packet[1005..half]).await.unwrap();
+        while stream.incoming.buf.len() < half {
+            assert!(try_read(&mut stream, 1 << 21).is_none());
+        }
+        assert!(stream.incoming.buf.capacity() <= 2 * half);
+        // The rest, and two small packets behind it: everything, in
+        // order, and never a packet in part.
+        let small = [wire(b'H', b"pass.test\0"), wire(b'A', b"")].concat();
+        peer.write_all(&packet[half..]).await.unwrap();
+        peer.write_all(&small).await.unwrap();
+        let ends = [packet.len(), packet.len() + 15, packet.len() + 20];
+        let mut got = Vec::new();
+        while got.len() < ends[2] {
+            match try_read(&mut stream, 1 << 21) {
+                Some(Ok(bytes)) => {
+                    got.extend(bytes);
+                    assert!(ends.contains(&got.len()), "a packet in part: {}", got.len());
+                }
+                Some(Err(e)) => panic!("{e}"),
+                None => tokio::task::yield_now().await,
+            }
+        }
+        assert!(got == [packet, small].concat());
+        assert!(
+            stream.incoming.buf.capacity() <= READ_STEP,
+            "a large packet's memory is given back"
+        );
+        // The end of the stream reaches the reader.
+        drop(peer);
+        assert_eq!(try_read(&mut stream, 4096).unwrap().unwrap(), b"");
+    }
+
+    #[tokio::test]
+    async fn a_packet_over_the_limit_ends_the_connection_before_its_data() {
+        let (ours, mut peer) = tokio::io::duplex(4096);
+        let mut stream = Coalescing::new(ours);
+        // indymilter's limit, the largest that is read:
+        peer.write_all(&MAX_PACKET_LEN.to_be_bytes()).await.unwrap();
+        assert!(try_read(&mut stream, 4096).is_none());
+        let (ours, mut peer) = tokio::io::duplex(4096);
+        let mut stream = Coalescing::new(ours);
+        peer.write_all(&(MAX_PACKET_LEN + 1).to_be_bytes())
+            .await
+            .unwrap();
+        let e = try_read(&mut stream, 4096).unwrap().unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::InvalidData);
+        assert_eq!(
+            e.to_string(),
+            "the MTA announced a packet of 1048577 bytes, over the limit of 1048576"
+        );
+        // A length of 0 still has its command octet, as indymilter
+        // reads it: handed up with it, in step with indymilter.
+        let (ours, mut peer) = tokio::io::duplex(4096);
+        let mut stream = Coalescing::new(ours);
+        peer.write_all(b"\0\0\0\0Q\0\0\0\x01A").await.unwrap();
+        assert_eq!(
+            try_read(&mut stream, 4096).unwrap().unwrap(),
+            b"\0\0\0\0Q\0\0\0\x01A"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_connection_without_a_complete_packet_for_idle_timeout_is_closed() {
+        let limit = ConnectionLimit::new(10);
+        limit.set_idle_timeout(Duration::from_secs(600));
+        let (ours, mut peer) = tokio::io::duplex(4096);
+        let mut stream = Coalescing::new(ours);
+        stream.slot = Some(limit.try_acquire().unwrap());
+        // Packets 599 s apart: each wait is under the limit.
+        for _ in 0..3 {
+            tokio::time::sleep(Duration::from_secs(599)).await;
+            peer.write_all(&wire(b'H', b"x\0")).await.unwrap();
+            let got = stream.read(&mut [0; 64]).await.unwrap();
+            assert_eq!(got, 7);
+        }
+        // Half a packet, then the rest 599 s later: the wait is for a
+        // whole packet, so dripping bytes does not extend it.
+        let packet = wire(b'H', b"x\0");
+        peer.write_all(&packet[..3]).await.unwrap();
+        tokio::time::sleep(Duration::from_secs(300)).await;
+        peer.write_all(&packet[3..5]).await.unwrap();
+        let started = tokio::time::Instant::now();
+        let e = stream.read(&mut [0; 64]).await.unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::TimedOut);
+        assert_eq!(
+            e.to_string(),
+            "closed after 600 s without a complete command from the MTA (milter.idle_timeout)"
+        );
+        // The wait began with the read, after the 300 s sleep.
+        assert_eq!(started.elapsed(), Duration::from_secs(600));
+        // A reload's new value applies to the next wait.
+        limit.set_idle_timeout(Duration::from_secs(5));
+        let started = tokio::time::Instant::now();
+        let e = stream.read(&mut [0; 64]).await.unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::TimedOut);
+        assert_eq!(started.elapsed(), Duration::from_secs(5));
     }
 
     type Lines = Arc<std::sync::Mutex<Vec<String>>>;

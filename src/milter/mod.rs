@@ -133,6 +133,9 @@ macro_rules! stage {
 pub struct Milter {
     current: std::sync::RwLock<Arc<Shared>>,
     metrics: Arc<Metrics>,
+    /// Set when the daemon stops and will not wait any longer for the
+    /// checks in progress ([`Milter::interrupt`]).
+    interrupt: tokio::sync::watch::Sender<bool>,
 }
 
 impl Milter {
@@ -150,6 +153,7 @@ impl Milter {
             Self {
                 current: std::sync::RwLock::new(Arc::new(shared)),
                 metrics: Arc::new(Metrics::new(dns)),
+                interrupt: tokio::sync::watch::Sender::new(false),
             }
         })
     }
@@ -165,6 +169,22 @@ impl Milter {
                 .read()
                 .unwrap_or_else(std::sync::PoisonError::into_inner),
         )
+    }
+
+    /// The daemon is stopping: every check in progress at MAIL FROM ends
+    /// now with a temporary failure (and so does any that starts).
+    fn interrupt(&self) {
+        self.interrupt.send_replace(true);
+    }
+
+    /// Completes when [`Milter::interrupt`] is called; never otherwise.
+    fn interrupted(&self) -> impl Future<Output = ()> + Send + 'static {
+        let mut interrupt = self.interrupt.subscribe();
+        async move {
+            if interrupt.wait_for(|&stop| stop).await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
     }
 
     fn replace(&self, shared: Shared) {
@@ -213,6 +233,7 @@ fn macro_value(macros: &indymilter::Macros, name: &str) -> Option<String> {
 /// The callbacks.
 fn callbacks(milter: Arc<Milter>) -> Callbacks<Connection> {
     let negotiating = Arc::clone(&milter);
+    let stopping = Arc::clone(&milter);
     Callbacks::new()
         .on_negotiate(move |cx: &mut NegotiateContext<Connection>, _, _| {
             let shared = negotiating.current();
@@ -256,12 +277,20 @@ fn callbacks(milter: Arc<Milter>) -> Callbacks<Connection> {
                 })
             })
         })
-        .on_mail(|cx, args| {
+        .on_mail(move |cx, args| {
+            let interrupted = stopping.interrupted();
             Box::pin(async move {
                 let sender = args.first().map(|a| lossy(a)).unwrap_or_default();
-                stage!(cx, Stage::Mail, |session, macros| session
-                    .mail(&sender, macros)
-                    .await)
+                stage!(cx, Stage::Mail, |session, macros| {
+                    let finished = tokio::select! {
+                        answer = session.mail(&sender, macros) => Some(answer),
+                        () = interrupted => None,
+                    };
+                    match finished {
+                        Some(answer) => answer,
+                        None => session.interrupted(macros),
+                    }
+                })
             })
         })
         .on_rcpt(|cx, args| {
@@ -305,13 +334,6 @@ fn callbacks(milter: Arc<Milter>) -> Callbacks<Connection> {
                     session.abort();
                     Answer::Continue
                 })
-            })
-        })
-        .on_close(|cx| {
-            Box::pin(async move {
-                // The session's end is counted when it is dropped.
-                cx.data = None;
-                Status::Continue
             })
         })
 }

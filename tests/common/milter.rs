@@ -236,6 +236,16 @@ impl Daemon {
         }
     }
 
+    /// The daemon's process ID.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The configuration file given to the daemon.
+    pub fn config_path(&self) -> &std::path::Path {
+        &self.config_path
+    }
+
     /// Rewrites the configuration file (for a reload).
     pub fn rewrite_config(&self, text: &str) {
         std::fs::write(&self.config_path, text).expect("rewrite the configuration");
