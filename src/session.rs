@@ -297,7 +297,16 @@ impl<L: Lookup> Session<L> {
 
     /// One header of the message: trace headers that could be taken for
     /// ours are remembered, to be deleted at end of message.
+    ///
+    /// A name is counted as the MTA counts it when it finds the header to
+    /// delete: without regard to case, and without the white space that
+    /// may stand before the colon (RFC 5322 §4.5.3, obsolete syntax;
+    /// Postfix's is_header() and cleanup_milter.c count `Received-SPF :`
+    /// as a `Received-SPF`). Counted otherwise, such a header would shift
+    /// the index of every later one, and a forged header would stay while
+    /// another was deleted in its place.
     pub fn header(&mut self, name: &[u8], value: &[u8]) {
+        let name = name.trim_ascii_end();
         let Some(kind) = TRACE_HEADERS
             .iter()
             .position(|t| t.as_bytes().eq_ignore_ascii_case(name))

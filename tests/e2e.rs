@@ -108,6 +108,8 @@ scenario_tests! {
     spfmilter_reject_mode => scenarios::reject_mode;
     spfmilter_milter_down => scenarios::milter_down;
     spfmilter_forged_headers => scenarios::forged_headers;
+    spfmilter_forged_lenient_authserv_ids => scenarios::forged_lenient_authserv_ids;
+    spfmilter_identity_injection => scenarios::identity_injection;
 }
 
 /// `[milter] max_connections` through Postfix: over the limit, Postfix's

@@ -444,3 +444,59 @@ async fn the_p_macro_counts_no_void_lookups() {
     assert_eq!(o.result, SpfResult::Pass);
     assert_eq!((o.dns_lookups, o.void_lookups), (1, 0));
 }
+
+/// RFC 7208 §4.3 with RFC 1123 §2.1: a HELO argument that is no host name
+/// (letters, digits, hyphens) gives "none" without a query, as the HELO
+/// identity and as the null sender's MAIL FROM identity; the same text as a
+/// MAIL FROM domain is still evaluated (§4.3 asks only for a well-formed
+/// name there).
+#[tokio::test]
+async fn a_helo_that_is_no_host_name_is_not_evaluated() {
+    let evil = "x;identity=mailfrom;.evilhelo.test";
+    let zone = Zone::new()
+        .with_txt(evil, "v=spf1 +all")
+        .with_txt("my_host.evilhelo.test", "v=spf1 +all")
+        .with_txt("-x.evilhelo.test", "v=spf1 +all")
+        .with_txt("1mx.evilhelo.test", "v=spf1 +all");
+    let completed = Arc::new(AtomicUsize::new(0));
+    let evaluator = Evaluator::new(SlowLookup {
+        zone,
+        delay: Duration::ZERO,
+        completed: Arc::clone(&completed),
+    });
+    for helo in [evil, "my_host.evilhelo.test", "-x.evilhelo.test"] {
+        for (identity, sender) in [
+            (Identity::Helo, "a@pass.test"),
+            (Identity::MailFrom, ""),
+            (Identity::MailFrom, "<>"),
+        ] {
+            let o = evaluator
+                .check(&request("192.0.2.1", helo, sender), identity)
+                .await;
+            assert_eq!(
+                o.result,
+                SpfResult::None,
+                "HELO {helo:?}, {identity}: {o:?}"
+            );
+            assert_eq!(o.dns_lookups, 0);
+        }
+    }
+    assert_eq!(completed.load(Ordering::SeqCst), 0, "a query was sent");
+
+    // A host name starting with a digit is one (RFC 1123 §2.1).
+    let o = evaluator
+        .check(
+            &request("192.0.2.1", "1mx.evilhelo.test", ""),
+            Identity::Helo,
+        )
+        .await;
+    assert_eq!(o.result, SpfResult::Pass);
+    // As a MAIL FROM domain, the name is evaluated.
+    let o = evaluator
+        .check(
+            &request("192.0.2.1", "mx.pass.test", "a@my_host.evilhelo.test"),
+            Identity::MailFrom,
+        )
+        .await;
+    assert_eq!(o.result, SpfResult::Pass);
+}

@@ -23,13 +23,27 @@
 //!   §2.1.1, §2.2.3), whatever bytes came in;
 //! - header changes only delete (empty value) trace headers;
 //! - every 200 inputs, a well-formed session still gets its Received-SPF
-//!   Pass: the daemon lives on.
+//!   Pass: the daemon lives on;
+//! - no value of ours holds a separator (security report, item 3): an
+//!   inserted Received-SPF, read as OpenDMARC reads it
+//!   (`tests/common/lenient.rs`), has exactly one `identity` key and no
+//!   value with `;` `=` `"` `(` `)` `\`, white space or a control; an
+//!   inserted Authentication-Results of configuration 1 reads as its
+//!   authserv-id;
+//! - no forged header survives (item 1): the input's header packets are
+//!   also sent in a well-formed session to configuration 1 (fixed
+//!   authserv-id) and the edits applied as Postfix applies them; no
+//!   Received-SPF is left, and no Authentication-Results that OpenDMARC's
+//!   reader or [`spfmilter::policy::headers::could_claim_authserv_id`]
+//!   takes for ours.
 
 #![no_main]
 
 #[allow(dead_code)]
 #[path = "../../tests/common/dns_server.rs"]
 mod dns_server;
+#[path = "../../tests/common/lenient.rs"]
+mod lenient;
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
@@ -42,6 +56,10 @@ use std::time::{Duration, Instant};
 use libfuzzer_sys::fuzz_target;
 use spfmilter::config::{Config, Datasets, Overrides, Source};
 use spfmilter::dns::Zone;
+use spfmilter::policy::headers::could_claim_authserv_id;
+
+/// The authserv-id of configuration 1.
+const FIXED_ID: &str = "fuzz.example";
 
 // The third configuration has Reject_Not_Pass_Domains, whose label match
 // this target once crashed on non-UTF-8 names
@@ -221,9 +239,18 @@ fn cstrings(data: &[u8]) -> Vec<&[u8]> {
     data.split(|b| *b == 0).collect()
 }
 
-/// Checks every reply; returns the inserted headers (name, value).
-fn check_replies(mut replies: &[u8]) -> Vec<(Vec<u8>, Vec<u8>)> {
-    let mut inserted = Vec::new();
+/// What a session's replies asked for.
+#[derive(Default)]
+struct Edits {
+    /// Inserted headers (name, value), in the order sent.
+    inserted: Vec<(Vec<u8>, Vec<u8>)>,
+    /// Deleted headers (name, index), in the order sent.
+    deleted: Vec<(Vec<u8>, u32)>,
+}
+
+/// Checks every reply; returns the edits.
+fn check_replies(mut replies: &[u8]) -> Edits {
+    let mut edits = Edits::default();
     let mut first = true;
     while !replies.is_empty() {
         assert!(replies.len() >= 5, "a cut reply: {replies:?}");
@@ -263,7 +290,8 @@ fn check_replies(mut replies: &[u8]) -> Vec<(Vec<u8>, Vec<u8>)> {
                     String::from_utf8_lossy(name)
                 );
                 check_header_value(name, value);
-                inserted.push((name.to_vec(), value.to_vec()));
+                check_our_header(name, value);
+                edits.inserted.push((name.to_vec(), value.to_vec()));
             }
             b'm' => {
                 assert!(data.len() >= 4);
@@ -278,12 +306,128 @@ fn check_replies(mut replies: &[u8]) -> Vec<(Vec<u8>, Vec<u8>)> {
                     "deletes {:?}",
                     String::from_utf8_lossy(fields[0])
                 );
+                let index = u32::from_be_bytes(data[..4].try_into().unwrap());
+                edits.deleted.push((fields[0].to_vec(), index));
             }
             other => panic!("unexpected reply code {other:#x}"),
         }
         replies = &replies[4 + len..];
     }
-    inserted
+    edits
+}
+
+/// Item 3 of the security report: a header of ours, as OpenDMARC reads it.
+fn check_our_header(name: &[u8], value: &[u8]) {
+    let text = String::from_utf8_lossy(value);
+    let unfolded = text.replace("\n\t", " ");
+    if name == b"Received-SPF" {
+        let (_, pairs) = lenient::opendmarc_received_spf(&unfolded);
+        let identities = pairs.iter().filter(|(k, _)| k == "identity").count();
+        assert_eq!(identities, 1, "{unfolded:?}: {pairs:?}");
+        for (key, v) in &pairs {
+            assert!(
+                v.bytes()
+                    .all(|b| b.is_ascii_graphic() && !b";=\"()\\".contains(&b)),
+                "{key}={v:?} in {unfolded:?}"
+            );
+        }
+    }
+}
+
+/// The header packets (`L`: name, value) of an input, before its first
+/// end of message.
+fn header_packets(mut data: &[u8]) -> Vec<(Vec<u8>, Vec<u8>)> {
+    let mut headers = Vec::new();
+    while let [command, rest @ ..] = data {
+        let (len, rest) = match rest {
+            [a, b, rest @ ..] => (usize::from(u16::from_be_bytes([*a, *b])), rest),
+            _ => (0, &[][..]),
+        };
+        let len = len.min(rest.len());
+        let (body, rest) = rest.split_at(len);
+        match *command {
+            b'L' => {
+                let fields = cstrings(body);
+                if let [name, value] = fields[..]
+                    && !name.is_empty()
+                    && !value.contains(&0)
+                {
+                    headers.push((name.to_vec(), value.to_vec()));
+                }
+            }
+            b'E' => break,
+            _ => {}
+        }
+        data = rest;
+    }
+    headers
+}
+
+/// Item 1: the headers sent in a well-formed session to configuration 1;
+/// after the edits, applied as Postfix applies them (the index counts the
+/// headers of that name still present), nothing reads as ours.
+fn check_forged_headers_go(socket: &PathBuf, headers: &[(Vec<u8>, Vec<u8>)]) {
+    let mut out = optneg();
+    out.extend(packet(b'D', b"Cj\0mx.example.net\0"));
+    out.extend(packet(b'C', b"client.example\x004\x10\xe1192.0.2.1\0"));
+    out.extend(packet(b'H', b"pass.test\0"));
+    out.extend(packet(b'M', b"<a@pass.test>\0"));
+    out.extend(packet(b'R', b"<u@rcpt.example>\0"));
+    out.extend(packet(b'T', b""));
+    for (name, value) in headers {
+        let mut body = name.clone();
+        body.push(0);
+        body.extend_from_slice(value);
+        body.push(0);
+        out.extend(packet(b'L', &body));
+    }
+    out.extend(packet(b'N', b""));
+    out.extend(packet(b'E', b""));
+    out.extend(packet(b'Q', b""));
+    let edits = check_replies(&converse(socket, &out));
+    let mut left: Vec<Option<&(Vec<u8>, Vec<u8>)>> = headers.iter().map(Some).collect();
+    for (name, index) in &edits.deleted {
+        let position = left
+            .iter()
+            .enumerate()
+            .filter(|(_, h)| h.is_some_and(|(n, _)| n.eq_ignore_ascii_case(name)))
+            .nth((*index as usize).saturating_sub(1))
+            .map(|(i, _)| i);
+        if let Some(i) = position {
+            left[i] = None;
+        }
+    }
+    for (name, value) in left.into_iter().flatten() {
+        let text = String::from_utf8_lossy(value);
+        assert!(
+            !name.eq_ignore_ascii_case(b"Received-SPF"),
+            "a Received-SPF survived: {text:?}"
+        );
+        if name.eq_ignore_ascii_case(b"Authentication-Results") {
+            let read = lenient::opendmarc_authserv_id(&text).map(|id| id.to_ascii_lowercase());
+            assert!(
+                read.as_deref().is_none_or(|id| id != FIXED_ID
+                    && !id
+                        .strip_prefix(FIXED_ID)
+                        .is_some_and(|r| r.starts_with('/'))),
+                "OpenDMARC takes a surviving header for ours: {text:?}"
+            );
+            assert!(
+                !could_claim_authserv_id(&text, FIXED_ID),
+                "a lenient reader takes a surviving header for ours: {text:?}"
+            );
+        }
+    }
+    for (name, value) in &edits.inserted {
+        if name == b"Authentication-Results" {
+            let text = String::from_utf8_lossy(value);
+            assert_eq!(
+                lenient::opendmarc_authserv_id(&text).as_deref(),
+                Some(FIXED_ID),
+                "{text:?}"
+            );
+        }
+    }
 }
 
 /// A well-formed session: connect from 192.0.2.1, HELO, MAIL FROM
@@ -311,12 +455,16 @@ fuzz_target!(|data: &[u8]| {
     };
     let socket = &daemons.sockets[usize::from(*choice) % daemons.sockets.len()];
     check_replies(&converse(socket, &packets(rest)));
+    let headers = header_packets(rest);
+    if !headers.is_empty() && headers.len() <= 64 {
+        check_forged_headers_go(&daemons.sockets[1], &headers);
+    }
     if daemons
         .inputs
         .fetch_add(1, Ordering::Relaxed)
         .is_multiple_of(200)
     {
-        let inserted = check_replies(&converse(&daemons.sockets[0], &good_session()));
+        let inserted = check_replies(&converse(&daemons.sockets[0], &good_session())).inserted;
         assert_eq!(inserted.len(), 1, "{inserted:?}");
         assert!(
             inserted[0].1.trim_ascii_start().starts_with(b"Pass "),

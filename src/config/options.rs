@@ -193,7 +193,7 @@ pub static OPTIONS: &[OptionInfo] = &[
         "remove_forged_headers",
         None,
         "`true`",
-        "Delete incoming Received-SPF headers and Authentication-Results headers that carry our authserv-id, so that downstream filters (OpenDMARC) only see ours."
+        "Delete incoming Received-SPF headers and Authentication-Results headers that carry our authserv-id (in any form a lenient reader takes for it), so that downstream filters (OpenDMARC) only see ours."
     ),
     opt!(
         PidFile,

@@ -172,12 +172,14 @@ pub fn authentication_results_value(
     } else {
         tx.envelope_from
     };
-    push_comment(
-        &mut v,
-        &format!(
-            "client-ip={}; helo={}; envelope-from={envelope_from}; receiver={}",
-            tx.client_ip, tx.helo, tx.receiver
-        ),
+    // The reference's text; each value sanitized as a word.
+    let _ = write!(
+        v,
+        "client-ip={}; helo={}; envelope-from={}; receiver={}",
+        tx.client_ip,
+        sanitized::<WORD>(tx.helo),
+        sanitized::<WORD>(envelope_from),
+        sanitized::<WORD>(tx.receiver)
     );
     v.push(')');
     v
@@ -248,7 +250,9 @@ pub fn skip_headers(
         let mut value = String::with_capacity(comment.len() + authserv_id.len() + 10);
         push_token_or_quoted(&mut value, authserv_id);
         value.push_str("; none (");
-        push_comment(&mut value, comment.trim_end());
+        // x_comment_value sanitized its values; the rest is the reference's
+        // text.
+        value.push_str(comment.trim_end());
         value.push(')');
         headers.push((
             "Authentication-Results",
@@ -258,58 +262,284 @@ pub fn skip_headers(
     headers
 }
 
-/// The authserv-id of an Authentication-Results value: the first token,
-/// after any leading white space and comments (RFC 8601 §2.2). `None` when
-/// the value does not start with one.
-pub fn authserv_id_of(value: &str) -> Option<&str> {
-    let rest = skip_cfws(value);
-    let end = rest
-        .find(|c: char| c == ';' || c == '(' || c.is_whitespace())
-        .unwrap_or(rest.len());
-    let id = rest[..end].trim_matches('"');
-    (!id.is_empty()).then_some(id)
-}
-
-/// Skips white space and (nested) comments at the start of `s`.
-fn skip_cfws(mut s: &str) -> &str {
-    loop {
-        s = s.trim_start();
-        let Some(body) = s.strip_prefix('(') else {
-            return s;
-        };
-        let mut depth = 1;
-        let mut escaped = false;
-        let mut end = body.len();
-        for (i, c) in body.char_indices() {
-            match c {
-                _ if escaped => escaped = false,
-                '\\' => escaped = true,
-                '(' => depth += 1,
-                ')' => {
-                    depth -= 1;
-                    if depth == 0 {
-                        end = i + 1;
-                        break;
-                    }
-                }
-                _ => {}
-            }
-        }
-        s = &body[end.min(body.len())..];
-    }
-}
-
 /// Should an incoming header be deleted before ours is added? Every
 /// `Received-SPF` (only our own may be trusted, and OpenDMARC falls back to
-/// the first one it finds) and every `Authentication-Results` that claims
-/// our authserv-id (case-insensitively; RFC 8601 §5 asks border MTAs to do
-/// this). Other sites' Authentication-Results are left alone.
+/// the first one it finds) and every `Authentication-Results` that some
+/// reader could take for one of ours ([`could_claim_authserv_id`]; RFC 8601
+/// §5 asks border MTAs to delete those). Other sites' Authentication-Results
+/// are left alone.
 pub fn is_forged_trace_header(name: &str, value: &str, our_authserv_id: &str) -> bool {
     if name.eq_ignore_ascii_case("Received-SPF") {
         return true;
     }
     name.eq_ignore_ascii_case("Authentication-Results")
-        && authserv_id_of(value).is_some_and(|id| id.eq_ignore_ascii_case(our_authserv_id))
+        && could_claim_authserv_id(value, our_authserv_id)
+}
+
+/// Whether any lenient reading of an Authentication-Results value gives our
+/// authserv-id ("when in doubt, delete").
+///
+/// Readers disagree on where the authserv-id (RFC 8601 §2.2) starts and
+/// ends: OpenDMARC 1.4.2 joins `.`-separated tokens across white space and
+/// folds, drops quotes and backslashes anywhere, skips a stray `)` and
+/// takes any token starting with `(` for a comment, even one that came out
+/// of a quoted string; other readers drop comments, quotes or all white
+/// space, or fold case. So the value is read as: optional junk, then our
+/// id's characters in order (ASCII case folded) with junk allowed between
+/// them, then the end of the value or a character that ends a token for
+/// some reader (white space, `(`, `;`, `/`: a version, a comment, the
+/// results, OpenDMARC's `AuthservIDWithJobID` form). Junk is
+///
+/// * white space (folds included), control characters, `"`, `\`, a `)`,
+///   and a few invisible format characters (soft hyphen, zero-width
+///   spaces, the byte-order mark);
+/// * a comment: from a `(` to any later `)` (the first, the matching one,
+///   or any other: readers disagree on nesting and on escapes inside), or
+///   up to any later white space (OpenDMARC ends a `"(x"` or `\(x` comment
+///   token there).
+///
+/// A `;` inside a comment does not end the authserv-id; one outside does.
+/// Characters are folded to ASCII before the comparison (full-width forms,
+/// the Kelvin sign, the long s and the dotted and dotless i, as Unicode-aware
+/// readers fold them), and a value holding RFC 2047 encoded-words is read
+/// a second time with them decoded (mail libraries decode them in any
+/// field). OpenDMARC keeps at most 256 characters of an authserv-id: an id
+/// that long matches whatever follows it.
+///
+/// This over-approximates on purpose: a header whose first comment ends with
+/// our id is deleted too. What it keeps is an ordinary header of another
+/// authserv-id (`mx.google.com; …`, `mx.example.net.other; …`).
+pub fn could_claim_authserv_id(value: &str, our_authserv_id: &str) -> bool {
+    let id: Vec<u8> = our_authserv_id
+        .chars()
+        .filter_map(|c| match class_of(c) {
+            Class::Char(b) => Some(b),
+            _ => None,
+        })
+        .collect();
+    if id.is_empty() {
+        return false;
+    }
+    let matcher = IdMatcher::new(&id);
+    matcher.matches(value.chars())
+        || (value.contains("=?")
+            && decode_encoded_words(value).is_some_and(|decoded| matcher.matches(decoded.chars())))
+}
+
+/// What a character is to [`could_claim_authserv_id`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Class {
+    /// White space, a fold or a control character: junk, ends a comment
+    /// token, and ends the authserv-id.
+    Space,
+    /// `"`, `\` or an invisible format character: junk.
+    Junk,
+    /// `(`: starts a comment.
+    Open,
+    /// `)`: ends a comment; junk outside one.
+    Close,
+    /// A character folded to lower-case ASCII.
+    Char(u8),
+    /// Anything else (non-ASCII without an ASCII folding).
+    Other,
+}
+
+fn class_of(c: char) -> Class {
+    match c {
+        '"' | '\\' => Class::Junk,
+        '(' => Class::Open,
+        ')' => Class::Close,
+        c if c.is_ascii_control() || c.is_whitespace() => Class::Space,
+        '\u{AD}' | '\u{200B}'..='\u{200F}' | '\u{2060}'..='\u{2064}' | '\u{FEFF}' => Class::Junk,
+        c if c.is_ascii() => Class::Char(c.to_ascii_lowercase() as u8),
+        // Full-width forms of ASCII (U+FF01..U+FF5E) as NFKC maps them.
+        '\u{FF01}'..='\u{FF5E}' => {
+            let ascii = u32::from(c) - 0xFF01 + 0x21;
+            u8::try_from(ascii).map_or(Class::Other, |b| Class::Char(b.to_ascii_lowercase()))
+        }
+        // Kelvin sign, long s, dotted capital I, dotless i: their Unicode
+        // case foldings are ASCII letters.
+        '\u{212A}' => Class::Char(b'k'),
+        '\u{17F}' => Class::Char(b's'),
+        '\u{130}' | '\u{131}' => Class::Char(b'i'),
+        _ => Class::Other,
+    }
+}
+
+/// OpenDMARC 1.4.2 keeps this many characters of an authserv-id
+/// (`DMARC_MAXHOSTNAMELEN`).
+const OPENDMARC_ID_LIMIT: usize = 256;
+
+/// The reading of [`could_claim_authserv_id`] as a bit-parallel
+/// nondeterministic automaton: state `j` means "the first `j` characters of
+/// the id are read", outside a comment (`out`) or inside one (`inside`).
+/// Linear in the value's length; it stops as soon as no state is left.
+struct IdMatcher<'a> {
+    id: &'a [u8],
+    words: usize,
+    /// Per ASCII character, the states `j` whose next id character it is.
+    masks: Vec<u64>,
+}
+
+impl<'a> IdMatcher<'a> {
+    fn new(id: &'a [u8]) -> Self {
+        // States 0..=id.len().
+        let words = (id.len() + 1).div_ceil(64);
+        let mut masks = vec![0u64; 128 * words];
+        for (j, &b) in id.iter().enumerate() {
+            if let Some(word) = masks.get_mut(usize::from(b & 0x7f) * words + j / 64) {
+                *word |= 1 << (j % 64);
+            }
+        }
+        Self { id, words, masks }
+    }
+
+    fn has_end(&self, set: &[u64]) -> bool {
+        let n = self.id.len();
+        set.get(n / 64).is_some_and(|w| w & (1 << (n % 64)) != 0)
+    }
+
+    fn matches(&self, value: impl Iterator<Item = char>) -> bool {
+        let words = self.words;
+        let mut out = vec![0u64; words];
+        let mut inside = vec![0u64; words];
+        let mut next = vec![0u64; words];
+        out[0] = 1;
+        for c in value {
+            let class = class_of(c);
+            if self.has_end(&out) {
+                let ends = matches!(
+                    class,
+                    Class::Space | Class::Open | Class::Char(b';') | Class::Char(b'/')
+                );
+                if ends || self.id.len() >= OPENDMARC_ID_LIMIT {
+                    return true;
+                }
+            }
+            next.fill(0);
+            match class {
+                Class::Space | Class::Close => {
+                    // Junk outside a comment; a comment may end here.
+                    for ((n, o), i) in next.iter_mut().zip(&out).zip(&inside) {
+                        *n = o | i;
+                    }
+                }
+                Class::Junk => next.copy_from_slice(&out),
+                Class::Open => {
+                    for (i, o) in inside.iter_mut().zip(&out) {
+                        *i |= o;
+                    }
+                }
+                Class::Char(b) if b < 0x80 => {
+                    // next = (out & mask(b)) << 1
+                    let mask = &self.masks[usize::from(b) * words..][..words];
+                    let mut carry = 0;
+                    for ((n, o), m) in next.iter_mut().zip(&out).zip(mask) {
+                        let advanced = o & m;
+                        *n = (advanced << 1) | carry;
+                        carry = advanced >> 63;
+                    }
+                }
+                Class::Char(_) | Class::Other => {}
+            }
+            std::mem::swap(&mut out, &mut next);
+            if out.iter().all(|&w| w == 0) && inside.iter().all(|&w| w == 0) {
+                return false;
+            }
+        }
+        self.has_end(&out)
+    }
+}
+
+/// `value` with its RFC 2047 encoded-words (`=?charset?Q|B?text?=`)
+/// decoded (bytes that are not UTF-8 become U+FFFD); `None` when it has
+/// none.
+fn decode_encoded_words(value: &str) -> Option<String> {
+    let mut out = String::with_capacity(value.len());
+    let mut rest = value;
+    let mut decoded_any = false;
+    while let Some(start) = rest.find("=?") {
+        out.push_str(&rest[..start]);
+        let word = &rest[start + 2..];
+        let parsed = word.split_once('?').and_then(|(_charset, after)| {
+            let (encoding, after) = after.split_once('?')?;
+            let end = after.find("?=")?;
+            let text = &after[..end];
+            let bytes = match encoding {
+                "Q" | "q" => decode_q(text),
+                "B" | "b" => decode_base64(text)?,
+                _ => return None,
+            };
+            Some((bytes, start + 2 + word.len() - after.len() + end + 2))
+        });
+        match parsed {
+            Some((bytes, consumed)) => {
+                out.push_str(&String::from_utf8_lossy(&bytes));
+                rest = &rest[consumed..];
+                decoded_any = true;
+            }
+            None => {
+                out.push_str("=?");
+                rest = &rest[start + 2..];
+            }
+        }
+    }
+    out.push_str(rest);
+    decoded_any.then_some(out)
+}
+
+/// RFC 2047 §4.2 "Q": `_` is a space, `=XX` a byte.
+fn decode_q(text: &str) -> Vec<u8> {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'_' => out.push(b' '),
+            b'=' => {
+                let hex = bytes
+                    .get(i + 1..i + 3)
+                    .and_then(|h| std::str::from_utf8(h).ok())
+                    .and_then(|h| u8::from_str_radix(h, 16).ok());
+                if let Some(byte) = hex {
+                    out.push(byte);
+                    i += 2;
+                } else {
+                    out.push(b'=');
+                }
+            }
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    out
+}
+
+/// RFC 2047 §4.1 "B" (base64, RFC 4648 §4); padding and unknown characters
+/// are skipped. `None` for text that is not base64 at all.
+fn decode_base64(text: &str) -> Option<Vec<u8>> {
+    let mut out = Vec::with_capacity(text.len() * 3 / 4);
+    let mut acc = 0u32;
+    let mut bits = 0;
+    for b in text.bytes() {
+        let v = match b {
+            b'A'..=b'Z' => b - b'A',
+            b'a'..=b'z' => b - b'a' + 26,
+            b'0'..=b'9' => b - b'0' + 52,
+            b'+' => 62,
+            b'/' => 63,
+            b'=' => continue,
+            _ => return None,
+        };
+        acc = (acc << 6) | u32::from(v);
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((acc >> bits) as u8);
+            acc &= (1 << bits) - 1;
+        }
+    }
+    Some(out)
 }
 
 /// An RFC 2045 token: what a value may be without quotes (RFC 8601 §2.2
@@ -390,78 +620,98 @@ fn is_plain_value(s: &str) -> bool {
     !atom_start
 }
 
-/// A key-value value (RFC 7208 §9.1): dot-atom or address as is, anything
-/// else as a quoted-string.
+/// A key-value value (RFC 7208 §9.1), [`sanitized`] as a word: dot-atom or
+/// address as is, anything else as a quoted-string.
 fn push_value(out: &mut String, value: &str) {
-    if is_plain_value(value) {
-        out.push_str(value);
+    let value = sanitized::<WORD>(value);
+    if is_plain_value(&value) {
+        out.push_str(&value);
     } else {
-        push_quoted(out, value);
+        push_quoted(out, &value);
     }
 }
 
-/// A quoted-string (RFC 5322 §3.2.4): `"` and `\` escaped; characters a
-/// header may not carry (controls, non-ASCII) replaced by `?` so a sender
-/// cannot inject header lines.
+/// A quoted-string (RFC 5322 §3.2.4) of the value [`sanitized`] as a word:
+/// there is nothing left to escape.
 fn push_quoted(out: &mut String, value: &str) {
     out.push('"');
-    push_escaped::<QUOTED_STRING>(out, value);
+    out.push_str(&sanitized::<WORD>(value));
     out.push('"');
 }
 
-/// Comment text (RFC 5322 ctext): parentheses and backslashes escaped,
-/// controls replaced.
+/// Comment text (RFC 5322 ctext), [`sanitized`] as prose.
 fn push_comment(out: &mut String, text: &str) {
-    push_escaped::<COMMENT>(out, text);
+    out.push_str(&sanitized::<PROSE>(text));
 }
 
-/// What [`push_escaped`] escapes: in a quoted-string `"` and `\`, in a
-/// comment `(`, `)` and `\` (RFC 5322 §3.2.2, §3.2.4).
-const QUOTED_STRING: u8 = 0;
-const COMMENT: u8 = 1;
+/// What [`sanitized`] keeps: a value of a key or property (`WORD`), or the
+/// text of a comment (`PROSE`, which keeps its spaces).
+const WORD: u8 = 0;
+const PROSE: u8 = 1;
 
-/// The bytes [`push_escaped`] copies as they are, per kind: printable
-/// ASCII (space to `~`) except the kind's specials. A table, as this runs
+/// The characters that lenient header readers split on or treat specially,
+/// inside quoted-strings and comments too: OpenDMARC 1.4.2 reads `;` and
+/// `=` of a Received-SPF inside quotes, opens a comment at any `(`, drops
+/// `"` and `\` (so an escaped `\)` may close a comment for some reader).
+/// None of them is ever written inside one of our values.
+const SEPARATORS: &[u8] = b";=\"()\\";
+
+/// The bytes [`sanitized`] copies as they are, per kind: printable ASCII
+/// except [`SEPARATORS`], the space too for `PROSE`. A table, as this runs
 /// for every character of every header.
 const COPIED_AS_IS: [[bool; 256]; 2] = {
     let mut table = [[false; 256]; 2];
     let mut b = b' ';
     while b <= b'~' {
-        table[QUOTED_STRING as usize][b as usize] = !matches!(b, b'"' | b'\\');
-        table[COMMENT as usize][b as usize] = !matches!(b, b'(' | b')' | b'\\');
+        let mut separator = false;
+        let mut i = 0;
+        while i < SEPARATORS.len() {
+            separator |= SEPARATORS[i] == b;
+            i += 1;
+        }
+        table[WORD as usize][b as usize] = !separator && b != b' ';
+        table[PROSE as usize][b as usize] = !separator;
         b += 1;
     }
     table
 };
 
-/// Appends `text` with each special character of `KIND` preceded by a
-/// backslash, and each control or non-ASCII character replaced by one `?`.
-/// Runs of plain characters are copied whole (this runs for every header).
-fn push_escaped<const KIND: u8>(out: &mut String, text: &str) {
+/// The replacement of every character [`sanitized`] does not keep.
+///
+/// Choices where the spec leaves room: RFC 7208 §9.1 and RFC 8601 would let
+/// a quoted-string or an escaped comment carry any of these, but readers
+/// (OpenDMARC among them) do not honour the quoting, so the characters are
+/// replaced rather than escaped. `?` is what already replaced controls and
+/// non-ASCII text; it is `atext` (RFC 5322 §3.2.3), so an address keeps its
+/// shape: `SRS0=HHH=TT=orig.example=user@fwd.example` is written
+/// `SRS0?HHH?TT?orig.example?user@fwd.example`, with its domain intact (the
+/// domain OpenDMARC compares is the part after the `@`).
+pub const REPLACEMENT: char = '?';
+
+/// `text` with each character that `KIND` does not keep (see
+/// [`COPIED_AS_IS`]; controls and non-ASCII characters never are) replaced
+/// by one [`REPLACEMENT`]. Borrowed when nothing is replaced.
+pub(crate) fn sanitized<const KIND: u8>(text: &str) -> Cow<'_, str> {
     let plain = &COPIED_AS_IS[usize::from(KIND)];
     let bytes = text.as_bytes();
-    let mut run = 0;
-    let mut i = 0;
-    while i < bytes.len() {
-        let b = bytes[i];
-        if plain[usize::from(b)] {
-            i += 1;
-            continue;
-        }
-        out.push_str(&text[run..i]);
-        // Printable but not copied as is: one of the kind's specials.
-        if (b' '..=b'~').contains(&b) {
-            out.push('\\');
-            out.push(char::from(b));
-            i += 1;
+    let Some(first) = bytes.iter().position(|&b| !plain[usize::from(b)]) else {
+        return Cow::Borrowed(text);
+    };
+    let mut out = String::with_capacity(text.len());
+    out.push_str(&text[..first]);
+    for c in text[first..].chars() {
+        if c.is_ascii() && plain[c as usize] {
+            out.push(c);
         } else {
-            // A control or a non-ASCII character (all its bytes): one `?`.
-            out.push('?');
-            i += text[i..].chars().next().map_or(1, char::len_utf8);
+            out.push(REPLACEMENT);
         }
-        run = i;
     }
-    out.push_str(&text[run..]);
+    Cow::Owned(out)
+}
+
+/// [`sanitized`] as a word: for the values of keys and properties.
+pub fn sanitized_word(text: &str) -> Cow<'_, str> {
+    sanitized::<WORD>(text)
 }
 
 /// Folds a header value for the milter protocol: lines of at most `width`
@@ -546,15 +796,17 @@ mod tests {
         t.envelope_from = "";
         t.helo = "[192.0.2.1]";
         let v = received_spf_value(&o, &t);
+        // Quotes, spaces, controls: one `?` each (SEPARATORS, REPLACEMENT).
         assert!(
-            v.contains("problem=\"bad \\\"record\\\"??X-Injected: yes\""),
+            v.contains("problem=\"bad??record???X-Injected:?yes\""),
             "{v}"
         );
         assert!(v.contains("envelope-from=<>"), "{v}");
         assert!(v.contains("helo=\"[192.0.2.1]\""), "{v}");
         assert!(!v.contains('\n') && !v.contains('\r'));
+        // In the comment, spaces stay.
         assert!(
-            v.contains("(SPF Permanent Error: bad \"record\"??X-Injected: yes)"),
+            v.contains("(SPF Permanent Error: bad ?record???X-Injected: yes)"),
             "{v}"
         );
     }
@@ -706,23 +958,6 @@ mod tests {
     }
 
     #[test]
-    fn authserv_ids_are_found_after_comments() {
-        assert_eq!(
-            authserv_id_of("mx.example.net; spf=pass"),
-            Some("mx.example.net")
-        );
-        assert_eq!(
-            authserv_id_of(" (forged (nested) comment) MX.Example.NET ; spf=pass"),
-            Some("MX.Example.NET")
-        );
-        assert_eq!(
-            authserv_id_of("mx.example.net 1; none"),
-            Some("mx.example.net")
-        );
-        assert_eq!(authserv_id_of("  ; spf=pass"), None);
-    }
-
-    #[test]
     fn forged_trace_headers_are_recognised() {
         let ours = "mx.example.net";
         assert!(is_forged_trace_header(
@@ -836,8 +1071,8 @@ mod envelope_junk {
     fn non_ascii_and_controls_become_one_question_mark_each() {
         let mut out = String::new();
         // Two- and three-byte characters, a lossy-decoded byte, a control.
-        push_escaped::<COMMENT>(&mut out, "jörg€\u{FFFD}\x01(x)");
-        assert_eq!(out, "j?rg???\\(x\\)");
+        push_comment(&mut out, "jörg€\u{FFFD}\x01(x) y");
+        assert_eq!(out, "j?rg????x? y");
     }
 
     #[test]
@@ -847,5 +1082,431 @@ mod envelope_junk {
         // The 2-byte ö straddles the limit: cut before it.
         assert_eq!(cut, format!("{}...", "a".repeat(MAX_TRACE_VALUE - 1)));
         assert_eq!(bounded("mx.example.com"), "mx.example.com");
+    }
+}
+
+#[cfg(test)]
+#[path = "../../tests/common/lenient.rs"]
+mod lenient_oracle;
+
+/// The headers as lenient readers see them, OpenDMARC's readers as oracles
+/// (`tests/common/lenient.rs`).
+#[cfg(test)]
+mod lenient_readers {
+    use super::lenient_oracle::{last, opendmarc_authserv_id, opendmarc_received_spf};
+    use super::*;
+    use proptest::prelude::*;
+
+    const OURS: &str = "mx.example.net";
+
+    /// What OpenDMARC would do with the value: is it an
+    /// Authentication-Results it trusts as ours?
+    fn opendmarc_takes_as_ours(value: &str) -> bool {
+        opendmarc_authserv_id(value).is_some_and(|id| id.eq_ignore_ascii_case(OURS))
+    }
+
+    fn forged(value: &str) -> bool {
+        is_forged_trace_header("Authentication-Results", value, OURS)
+    }
+
+    const RESULTS: &str = "; spf=pass smtp.mailfrom=victim.test";
+
+    /// The forms of the security report, each read as ours by OpenDMARC,
+    /// and those already deleted before.
+    #[test]
+    fn every_reported_form_is_read_as_ours_by_opendmarc_and_deleted() {
+        let reported = [
+            "mx . example . net",
+            "mx. example. net",
+            "mx.example\r\n\t.net",
+            "mx.example\n\t.net",
+            "mx\\.example\\.net",
+            "\\mx.example.net",
+            "m\"x.example.ne\"t",
+            "\"mx.example\".net",
+            "mx.example.\"net\"",
+            "\"(x\" mx.example.net",
+            "mx.(c)example.net",
+        ];
+        let before = [
+            "mx.example.net",
+            "MX.Example.NET",
+            "(c) mx.example.net",
+            " (forged (nested) comment) MX.Example.NET ",
+            "mx.example.net 1",
+        ];
+        for id in reported.iter().chain(&before) {
+            let value = format!("{id}{RESULTS}");
+            assert!(
+                opendmarc_takes_as_ours(&value),
+                "the oracle does not read {value:?} as ours: {:?}",
+                opendmarc_authserv_id(&value)
+            );
+            assert!(forged(&value), "{value:?} is kept");
+        }
+    }
+
+    /// Forms other readers could take for ours.
+    #[test]
+    fn other_lenient_readings_are_deleted_too() {
+        for id in [
+            // OpenDMARC's AuthservIDWithJobID form.
+            "mx.example.net/4F2B1C3A",
+            "\"mx.example.net\"",
+            "(;) mx.example.net",
+            "\\(x mx.example.net",
+            "(\\) mx.example.net",
+            "mx.exam ple.net",
+            "mx.example.net)",
+            "mx.example.net foo",
+            "mx.example.net(comment)",
+            "\u{FEFF}mx.ex\u{200B}ample.net",
+            "\u{FF4D}\u{FF58}.example.net",
+            "=?utf-8?q?mx=2Eexample.net?=",
+            "=?us-ascii?B?bXguZXhhbXBsZS5uZXQ=?=",
+            "\"mx.example.net;x\"",
+        ] {
+            let value = format!("{id}{RESULTS}");
+            assert!(forged(&value), "{value:?} is kept");
+        }
+        // The whole value, without a result.
+        assert!(forged("mx.example.net"));
+        assert!(forged(" mx.example.net "));
+    }
+
+    /// Other sites' headers stay, also when they name us after the id.
+    #[test]
+    fn other_authserv_ids_are_kept() {
+        for value in [
+            "mx.google.com; dkim=pass header.i=@example.com",
+            "other.example; spf=pass smtp.mailfrom=victim.test",
+            "mx.example.net.evil; spf=pass",
+            "mx.example.netx; spf=pass",
+            "xmx.example.net; spf=pass",
+            "example.net; spf=pass",
+            "mx-example.net; spf=pass",
+            "mx.example.org; spf=pass smtp.mailfrom=mx.example.net",
+            "other.example; spf=pass (mx.example.net)",
+            "other.example (mx.example.net); spf=pass",
+            "\"other\" mx.example.net; spf=pass",
+            ".mx.example.net; spf=pass",
+            "mx.example.net1; spf=pass",
+            "",
+            ";",
+        ] {
+            assert!(!forged(value), "{value:?} is deleted");
+        }
+        // Our id a suffix of theirs, or theirs of ours.
+        assert!(!is_forged_trace_header(
+            "Authentication-Results",
+            "mx.example.net; spf=pass",
+            "example.net"
+        ));
+        assert!(!is_forged_trace_header(
+            "authentication-results",
+            "example.net; spf=pass",
+            "mx.example.net"
+        ));
+    }
+
+    #[test]
+    fn an_id_opendmarc_would_truncate_matches_whatever_follows() {
+        let long = format!("{}.example", "a".repeat(OPENDMARC_ID_LIMIT));
+        let value = format!("{long}x; spf=pass");
+        assert!(is_forged_trace_header(
+            "Authentication-Results",
+            &value,
+            &long
+        ));
+        // Under the limit, a longer id is another id.
+        assert!(!is_forged_trace_header(
+            "Authentication-Results",
+            "a.examplex; spf=pass",
+            "a.example"
+        ));
+    }
+
+    #[test]
+    fn encoded_words_are_decoded() {
+        assert_eq!(
+            decode_encoded_words("=?utf-8?q?a_b=3Dc?= x =?x?b?Zm9v?=").as_deref(),
+            Some("a b=c x foo")
+        );
+        assert_eq!(decode_encoded_words("=?broken"), None);
+        assert_eq!(decode_encoded_words("no words"), None);
+    }
+
+    /// Junk a lenient reader drops: white space and folds, quotes,
+    /// backslashes, comments (nested, with `;` inside, opened inside
+    /// quotes), a stray `)`.
+    fn junk() -> impl Strategy<Value = String> {
+        prop_oneof![
+            Just(" ".to_owned()),
+            Just("\t".to_owned()),
+            Just("\r\n\t".to_owned()),
+            Just("\n ".to_owned()),
+            Just("\"".to_owned()),
+            Just("\\".to_owned()),
+            Just(")".to_owned()),
+            Just("(c)".to_owned()),
+            Just("(a (nested) comment)".to_owned()),
+            Just("(;)".to_owned()),
+            Just("\"(x\" ".to_owned()),
+            Just(" (x".to_owned()).prop_map(|s| s + ")"),
+            "[a-z ;=.]{0,6}".prop_map(|s| format!("({s})")),
+        ]
+    }
+
+    /// One piece of a forged value: a character of our id (either case),
+    /// or junk before it.
+    fn forged_id() -> impl Strategy<Value = String> {
+        let chars: Vec<char> = OURS.chars().collect();
+        (
+            proptest::collection::vec(proptest::option::of(junk()), chars.len() + 1),
+            proptest::collection::vec(any::<bool>(), chars.len()),
+        )
+            .prop_map(move |(junk, upper)| {
+                let mut s = String::new();
+                for (i, c) in chars.iter().enumerate() {
+                    s.push_str(junk[i].as_deref().unwrap_or(""));
+                    s.push(if upper[i] { c.to_ascii_uppercase() } else { *c });
+                }
+                s.push_str(junk[chars.len()].as_deref().unwrap_or(""));
+                s
+            })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(4000))]
+
+        /// Our id with junk inserted anywhere is deleted, with or without
+        /// a version.
+        #[test]
+        fn our_id_with_junk_anywhere_is_deleted(
+            id in forged_id(),
+            version in proptest::option::of(" [0-9]{1,2}"),
+        ) {
+            let value = format!("{id}{}{RESULTS}", version.unwrap_or_default());
+            prop_assert!(forged(&value), "{:?} is kept", value);
+        }
+
+        /// Whatever text OpenDMARC reads as our id is deleted: pieces of
+        /// our id and junk in any order.
+        #[test]
+        fn whatever_opendmarc_takes_as_ours_is_deleted(
+            pieces in proptest::collection::vec(
+                prop_oneof![
+                    Just("mx"), Just("MX"), Just("."), Just("example"), Just("net"),
+                    Just("mx.example.net"), Just(" "), Just("\t"), Just("\r\n "),
+                    Just("\""), Just("\\"), Just("("), Just(")"), Just("x"), Just(";"),
+                    Just("1"), Just("/"), Just("="),
+                ],
+                1..16,
+            )
+        ) {
+            let value = format!("{}{RESULTS}", pieces.concat());
+            if opendmarc_takes_as_ours(&value) {
+                prop_assert!(forged(&value), "{:?} is kept", value);
+            }
+        }
+
+        /// Another authserv-id is kept.
+        #[test]
+        fn other_ids_are_kept(id in "[a-z0-9-]{1,8}(\\.[a-z0-9-]{1,8}){0,3}") {
+            let value = format!("{id}{RESULTS}");
+            prop_assert_eq!(forged(&value), id == OURS);
+        }
+    }
+
+    // ---------------------------------------------------------- Received-SPF
+
+    const HOSTILE: [&str; 12] = [
+        "x;identity=mailfrom;.evilhelo.test",
+        "x identity=mailfrom",
+        "r.example;identity=mailfrom",
+        "\"a;b\"=c",
+        "(x;identity=mailfrom",
+        "x)identity=mailfrom;",
+        "x\\;identity\\=mailfrom",
+        "a\r\n\tidentity=mailfrom;",
+        "SRS0=HHH=TT=orig.example=user@fwd.example",
+        "prvs=1234=user@example.com",
+        "envelope-from=victim@paypal.test",
+        "ok.example",
+    ];
+
+    fn hostile_outcome(result: SpfResult, identity: Identity, text: &str) -> SpfOutcome {
+        SpfOutcome {
+            identity,
+            result,
+            mechanism: Some(format!("+a:{text}").into()),
+            problem: (result == SpfResult::PermError).then(|| text.into()),
+            explanation: (result == SpfResult::Fail).then(|| text.into()),
+            domain: "evilhelo.test".into(),
+            sender: "postmaster@evilhelo.test".into(),
+            dns_lookups: 0,
+            void_lookups: 0,
+        }
+    }
+
+    /// Every field of our Received-SPF as OpenDMARC reads it: the result
+    /// word, exactly one `identity` (ours), and the envelope-from, helo and
+    /// receiver we mean, whatever the session sent.
+    #[test]
+    fn opendmarc_reads_every_received_spf_field_as_written() {
+        for text in HOSTILE {
+            for (result, identity) in [
+                (SpfResult::Pass, Identity::Helo),
+                (SpfResult::Fail, Identity::Helo),
+                (SpfResult::PermError, Identity::MailFrom),
+                (SpfResult::Pass, Identity::MailFrom),
+            ] {
+                let o = hostile_outcome(result, identity, text);
+                let tx = Transaction {
+                    client_ip: "192.0.2.1".parse().unwrap(),
+                    helo: text,
+                    envelope_from: text,
+                    receiver: text,
+                };
+                let value = received_spf_value(&o, &tx);
+                let (word, pairs) = opendmarc_received_spf(&value);
+                assert_eq!(word, result.capitalized(), "{value}");
+                let identities: Vec<_> = pairs.iter().filter(|(k, _)| k == "identity").collect();
+                assert_eq!(identities.len(), 1, "{value}: {pairs:?}");
+                assert_eq!(last(&pairs, "identity"), Some(identity.as_str()), "{value}");
+                let sanitized = sanitized_word(text);
+                for key in ["helo", "envelope-from", "receiver"] {
+                    assert_eq!(last(&pairs, key), Some(&*sanitized), "{key} in {value}");
+                }
+                let keys: Vec<&str> = pairs.iter().map(|(k, _)| k.as_str()).collect();
+                let tail = if result == SpfResult::PermError {
+                    "problem"
+                } else {
+                    "mechanism"
+                };
+                assert_eq!(
+                    keys,
+                    [
+                        "identity",
+                        "client-ip",
+                        "helo",
+                        "envelope-from",
+                        "receiver",
+                        tail
+                    ],
+                    "{value}"
+                );
+                // No value of ours holds a separator.
+                for (_, v) in &pairs {
+                    assert!(
+                        !v.bytes()
+                            .any(|b| SEPARATORS.contains(&b) || !b.is_ascii_graphic()),
+                        "{v:?} in {value}"
+                    );
+                }
+            }
+        }
+    }
+
+    /// The same for Authentication-Results: OpenDMARC reads our id, one
+    /// `spf` result and the property we wrote, and a lenient
+    /// comment-unaware reader finds no key of the session's making.
+    #[test]
+    fn opendmarc_reads_our_authentication_results_as_written() {
+        for text in HOSTILE {
+            for identity in [Identity::MailFrom, Identity::Helo] {
+                let mut o = hostile_outcome(SpfResult::Fail, identity, text);
+                o.domain = text.into();
+                let tx = Transaction {
+                    client_ip: "192.0.2.1".parse().unwrap(),
+                    helo: text,
+                    envelope_from: text,
+                    receiver: text,
+                };
+                let value = authentication_results_value(OURS, &o, &tx);
+                assert_eq!(
+                    opendmarc_authserv_id(&value).as_deref(),
+                    Some(OURS),
+                    "{value}"
+                );
+                // A reader that ignores comments and quotes: keys split at
+                // `;` and white space.
+                let keys: Vec<&str> = value
+                    .split([';', ' '])
+                    .filter_map(|w| w.split_once('=').map(|(k, _)| k.trim_start_matches('(')))
+                    .collect();
+                let property = match identity {
+                    Identity::MailFrom => "smtp.mailfrom",
+                    Identity::Helo => "smtp.helo",
+                };
+                assert_eq!(
+                    keys,
+                    [
+                        "spf",
+                        property,
+                        "client-ip",
+                        "helo",
+                        "envelope-from",
+                        "receiver"
+                    ],
+                    "{value}"
+                );
+                let skip = skip_headers(HeaderType::Ar, OURS, SkipReason::LocalConnection, &tx);
+                let value = skip[0].1.replace("\n\t", " ");
+                let keys: Vec<&str> = value
+                    .split([';', ' '])
+                    .filter_map(|w| w.split_once('=').map(|(k, _)| k))
+                    .collect();
+                assert_eq!(
+                    keys,
+                    ["client-ip", "helo", "envelope-from", "receiver"],
+                    "{value}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn srs_and_batv_senders_keep_their_domain() {
+        let o = outcome_pass();
+        for (sender, written) in [
+            (
+                "SRS0=HHH=TT=orig.example=user@fwd.example",
+                "SRS0?HHH?TT?orig.example?user@fwd.example",
+            ),
+            ("prvs=1234=user@example.com", "prvs?1234?user@example.com"),
+        ] {
+            let tx = Transaction {
+                client_ip: "192.0.2.1".parse().unwrap(),
+                helo: "mx.fwd.example",
+                envelope_from: sender,
+                receiver: "rcpt.example",
+            };
+            let value = received_spf_value(&o, &tx);
+            assert!(
+                value.contains(&format!("envelope-from={written};")),
+                "{value}"
+            );
+            let (_, pairs) = opendmarc_received_spf(&value);
+            let from = last(&pairs, "envelope-from").unwrap();
+            assert_eq!(
+                from.rsplit_once('@').unwrap().1,
+                sender.rsplit_once('@').unwrap().1
+            );
+        }
+    }
+
+    fn outcome_pass() -> SpfOutcome {
+        SpfOutcome {
+            identity: Identity::MailFrom,
+            result: SpfResult::Pass,
+            mechanism: Some("+ip4:192.0.2.0/24".into()),
+            problem: None,
+            explanation: None,
+            domain: "fwd.example".into(),
+            sender: "x@fwd.example".into(),
+            dns_lookups: 0,
+            void_lookups: 0,
+        }
     }
 }

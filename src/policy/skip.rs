@@ -129,8 +129,9 @@ impl SkipReason {
 /// `X-Comment:`), in policyd-spf's format, trailing space included:
 /// `SPF check N/A for local connections - client-ip=127.0.0.1; helo=…;
 /// envelope-from=…; receiver=… `. An empty `envelope_from` is written `<>`
-/// (as in this project's Received-SPF). Control and non-ASCII characters
-/// become `?`, so a sender cannot inject header lines.
+/// (as in this project's Received-SPF). In the values, separators (`;` `=`
+/// `"` `(` `)` `\`), white space, control and non-ASCII characters become
+/// `?`, so a sender can neither inject header lines nor keys.
 pub fn x_comment_value(
     reason: SkipReason,
     client_ip: IpAddr,
@@ -153,12 +154,11 @@ pub fn x_comment_value(
     )
 }
 
-/// Printable ASCII kept; every other character becomes one `?`.
-fn sanitize(value: &str) -> String {
-    value
-        .chars()
-        .map(|c| if (' '..='~').contains(&c) { c } else { '?' })
-        .collect()
+/// A value as a word of a trace header: separators, white space, controls
+/// and non-ASCII characters become `?` (see
+/// [`super::headers::REPLACEMENT`]).
+fn sanitize(value: &str) -> std::borrow::Cow<'_, str> {
+    super::headers::sanitized_word(value)
 }
 
 /// Whether and how `session` skips the SPF check (see the module doc).
@@ -713,7 +713,22 @@ mod tests {
                 "<UNKNOWN>"
             ),
             "SPF skipped for whitelisted relay - client-ip=2001:db8::1; \
-             helo=evil??X-Injected: 1; envelope-from=<>; receiver=<UNKNOWN> "
+             helo=evil??X-Injected:?1; envelope-from=<>; receiver=<UNKNOWN> "
+        );
+        // No value can add a key: separators and spaces become `?`; an
+        // SRS sender keeps its domain.
+        assert_eq!(
+            x_comment_value(
+                SkipReason::LocalConnection,
+                ip("127.0.0.1"),
+                "x;identity=mailfrom;.evil.test",
+                "SRS0=HHH=TT=orig.example=user@fwd.example",
+                "r.example;identity=mailfrom (c)"
+            ),
+            "SPF check N/A for local connections - client-ip=127.0.0.1; \
+             helo=x?identity?mailfrom?.evil.test; \
+             envelope-from=SRS0?HHH?TT?orig.example?user@fwd.example; \
+             receiver=r.example?identity?mailfrom??c? "
         );
     }
 }

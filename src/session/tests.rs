@@ -184,6 +184,29 @@ async fn forged_trace_headers_are_deleted_last_first_whatever_their_case() {
     );
 }
 
+/// `Authentication-Results :` (space before the colon, RFC 5322 §4.5.3)
+/// is an Authentication-Results to the MTA when it numbers the headers of
+/// that name: counting it keeps the index of the forged one after it
+/// right.
+#[tokio::test]
+async fn white_space_before_the_colon_is_counted_as_the_mta_counts_it() {
+    let mut s = session();
+    assert_eq!(s.mail("<a@pass.test>", &no_macros).await, Answer::Continue);
+    s.header(
+        b"Authentication-Results \t",
+        b"other.example; spf=none smtp.mailfrom=pass.test",
+    );
+    s.header(
+        b"Authentication-Results",
+        b"mx.example.net; spf=pass smtp.mailfrom=pass.test",
+    );
+    s.header(b"Received-SPF ", b"Pass (forged) identity=mailfrom");
+    assert_eq!(
+        deleted(&s.end_of_message(&queued)),
+        [("Authentication-Results", 2), ("Received-SPF", 1)]
+    );
+}
+
 #[tokio::test]
 async fn nothing_is_deleted_when_the_option_is_off() {
     let mut config = Config::default();
@@ -266,4 +289,28 @@ async fn internal_errors_answer_as_configured_and_forget_the_message() {
             "{log:?}"
         );
     }
+}
+
+#[tokio::test]
+async fn a_check_interrupted_by_the_stop_is_a_temporary_failure() {
+    let mut s = session();
+    assert_eq!(s.mail("<a@pass.test>", &no_macros).await, Answer::Continue);
+    s.header(b"Received-SPF", b"Pass (forged) identity=mailfrom");
+    let answer = s.interrupted(&no_macros);
+    // RFC 3463 §3.5: X.3.2, system not accepting network messages.
+    assert_eq!(
+        answer,
+        Answer::Tempfail(Reply {
+            code: 451,
+            enhanced: Some("4.3.2"),
+            text: "SPF check interrupted by a restart, try again later".to_owned(),
+        })
+    );
+    assert_eq!(s.end_of_message(&queued), []);
+    assert!(
+        s.shared
+            .logger()
+            .lines()
+            .contains(&"NOQUEUE: stopping: SPF check interrupted; answering 451 4.3.2".to_owned())
+    );
 }

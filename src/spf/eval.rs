@@ -196,7 +196,15 @@ impl<L: Lookup> Evaluator<L> {
 
         // §4.3: a malformed or single-label domain, or an address literal,
         // gives "none" before any DNS query.
-        let verdict = match identity::validate_domain(parts.domain()) {
+        // A name from the HELO argument must be a host name, too.
+        let from_helo = identity == Identity::Helo || identity::is_null_sender(request.sender);
+        let valid = identity::validate_domain(parts.domain()).and_then(|domain| {
+            if from_helo {
+                identity::validate_host_name(&domain)?;
+            }
+            Ok(domain)
+        });
+        let verdict = match valid {
             Ok(domain) => {
                 // The time limit is polled here rather than by a wrapping
                 // future, so the evaluation's large future is not moved

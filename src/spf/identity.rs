@@ -204,6 +204,44 @@ pub fn validate_domain(domain: &str) -> Result<Cow<'_, str>, String> {
     }
 }
 
+/// Whether `sender` (MAIL FROM, with or without angle brackets) is the null
+/// reverse-path, whose identity is then `postmaster@<helo>` (§2.4).
+pub fn is_null_sender(sender: &str) -> bool {
+    let sender = sender.trim();
+    sender
+        .strip_prefix('<')
+        .and_then(|s| s.strip_suffix('>'))
+        .unwrap_or(sender)
+        .is_empty()
+}
+
+/// A domain that came from the HELO/EHLO argument (the HELO identity, or
+/// the MAIL FROM identity of the null sender) must also be a host name:
+/// labels of letters, digits and hyphens, not starting or ending with a
+/// hyphen (RFC 1123 §2.1, RFC 5321 §4.1.2 `Domain`). §4.3 gives "none" for
+/// a malformed <domain>; a HELO argument is malformed when it is no host
+/// name. Choices where the spec leaves room: [`validate_domain`] accepts any
+/// printable label (a MAIL FROM domain's `_spf`-like labels are common), a
+/// HELO name gets this stricter reading, so that text such as
+/// `x;identity=mailfrom;.evil.test` is never evaluated (nor looked up) as a
+/// name. `name` is the output of [`validate_domain`] (lower case, A-labels).
+pub fn validate_host_name(name: &str) -> Result<(), String> {
+    let ldh = name.split('.').all(|label| {
+        !label.starts_with('-')
+            && !label.ends_with('-')
+            && label
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+    });
+    if ldh {
+        Ok(())
+    } else {
+        Err(format!(
+            "{name:?} is not a host name (letters, digits and hyphens)"
+        ))
+    }
+}
+
 /// A macro-expanded target name made ready to query (§7.3): the trailing
 /// dot removed, then labels dropped from the left until it fits in 253
 /// characters. `None` when it is not a name DNS can carry (an empty label,
@@ -231,6 +269,33 @@ pub fn canonical_ip(ip: IpAddr) -> IpAddr {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn host_names_are_ldh_labels() {
+        for ok in [
+            "mx.example.com",
+            "1mx.example.com",
+            "a-b.c0",
+            "xn--bcher-kva.example",
+        ] {
+            assert_eq!(validate_host_name(ok), Ok(()), "{ok}");
+        }
+        for bad in [
+            "x;identity=mailfrom;.evil.test",
+            "my_host.example.com",
+            "-mx.example.com",
+            "mx-.example.com",
+            "mx.exa mple.com",
+            "mx.(c)example.com",
+            "mx.\"x\".com",
+            "mx.example=.com",
+        ] {
+            assert!(validate_host_name(bad).is_err(), "{bad}");
+        }
+        assert!(is_null_sender(""));
+        assert!(is_null_sender(" <> "));
+        assert!(!is_null_sender("<a@b.c>"));
+    }
 
     #[test]
     fn mail_from_identities() {

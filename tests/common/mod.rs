@@ -3,5 +3,6 @@
 #![allow(dead_code)]
 
 pub mod dns_server;
+pub mod lenient;
 pub mod milter;
 pub mod suite;

@@ -12,7 +12,7 @@ use super::lab::{Lab, LabConfig};
 use super::milter::{MilterUnderTest, PolicydConf, TraceHeader};
 use super::postfix::MYHOSTNAME;
 use super::smtp::{Mail, Message, Transcript};
-use super::zones::CLIENT_IP;
+use super::zones::{CLIENT_IP, EVIL_HELO};
 
 /// Starts a lab or panics with the reason.
 pub fn start(scratch: &Path, config: LabConfig) -> Lab {
@@ -295,6 +295,71 @@ pub fn forged_headers(scratch: &Path, milter: &MilterUnderTest) {
             Some("pass"),
             "DMARC bypass for {domain}:\n{text}"
         );
+    }
+    finish(lab);
+}
+
+/// The forms of forged Authentication-Results that OpenDMARC 1.4.2 reads
+/// as our authserv-id although their first token differs (security report,
+/// item 1), each in a message from a fail.test sender (`-all`, DMARC
+/// `p=reject`) in header-only mode with the default `Header_Type` (SPF):
+/// with the forged `spf=pass` surviving, OpenDMARC says dmarc=pass. Each
+/// must be gone from the delivered message and OpenDMARC must say
+/// dmarc=fail.
+pub fn forged_lenient_authserv_ids(scratch: &Path, milter: &MilterUnderTest) {
+    let mut lab = start(scratch, LabConfig::new(milter, PolicydConf::header_only()));
+    let forms = [
+        "mx . test . example",
+        "mx. test. example",
+        "mx.test\n\t.example",
+        "mx\\.test\\.example",
+        "\\mx.test.example",
+        "m\"x.test.exampl\"e",
+        "\"mx.test\".example",
+        "mx.test.\"example\"",
+        "\"(x\" mx.test.example",
+        "mx.(c)test.example",
+        "MX . Test.(c)\"example\" 1",
+    ];
+    for form in forms {
+        let forged = format!("{form}; spf=pass smtp.mailfrom=fail.test");
+        let mail = Mail::from("mallory@fail.test").header("Authentication-Results", &forged);
+        let (_, message) = lab.deliver(&mail);
+        let text = message.header_text();
+        assert!(
+            !text.contains("spf=pass smtp.mailfrom=fail.test"),
+            "the forged header {form:?} survived:\n{text}"
+        );
+        assert_spf(&lab, &message, "fail", "mailfrom");
+        assert_dmarc(&lab, &message, "fail");
+    }
+    finish(lab);
+}
+
+/// Session values that carry `;identity=mailfrom;` (security report, item
+/// 3): with `Mail_From_reject = No_Check` the Received-SPF reports the
+/// HELO result. A HELO argument that is no host name, answered `+all`,
+/// and a HELO host whose matching mechanism's text carries the same, must
+/// not make OpenDMARC record an SPF pass for the fail.test sender: dmarc
+/// must say fail.
+pub fn identity_injection(scratch: &Path, milter: &MilterUnderTest) {
+    let conf = PolicydConf::header_only().set("Mail_From_reject", "No_Check");
+    let mut lab = start(scratch, LabConfig::new(milter, conf));
+    for (helo, result) in [(EVIL_HELO, None), ("mx.evilhelo.test", Some("pass"))] {
+        let mail = Mail::from("victim@fail.test")
+            .helo(helo)
+            .client_name("mx.pass.test");
+        let (_, message) = lab.deliver(&mail);
+        let header = lab
+            .spf_header(&message)
+            .unwrap_or_else(|| panic!("no SPF header in:\n{}", message.header_text()));
+        eprintln!("e2e: HELO {helo:?}: {}", header.value);
+        assert_eq!(header.identity, "helo", "{header:?}");
+        if let Some(result) = result {
+            assert_eq!(header.result, result, "{header:?}");
+        }
+        assert_eq!(header.value.matches("identity=").count(), 1, "{header:?}");
+        assert_dmarc(&lab, &message, "fail");
     }
     finish(lab);
 }

@@ -29,6 +29,11 @@
 //! | [`PTR_SUFFIX_IP`] .97 | PTR host.notwl.test, its A .97 | the reference only (plain suffix match) |
 //! | [`PTR_UNCONFIRMED_IP`] .98 | PTR host.wl.test, whose A is .96 | the reference only (no forward confirmation) |
 //!
+//! evilhelo.test (an attacker's, security report): `x;identity=mailfrom;`
+//! ([`EVIL_HELO`], no host name) with `v=spf1 +all` and an A record, and
+//! `mx.evilhelo.test` with `v=spf1 exists:x;identity=mailfrom;.evilhelo.test
+//! -all`, a matching mechanism whose text carries `;identity=mailfrom;`.
+//!
 //! relay.test also holds `neutral.relay.test` (`v=spf1 ?all`), a Neutral
 //! sender domain outside neutral.test, `caps.relay.test` (`v=spf1 -ALL`,
 //! "sends no mail" in capitals), and `exp.relay.test` and `pct.relay.test`
@@ -66,6 +71,13 @@ pub const PTR_SUFFIX_IP: &str = "198.51.100.97";
 /// PTR host.wl.test, whose A record is [`PTR_WHITELISTED_IP`]: not
 /// forward-confirmed.
 pub const PTR_UNCONFIRMED_IP: &str = "198.51.100.98";
+
+/// A HELO argument that is no host name, in evilhelo.test, whose DNS
+/// answers `v=spf1 +all` (and an A record, for `mx.evilhelo.test`'s
+/// `exists:`).
+pub const EVIL_HELO: &str = "x;identity=mailfrom;.evilhelo.test";
+/// Its owner name in the zone file.
+const EVIL_HELO_LABEL: &str = "x\\;identity=mailfrom\\;";
 
 /// The sender domains, one per SPF result, in the order of the table.
 pub const DOMAINS: [&str; 9] = [
@@ -133,7 +145,7 @@ pub fn standard_zones() -> Vec<Zone> {
         zones.push(zone);
     }
     // The relays of the whitelist steps.
-    for domain in ["relay.test", "wl.test", "notwl.test"] {
+    for domain in ["relay.test", "wl.test", "notwl.test", "evilhelo.test"] {
         let label = domain.trim_end_matches(".test");
         parent = parent
             .with(Record::ns(label, &format!("ns.{domain}.")))
@@ -154,6 +166,18 @@ pub fn standard_zones() -> Vec<Zone> {
             .with(Record::txt("pct", "v=spf1 -all exp=whypct.relay.test"))
             .with(Record::txt("whypct", "100%% forged: %{l}"))
             .with(Record::a("mx", HELO_WHITELISTED_IP)),
+    );
+    // An attacker's HELO names (security report): a name that is no host
+    // name, `+all`; a host whose matching mechanism carries
+    // `;identity=mailfrom;` (`\;`: a literal `;` in a zone file).
+    zones.push(
+        Zone::new("evilhelo.test")
+            .with(Record::txt(EVIL_HELO_LABEL, "v=spf1 +all"))
+            .with(Record::a(EVIL_HELO_LABEL, CLIENT_IP))
+            .with(Record::txt(
+                "mx",
+                "v=spf1 exists:x;identity=mailfrom;.evilhelo.test -all",
+            )),
     );
     zones.push(Zone::new("wl.test").with(Record::a("host", PTR_WHITELISTED_IP)));
     zones.push(Zone::new("notwl.test").with(Record::a("host", PTR_SUFFIX_IP)));
