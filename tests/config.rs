@@ -1,5 +1,5 @@
 //! The configuration readers: every option in both formats, the reference's
-//! sample files, the pitfalls of spec §1 with their line numbers, and the
+//! sample files, the pitfalls of docs/policyd-spf-compatibility.md §1 with their line numbers, and the
 //! `config check` / `config convert` commands.
 
 use std::net::{IpAddr, SocketAddr};
@@ -706,7 +706,7 @@ fn every_option_value_default_alias_error() {
     }
 }
 
-// ------------------------------------------------------- spec §1 pitfalls
+// ------------------------------------------------------- docs/policyd-spf-compatibility.md §1 pitfalls
 
 #[test]
 fn mis_cased_key_is_read_with_a_warning() {

@@ -1,9 +1,9 @@
-//! Faults (issue 6, item 5): the real daemon (`spfmilter run`) with DNS
+//! Faults (docs/design.md): the real daemon (`spfmilter run`) with DNS
 //! that is down, silent, failing, truncated or malformed; milter clients
 //! that send junk or go away mid-message; the connection limit; SIGHUP
 //! and SIGTERM while sessions are running.
 //!
-//! What must hold, from the spec (`policyd-spf-semantics.md`):
+//! What must hold (docs/policyd-spf-compatibility.md, docs/running.md):
 //!
 //! * §2 `Lookup_Time`: an evaluation that runs out of time is TempError;
 //!   RFC 7208 §4.4: a DNS error other than NXDOMAIN (RCODE 3), or a
@@ -41,9 +41,9 @@ const BOUND: Duration = Duration::from_secs(4);
 const FAULT_CONFIG: &str = "[spf]\nlookup_time = \"2s\"\n[dns]\ntimeout = \"500ms\"\n";
 const DEFER_CONFIG: &str =
     "[policy]\ntemperror_defer = true\n[spf]\nlookup_time = \"2s\"\n[dns]\ntimeout = \"500ms\"\n";
-/// The reply to a deferred TempError (spec §4).
+/// The reply to a deferred TempError (docs/policyd-spf-compatibility.md §4).
 const DEFER_PREFIX: &str = "450 4.7.24 Message deferred due to: SPF Temporary Error: ";
-/// The reply to a MAIL FROM fail (spec §4; no Reason_URL configured).
+/// The reply to a MAIL FROM fail (docs/policyd-spf-compatibility.md §4; no Reason_URL configured).
 const FAIL_REPLY: &str = "550 5.7.23 Message rejected due to: SPF fail - not authorized.";
 
 fn ip(s: &str) -> IpAddr {
@@ -114,7 +114,7 @@ fn received_spf(actions: &[EomAction]) -> Vec<String> {
         .collect()
 }
 
-/// Checks one Received-SPF header: its result (spec §4 capitalisation)
+/// Checks one Received-SPF header: its result (docs/policyd-spf-compatibility.md §4 capitalisation)
 /// and, in its key=value part (RFC 7208 §9.1), the identity checked.
 fn check_header(actions: &[EomAction], result: &str, identity: Option<&str>, context: &str) {
     let headers = received_spf(actions);
@@ -242,9 +242,9 @@ async fn dns_down_then_back() {
     let defer = Daemon::start(Transport::Unix, &toml(DEFER_CONFIG), addr);
     // HELO pass.test and MAIL FROM pass.test both meet the dead server.
     // With the header, HELO's TempError does not stop the MAIL FROM check
-    // (spec §3: HELO_reject's sets do not hold TempError; the header is
+    // (docs/policyd-spf-compatibility.md §3: HELO_reject's sets do not hold TempError; the header is
     // MAIL FROM's, Temperror). With TempError_Defer, HELO's TempError
-    // defers at once (spec §2).
+    // defers at once (docs/policyd-spf-compatibility.md §2).
     expect_temperror(
         &header,
         "pass.test",
@@ -655,8 +655,8 @@ async fn scrape(d: &Daemon) -> String {
     reply
 }
 
-/// `[milter] max_connections = 2` (issue 6 §5: "new connections are
-/// refused cleanly and served again once below the limit"): with two
+/// `[milter] max_connections = 2` (new connections are refused cleanly and
+/// served again once below the limit, docs/running.md): with two
 /// sessions open, a third connection is closed at once, unread, so that
 /// Postfix applies `milter_default_action` at once instead of waiting
 /// `milter_command_timeout` for an answer; the log says so, the metric

@@ -3,8 +3,8 @@
 //! policyd-spf name, and nothing else; `spfmilter(8)` names every option
 //! that each command's `--help` lists. The pages are written by hand, so
 //! these checks are what catches an option added without its
-//! documentation (issue 5: "every configuration option: TOML name, legacy
-//! policyd-spf name, default, meaning").
+//! documentation (every option with its TOML name, legacy policyd-spf
+//! name, default and meaning).
 
 use std::process::Command;
 

@@ -2,7 +2,7 @@
 //! client as Postfix drives it, over TCP and over a UNIX socket, with DNS
 //! from an authoritative server on loopback serving an in-memory zone.
 //!
-//! Expected values come from the spec (`policyd-spf-semantics.md`: §3 the
+//! Expected values come from docs/policyd-spf-compatibility.md (§3 the
 //! decision and its two matrices, §2 the options and skips, §4 the header
 //! and reply formats), RFC 7208 §9.1 (Received-SPF), RFC 8601
 //! (Authentication-Results) and RFC 7372 (enhanced status codes), not from
@@ -29,9 +29,9 @@ use spfmilter::dns::zone::Entry;
 
 const CLIENT: &str = "192.0.2.1";
 /// The receiver written in headers: the first recipient's domain
-/// (`Hide_Receiver = No`, spec §2).
+/// (`Hide_Receiver = No`, docs/policyd-spf-compatibility.md §2).
 const RECEIVER: &str = "rcpt.example";
-/// policyd-spf's `Reason_URL` default (spec §2), which [`daemon`] sets:
+/// policyd-spf's `Reason_URL` default (docs/policyd-spf-compatibility.md §2), which [`daemon`] sets:
 /// its `s=` and `id=` tell which identity a reply is about. `{3}` is
 /// `<UNKNOWN>` at MAIL FROM, before any recipient.
 const POLICYD_SPF_URL: &str = "http://www.openspf.net/Why?s={0};id={1};ip={2};r={3}";
@@ -196,15 +196,15 @@ impl Id {
 #[derive(Debug, Clone, Copy)]
 enum Want {
     /// Accepted with one Received-SPF header of this identity and result
-    /// (capitalised as in spec §4).
+    /// (capitalised as in docs/policyd-spf-compatibility.md §4).
     Hdr(Id, &'static str),
-    /// 550 5.7.23 for this identity's result (spec §4).
+    /// 550 5.7.23 for this identity's result (docs/policyd-spf-compatibility.md §4).
     Reject(Id, &'static str),
     /// Accepted, no header, no edit.
     Nothing,
 }
 
-/// The `{spf}` text of a reject (spec §2 `Reason_Message`, §4): the
+/// The `{spf}` text of a reject (docs/policyd-spf-compatibility.md §2 `Reason_Message`, §4): the
 /// explanation of a Fail (pyspf's default explanation when the domain has
 /// none), the result's comment for Softfail and Neutral.
 fn reason(result: &str) -> &'static str {
@@ -216,7 +216,7 @@ fn reason(result: &str) -> &'static str {
     }
 }
 
-/// The comment of an `identity=helo` Received-SPF (spec §4).
+/// The comment of an `identity=helo` Received-SPF (docs/policyd-spf-compatibility.md §4).
 fn helo_comment(result: &str) -> Option<&'static str> {
     Some(match result {
         "Pass" => "sender SPF authorized",
@@ -498,7 +498,7 @@ async fn negotiation_over_unix() {
     negotiation(Transport::Unix).await;
 }
 
-// --------------------------------------------------- spec §3: HELO_reject
+// --------------------------------------------------- docs/policyd-spf-compatibility.md §3: HELO_reject
 
 /// HELO_reject values, in the order of the matrix columns.
 const HELO_POLICIES: [&str; 6] = [
@@ -512,7 +512,7 @@ const HELO_POLICIES: [&str; 6] = [
 
 /// Spec §3, "Verified matrix (HELO result / MAIL FROM result → outcome)
 /// for HELO_reject", row by row (Mail_From_reject at its default Fail).
-/// With the spec's security departure: after a MAIL FROM check the header
+/// With the security departure of docs/policyd-spf-compatibility.md §5: after a MAIL FROM check the header
 /// carries the MAIL FROM result (`hdr MF Pass`).
 fn helo_matrix() -> Vec<(&'static str, &'static str, [Want; 6])> {
     use Id::{Helo as H, MailFrom as M};
@@ -640,7 +640,7 @@ async fn helo_reject_matrix_over_unix() {
     helo_reject_matrix(Transport::Unix).await;
 }
 
-// ---------------------------------------------- spec §3: Mail_From_reject
+// ---------------------------------------------- docs/policyd-spf-compatibility.md §3: Mail_From_reject
 
 const MAIL_FROM_POLICIES: [&str; 5] = ["SPF_Not_Pass", "Softfail", "Fail", "False", "No_Check"];
 
@@ -952,7 +952,7 @@ internal_hosts = ["127.0.0.1", "192.0.2.128/25"]
         );
     }
 
-    // InternalHosts (pyspf-milter, spec §2): no check and no header.
+    // InternalHosts (pyspf-milter, docs/policyd-spf-compatibility.md §2): no check and no header.
     for client in ["127.0.0.1", "192.0.2.200"] {
         let t = Tx {
             ip: ip(client),
@@ -1012,7 +1012,7 @@ async fn skips_over_unix() {
     skips(Transport::Unix).await;
 }
 
-/// pyspf-milter's MacroList (spec §2): only connections with the macro
+/// pyspf-milter's MacroList (docs/policyd-spf-compatibility.md §2): only connections with the macro
 /// set to one of the values are checked; the others get nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn macro_list_selects_the_checked_connections() {
@@ -1154,7 +1154,7 @@ async fn header_types() {
         .await;
 
         if ar && !spf {
-            // The null sender: the HELO identity (spec §4's second
+            // The null sender: the HELO identity (docs/policyd-spf-compatibility.md §4's second
             // example).
             let eom = tx("none.test", "<>").run(&d).await.accepted();
             assert_eq!(
@@ -1235,7 +1235,7 @@ async fn authserv_id_from_j_or_configuration() {
 
 // ------------------------------------------------------ forged headers
 
-/// postfix-opendmarc.md / spec §5: incoming Received-SPF headers and
+/// docs/dmarc-safety.md, docs/policyd-spf-compatibility.md §5: incoming Received-SPF headers and
 /// Authentication-Results carrying our authserv-id are deleted (so that
 /// OpenDMARC sees only ours); an Authentication-Results of another
 /// authserv-id is kept. The edits are checked as Postfix applies them.
@@ -1336,7 +1336,7 @@ async fn forged_trace_headers_are_deleted() {
 
 /// Forged trace headers go also when this milter adds nothing of its own
 /// (Header_Type = None, a skipped client, an authenticated one): a filter
-/// after it (OpenDMARC, postfix-opendmarc.md) would otherwise read them.
+/// after it (OpenDMARC, docs/dmarc-safety.md) would otherwise read them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forged_trace_headers_are_deleted_when_nothing_is_added() {
     let dns = dns();
@@ -1671,7 +1671,7 @@ async fn no_session_value_adds_a_key_for_opendmarc() {
 
 // ------------------------------------------------------- policy options
 
-/// No_Mail (spec §2): a reject stays only for a domain whose record is
+/// No_Mail (docs/policyd-spf-compatibility.md §2): a reject stays only for a domain whose record is
 /// exactly `v=spf1 -all`; otherwise the header is added.
 /// Reject_Not_Pass_Domains: a listed HELO name or sender domain gets
 /// SPF_Not_Pass and the reason `Receiver policy for SPF <Result>`.
@@ -1743,7 +1743,7 @@ async fn no_mail_and_reject_not_pass_domains() {
     .await;
 }
 
-/// TestOnly = 0 (spec §2): nothing is rejected or deferred; the header of
+/// TestOnly = 0 (docs/policyd-spf-compatibility.md §2): nothing is rejected or deferred; the header of
 /// the identity that would have caused it is added instead, and a HELO
 /// would-be reject stops the evaluation as in normal mode.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1783,7 +1783,7 @@ async fn test_mode_is_a_dry_run() {
     }
 }
 
-/// SPF_Enhanced_Status_Codes = No (spec §2/§4): the same replies without
+/// SPF_Enhanced_Status_Codes = No (docs/policyd-spf-compatibility.md §2/§4): the same replies without
 /// the RFC 7372 code.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replies_without_enhanced_status_codes() {
@@ -1826,7 +1826,7 @@ async fn replies_without_enhanced_status_codes() {
 }
 
 /// A `%` in the reply text, from the domain's exp= text or from
-/// Reason_Message, is sent as `%%` (spec §4: Postfix expands the milter's
+/// Reason_Message, is sent as `%%` (docs/policyd-spf-compatibility.md §4: Postfix expands the milter's
 /// reply text printf-style; in the reference a `%` turns the 550 into a
 /// 451).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1862,7 +1862,7 @@ async fn a_percent_in_the_reply_is_escaped() {
 }
 
 /// A reply stays one SMTP line however long the domain's explanation
-/// (postfix-opendmarc.md: at most 980 bytes a line): the text is cut, and
+/// (docs/dmarc-safety.md: at most 980 bytes a line): the text is cut, and
 /// each `%` is still sent as `%%`. An explanation that is not a valid
 /// explain-string (RFC 7208 §6.2, §7.1: here a CR LF and a non-ASCII
 /// character) is not used: the default explanation is.
@@ -1950,7 +1950,7 @@ async fn concurrent_connections_keep_their_own_state() {
     }
 }
 
-/// Prospective (spec §2, §3 step 1): evaluate as if the client were this
+/// Prospective (docs/policyd-spf-compatibility.md §2, §3 step 1): evaluate as if the client were this
 /// address; passing mail gets no header; the URL names that address.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prospective_evaluates_another_address() {
@@ -1987,7 +1987,7 @@ async fn prospective_evaluates_another_address() {
     assert_eq!(h.result, "Softfail");
 }
 
-/// InternalHosts (pyspf-milter, spec §2) with host names (forward-confirmed
+/// InternalHosts (pyspf-milter, docs/policyd-spf-compatibility.md §2) with host names (forward-confirmed
 /// PTR names) and a `!` exclusion: such clients get no check and no header.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn internal_hosts_by_name_and_exclusion() {
@@ -2016,7 +2016,7 @@ async fn internal_hosts_by_name_and_exclusion() {
     }
 }
 
-/// Lookup_Time and Whitelist_Lookup_Time (spec §2): a DNS server that does
+/// Lookup_Time and Whitelist_Lookup_Time (docs/policyd-spf-compatibility.md §2): a DNS server that does
 /// not answer gives TempError within the evaluation's time limit (well
 /// inside Postfix's 30 s milter command timeout), and a whitelist lookup
 /// that times out means "not whitelisted".
@@ -2055,7 +2055,7 @@ async fn time_limits_bound_a_silent_dns_server() {
     .await;
 }
 
-/// Void_Limit (spec §2, RFC 7208 §4.6.4) reaches the evaluation: three
+/// Void_Limit (docs/policyd-spf-compatibility.md §2, RFC 7208 §4.6.4) reaches the evaluation: three
 /// void lookups are a PermError at the default 2, not at 3.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn void_limit_is_applied() {
@@ -2288,7 +2288,7 @@ async fn several_messages_per_connection_over_unix() {
     several_messages_per_connection(Transport::Unix).await;
 }
 
-/// No HELO at all, and HELO repeated (EHLO again after STARTTLS): spec §3
+/// No HELO at all, and HELO repeated (EHLO again after STARTTLS): docs/policyd-spf-compatibility.md §3
 /// step 3 (an empty HELO: the HELO identity becomes the sender's domain;
 /// the null sender without HELO: nothing), and the latest HELO counts.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -2353,7 +2353,7 @@ async fn missing_and_repeated_helo() {
     c.close().await;
 }
 
-/// Junk from the client (spec §2: "a running daemon never dies"): bytes
+/// Junk from the client (docs/policyd-spf-compatibility.md §2: "a running daemon never dies"): bytes
 /// that are not UTF-8, a 2000-byte address, an address that does not
 /// parse, an empty HELO, line breaks. The daemon answers each (continue,
 /// reject or tempfail), any header it adds is well-formed (checked in
@@ -2530,7 +2530,7 @@ async fn dropped_connections_do_not_stop_the_daemon() {
 }
 
 /// With several recipients the first one's domain is the receiver
-/// (`Hide_Receiver = No`, spec §2), whatever follows.
+/// (`Hide_Receiver = No`, docs/policyd-spf-compatibility.md §2), whatever follows.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_first_of_several_recipients_is_the_receiver() {
     let dns = dns();

@@ -1,7 +1,7 @@
 //! One place that turns a written value into a typed option, for both
 //! readers. The legacy reader's values are the raw text after `=`; it also
 //! gets the warnings that say where policyd-spf would read the same text
-//! differently (spec §1). TOML values are typed, and their strings are
+//! differently (docs/policyd-spf-compatibility.md §1). TOML values are typed, and their strings are
 //! matched case-insensitively (TOML is this project's own format).
 
 use std::net::IpAddr;

@@ -1,5 +1,5 @@
 //! The reader of policyd-spf's `policyd-spf.conf` (also pyspf-milter's),
-//! with the grammar of spec §1, reporting every place where policyd-spf
+//! with the grammar of docs/policyd-spf-compatibility.md §1, reporting every place where policyd-spf
 //! would read the file differently from what its writer surely meant.
 
 use std::collections::HashMap;

@@ -42,7 +42,7 @@ pub use types::{
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/spfmilter/spfmilter.toml";
 
 /// Everything the milter is told. Defaults are policyd-spf's code defaults
-/// (spec §2) and, for the milter's own settings, those documented in
+/// (docs/policyd-spf-compatibility.md §2) and, for the milter's own settings, those documented in
 /// `conf/spfmilter.toml`.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Config {
@@ -83,7 +83,7 @@ pub struct MilterConfig {
     /// `Hide_Receiver`: `receiver=` / `r=` become `<UNKNOWN>`.
     pub hide_receiver: bool,
     /// Delete incoming `Received-SPF` and `Authentication-Results` headers
-    /// that claim our authserv-id (spec §5: the reference never does).
+    /// that claim our authserv-id (docs/policyd-spf-compatibility.md §5: the reference never does).
     pub remove_forged_headers: bool,
     /// `PidFile`; `None`: no pid file.
     pub pid_file: Option<PathBuf>,
@@ -115,7 +115,7 @@ impl Default for MilterConfig {
     }
 }
 
-/// `[policy]`: what the SPF results lead to (spec §2–§3).
+/// `[policy]`: what the SPF results lead to (docs/policyd-spf-compatibility.md §2–§3).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PolicyConfig {
     /// `HELO_reject`.

@@ -14,7 +14,7 @@ use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
 // ---------------------------------------------------------------- policies
 
-/// `HELO_reject` / `Mail_From_reject` (spec §2): which SPF results of an
+/// `HELO_reject` / `Mail_From_reject` (docs/policyd-spf-compatibility.md §2): which SPF results of an
 /// identity reject the message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum RejectPolicy {

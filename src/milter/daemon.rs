@@ -452,7 +452,7 @@ impl SocketFile {
 
 /// `PidFile`: written at start, removed at exit. A pid file naming a
 /// process that is not a running spfmilter is stale and replaced (the
-/// reference refuses to start over a stale one, spec §5); one naming a
+/// reference refuses to start over a stale one, docs/policyd-spf-compatibility.md §5); one naming a
 /// running spfmilter stops the start.
 #[derive(Debug)]
 struct PidFile {

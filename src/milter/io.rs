@@ -6,7 +6,7 @@
 //! socket with Nagle's algorithm on, the small writes of an end-of-message
 //! stage (an insert-header action, then the final reply) wait for the
 //! MTA's delayed ACK: the reference milter loses ~40 ms per message that
-//! way (spec §5). So every connection here is
+//! way (docs/policyd-spf-compatibility.md §5). So every connection here is
 //!
 //! * read through a buffer (one `read` per burst of MTA commands), and
 //! * written through [`Coalescing`]: a message is held until its flush;
@@ -589,7 +589,7 @@ impl Listener for TcpMilterListener {
                         continue;
                     };
                     // Without it, a reply waits for the MTA's delayed ACK
-                    // (spec §5). A failure to set it costs time, not
+                    // (docs/policyd-spf-compatibility.md §5). A failure to set it costs time, not
                     // correctness.
                     let _ = stream.set_nodelay(true);
                     return Poll::Ready(Ok(milter_stream(stream, slot)));

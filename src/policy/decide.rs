@@ -1,4 +1,4 @@
-//! The policy decision (spec `policyd-spf-semantics.md` §3): from the SMTP
+//! The policy decision (docs/policyd-spf-compatibility.md §3): from the SMTP
 //! client's address, the HELO name and the envelope sender, which SPF
 //! checks run, and whether the message is accepted (with a trace header),
 //! rejected or deferred.
@@ -224,7 +224,7 @@ enum Verdict {
     Defer,
 }
 
-/// Decides what to do with a message (spec §3, steps 1 and 3–7; the bypass
+/// Decides what to do with a message (docs/policyd-spf-compatibility.md §3, steps 1 and 3–7; the bypass
 /// chain of step 2 is the caller's, see the module doc).
 pub async fn decide<L: Lookup>(
     config: &Config,

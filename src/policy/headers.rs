@@ -11,7 +11,7 @@ use crate::spf::{Identity, SpfOutcome, SpfResult};
 
 use super::skip::{SkipReason, x_comment_value};
 
-/// The comment policyd-spf writes for each result (spec §4), used when the
+/// The comment policyd-spf writes for each result (docs/policyd-spf-compatibility.md §4), used when the
 /// outcome carries no explanation or problem of its own.
 pub fn result_comment(outcome: &SpfOutcome) -> Cow<'_, str> {
     match outcome.result {
@@ -139,7 +139,7 @@ pub fn received_spf_value(outcome: &SpfOutcome, tx: &Transaction<'_>) -> String 
 /// helo=…; envelope-from=…; receiver=…)`.
 ///
 /// `smtp.mailfrom` carries the **domain only**: OpenDMARC ignores the
-/// property when it holds a whole address (postfix-opendmarc.md), and DMARC
+/// property when it holds a whole address (docs/dmarc-safety.md), and DMARC
 /// aligns on the domain anyway. A HELO result is reported as `smtp.helo`.
 pub fn authentication_results_value(
     authserv_id: &str,
@@ -225,7 +225,7 @@ pub fn spf_headers(
     headers
 }
 
-/// The trace header of a session the bypass chain skipped (spec §4):
+/// The trace header of a session the bypass chain skipped (docs/policyd-spf-compatibility.md §4):
 /// `X-Comment: <comment> - client-ip=…` with `Received-SPF` headers, and
 /// `Authentication-Results: <id>; none (<comment> - client-ip=…)` with
 /// Authentication-Results.

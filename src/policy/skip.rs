@@ -1,4 +1,4 @@
-//! The bypass chain (spec `policyd-spf-semantics.md` §2, §3 step 2): which
+//! The bypass chain (docs/policyd-spf-compatibility.md §2, §3 step 2): which
 //! sessions are not checked at all, and whether they get a trace header.
 //!
 //! Pure policy: no sockets, no milter types. [`skip`] runs before
@@ -113,7 +113,7 @@ pub enum SkipReason {
 }
 
 impl SkipReason {
-    /// policyd-spf's comment text (spec §2, §4).
+    /// policyd-spf's comment text (docs/policyd-spf-compatibility.md §2, §4).
     pub fn comment(self) -> &'static str {
         match self {
             SkipReason::LocalConnection => "SPF check N/A for local connections",

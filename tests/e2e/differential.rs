@@ -24,7 +24,7 @@
 //!
 //! # Departures (where spfmilter differs from Debian's pyspf-milter)
 //!
-//! Each is a place where the spec (`policyd-spf-semantics.md`, written
+//! Each is a place where docs/policyd-spf-compatibility.md (written
 //! against spf-engine 3.1.0, and RFC 7208) says spfmilter is right:
 //!
 //! * **HELO identity.** pyspf-milter 3.0.4 checks the host name Postfix
@@ -32,11 +32,11 @@
 //!   name, or `unknown`) as the HELO identity and ignores the EHLO
 //!   argument (its `connect` callback stores `hostname` as `helo_name`; it
 //!   has no `hello` callback). spfmilter checks the EHLO argument (RFC 7208
-//!   §2.3; spec §5 "known defects"). Cases `helo-real-fails` and
+//!   §2.3; docs/policyd-spf-compatibility.md §5). Cases `helo-real-fails` and
 //!   `helo-real-passes` set NAME and EHLO apart; every other case sets them
 //!   equal, so both milters check the same name.
 //! * **SMTP AUTH.** pyspf-milter 3.0.4 does not look at `{auth_authen}`: an
-//!   authenticated client whose sender fails SPF is rejected. Per the spec
+//!   authenticated client whose sender fails SPF is rejected. Per docs/policyd-spf-compatibility.md
 //!   (§2, milter-only keys, from spf-engine 3.1.0) an authenticated client
 //!   is not checked and gets no header: spfmilter accepts it (its
 //!   `skip_authenticated`, on by default for a legacy file).
@@ -80,7 +80,7 @@
 //!   rejected. spfmilter takes the listed name itself only: the same as the
 //!   reference for a listed name and a name below it, one reject less for
 //!   a parent (case `Reject_Not_Pass_Domains-parent`).
-//! * **HELO pass, MAIL FROM none** (CVE-2019-20790, spec §3 "one deliberate
+//! * **HELO pass, MAIL FROM none** (CVE-2019-20790, docs/policyd-spf-compatibility.md §3 "one deliberate
 //!   departure"): both accept, but the reference writes the HELO's pass
 //!   (`spf=pass smtp.helo=…`), which a DMARC verifier must not take for the
 //!   MAIL FROM; spfmilter writes the MAIL FROM's own result, `none`.
@@ -99,7 +99,7 @@
 //!
 //! Where both milters refuse a message the same way, Postfix's reply texts
 //! must be the same too (`Message rejected due to: … Please see
-//! http://www.openspf.net/Why?s=mfrom;id=…;ip=…;r=<UNKNOWN>`, spec §4), up
+//! http://www.openspf.net/Why?s=mfrom;id=…;ip=…;r=<UNKNOWN>`, docs/policyd-spf-compatibility.md §4), up
 //! to the detail of a PermError/TempError explanation, which each SPF
 //! library words its own way ([`refusal_text`]), and up to case: the
 //! reference lower-cases the sender's domain (`id=someone@mx.neutral.test`
@@ -107,7 +107,7 @@
 //! as sent. They are. Likewise the whole Authentication-Results of
 //! accepted mail ([`normalize_header`]): the same, but for `receiver=`
 //! (`<UNKNOWN>` in the reference, which decides before any recipient;
-//! the first recipient's domain in spfmilter, spec §2 `Hide_Receiver`).
+//! the first recipient's domain in spfmilter, docs/policyd-spf-compatibility.md §2 `Hide_Receiver`).
 //!
 //! Runtime: about 50 s on an idle machine (two labs, each milter killed
 //! and restarted between modes; pyspf-milter's final stop takes ~4 s, and
@@ -148,15 +148,15 @@ pub enum Mode {
     /// Decisions are SMTP replies.
     Reject,
     /// Reject mode with `No_Mail = True`: a reject stands only for a domain
-    /// whose record is `v=spf1 -all` (spec §2).
+    /// whose record is `v=spf1 -all` (docs/policyd-spf-compatibility.md §2).
     NoMail,
     /// Stricter reject sets: `HELO_reject = SPF_Not_Pass`,
     /// `Mail_From_reject = Softfail`, `Reject_Not_Pass_Domains =
-    /// mx.neutral.test` (spec §2).
+    /// mx.neutral.test` (docs/policyd-spf-compatibility.md §2).
     Strict,
     /// `HELO_reject = Mail_From_reject = False`: nothing is rejected or
     /// deferred (PermError_reject and TempError_Defer are ignored in a
-    /// `False` scope, spec §2), so every result shows in the header.
+    /// `False` scope, docs/policyd-spf-compatibility.md §2), so every result shows in the header.
     HeaderOnly,
 }
 
@@ -179,11 +179,11 @@ impl Mode {
 /// * `HELO_reject = Mail_From_reject = Fail` (reject mode; see [`Mode`]
 ///   for the others): Fail → `550 5.7.23`;
 /// * `PermError_reject = True` → `550 5.7.24`, `TempError_Defer = True` →
-///   `450 4.7.24` (spec §2, §4), in each scope;
+///   `450 4.7.24` (docs/policyd-spf-compatibility.md §2, §4), in each scope;
 /// * `Header_Type = AR`: the reference writes only Authentication-Results,
 ///   so both milters write the header that is compared;
 /// * `skip_addresses`: the default list plus 203.0.113.0/24, no spaces
-///   (the reference does not strip list items, spec §1);
+///   (the reference does not strip list items, docs/policyd-spf-compatibility.md §1);
 /// * `Whitelist = 198.51.100.128/25`, `Domain_Whitelist = relay.test`,
 ///   `HELO_Whitelist = mx.relay.test`, `Domain_Whitelist_PTR = wl.test`
 ///   (the relays of `zones.rs`);
@@ -241,8 +241,8 @@ const TEMPERROR: &str = "MAIL 450 4.7.24";
 /// [`CLIENT_IP`] and XCLIENT NAME = EHLO unless a case says otherwise; the
 /// EHLO is `mx.none.test` (no SPF record: the HELO check says none and MAIL
 /// FROM decides) unless the case is about the HELO.
-/// Expected outcomes follow the spec's decision steps (§3) and reply table
-/// (§4) for this [`conf`].
+/// Expected outcomes follow the decision steps (§3) and the reply table
+/// (§4) of docs/policyd-spf-compatibility.md for this [`conf`].
 pub fn cases() -> Vec<Case> {
     let mut cases = reject_cases();
     cases.extend(no_mail_cases());
@@ -291,24 +291,19 @@ fn smtp_auth(from: &str) -> Mail {
     mail(from).auth(&format!("{SASL_USER}@{SASL_REALM}"), SASL_PASSWORD)
 }
 
-const AUTH_DEPARTURE: &str =
-    "3.0.4 ignores {auth_authen}; spec §2: authenticated clients are not checked";
+const AUTH_DEPARTURE: &str = "3.0.4 ignores {auth_authen}; docs/policyd-spf-compatibility.md §2: authenticated clients are not checked";
 const HELO_DEPARTURE: &str = "reference checks the client name (XCLIENT NAME/PTR), not the EHLO";
-const PTR_SUFFIX_DEPARTURE: &str =
-    "reference: plain suffix match (host.notwl.test in wl.test); spec §2: label boundary";
-const PTR_UNCONFIRMED_DEPARTURE: &str =
-    "reference: PTR name not forward-confirmed; spec §2: confirmed names only";
+const PTR_SUFFIX_DEPARTURE: &str = "reference: plain suffix match (host.notwl.test in wl.test); docs/policyd-spf-compatibility.md §2: label boundary";
+const PTR_UNCONFIRMED_DEPARTURE: &str = "reference: PTR name not forward-confirmed; docs/policyd-spf-compatibility.md §2: confirmed names only";
 const TRAILING_DOT_DEPARTURE: &str =
     "reference: pass.test. gives none; RFC 7208 §4.3: a final empty label is not malformed";
-const PERCENT_DEPARTURE: &str =
-    "reference: a % in the reason crashes it (451); spec §4/§5: escape it, reject";
-const NO_MAIL_DEPARTURE: &str =
-    "reference: byte comparison with \"v=spf1 -all\"; spec §2: the parsed record";
-const RNPD_PARENT_DEPARTURE: &str =
-    "reference: a parent of a listed domain matches (swapped domainmatch); spec §2: listed only";
+const PERCENT_DEPARTURE: &str = "reference: a % in the reason crashes it (451); docs/policyd-spf-compatibility.md §4/§5: escape it, reject";
+const NO_MAIL_DEPARTURE: &str = "reference: byte comparison with \"v=spf1 -all\"; docs/policyd-spf-compatibility.md §2: the parsed record";
+const RNPD_PARENT_DEPARTURE: &str = "reference: a parent of a listed domain matches (swapped domainmatch); docs/policyd-spf-compatibility.md §2: listed only";
 const SERVFAIL_MECHANISM: &str = "pydns reads SERVFAIL as empty; RFC 7208 §5: temperror";
 const SERVFAIL_RECORD: &str = "pydns reads SERVFAIL as no record; RFC 7208 §4.4: temperror";
-const HELO_PASS_HEADER: &str = "header: reference writes the HELO pass (CVE-2019-20790), spec §3";
+const HELO_PASS_HEADER: &str =
+    "header: reference writes the HELO pass (CVE-2019-20790), docs/policyd-spf-compatibility.md §5";
 
 /// Reject mode: decisions.
 fn reject_cases() -> Vec<Case> {
@@ -603,7 +598,7 @@ fn reject_cases() -> Vec<Case> {
 }
 
 /// No_Mail mode: rejects stand only for `v=spf1 -all`; other rejects
-/// become headers (PermError ones too, spec §2); defers are untouched.
+/// become headers (PermError ones too, docs/policyd-spf-compatibility.md §2); defers are untouched.
 fn no_mail_cases() -> Vec<Case> {
     let same = |name, mail, expected| same(Mode::NoMail, name, mail, expected);
     vec![
@@ -726,7 +721,7 @@ fn header_cases() -> Vec<Case> {
             "250 2.0.0 spf=fail helo",
         ),
         // `HELO_reject = False`: the HELO Fail is not acted on, MAIL FROM
-        // is checked and its Pass goes into the header (spec §3 matrix,
+        // is checked and its Pass goes into the header (docs/policyd-spf-compatibility.md §3 matrix,
         // row fail / pass).
         same(
             "helo-fail-mailfrom-pass",
@@ -846,7 +841,7 @@ pub fn run_cases(
 /// PermError/TempError explanation (`SPF Permanent Error: DETAIL. Please
 /// see`) cut out: that text comes from each milter's SPF library (pyspf's
 /// "Unknown mechanism found: bogus" against spfmilter's own wording) and is
-/// not part of the policyd-spf reply format (spec §4).
+/// not part of the policyd-spf reply format (docs/policyd-spf-compatibility.md §4).
 pub fn refusal_text(transcript: &Transcript) -> Option<String> {
     let reply = ["MAIL FROM", "RCPT TO", "DATA"]
         .into_iter()
@@ -869,10 +864,10 @@ pub fn refusal_text(transcript: &Transcript) -> Option<String> {
 /// `receiver=` (the reference decides at MAIL FROM, before any recipient,
 /// and writes `<UNKNOWN>`; spfmilter writes the header at the end of the
 /// message and names the first recipient's domain, as `Hide_Receiver = No`
-/// says, spec §2), the detail of a PermError/TempError explanation (each
+/// says, docs/policyd-spf-compatibility.md §2), the detail of a PermError/TempError explanation (each
 /// SPF library's own words), case, and runs of white space (the
 /// reference's skip comments have two spaces in `- <2 spaces>client-ip=`:
-/// its comment text ends in a space and its format adds one; spec §4 shows
+/// its comment text ends in a space and its format adds one; docs/policyd-spf-compatibility.md §4 shows
 /// one).
 pub fn normalize_header(value: &str) -> String {
     let mut out = value
@@ -943,7 +938,7 @@ pub fn outcome(lab: &Lab, mail: &Mail, transcript: &Transcript) -> (String, Opti
             header,
         );
     }
-    // A skip: Authentication-Results: ID; none (COMMENT) (spec §4).
+    // A skip: Authentication-Results: ID; none (COMMENT) (docs/policyd-spf-compatibility.md §4).
     let outcome = match ours.first() {
         None => format!("{accepted} no-header"),
         Some(v) if v.contains("SPF check N/A for local connections") => {
@@ -1063,7 +1058,7 @@ pub fn differential(scratch: &Path) {
         .iter()
         .zip(reference.iter().zip(&ours))
         .any(|(c, (r, s))| c.reference != r.outcome || c.spfmilter != s.outcome);
-    // Where the decisions agree, so must the refusal texts (spec §4).
+    // Where the decisions agree, so must the refusal texts (docs/policyd-spf-compatibility.md §4).
     let texts: Vec<String> = cases
         .iter()
         .zip(reference.iter().zip(&ours))

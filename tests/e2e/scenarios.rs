@@ -254,7 +254,7 @@ pub fn reference_quirks(scratch: &Path) {
     finish(lab);
 }
 
-/// The forged-header bypass (postfix-opendmarc.md) is closed: a sender
+/// The forged-header bypass (docs/dmarc-safety.md) is closed: a sender
 /// whose SPF does not pass brings a forged `Received-SPF: pass …
 /// identity=mailfrom` and a forged `Authentication-Results` under our
 /// authserv-id. With `Header_Type = AR` (the configuration in which

@@ -1,4 +1,4 @@
-//! The soak (issue 6 §6): many messages with mixed SPF results through
+//! The soak (docs/design.md): many messages with mixed SPF results through
 //! the whole chain — Postfix's smtpd, spfmilter, OpenDMARC, cleanup, qmgr
 //! and the `virtual` delivery agent writing a Maildir — while spfmilter is
 //! restarted twice: once stopped with SIGTERM, once killed with SIGKILL
@@ -98,7 +98,7 @@ struct Scenario {
     from: String,
     /// Carries a forged `Received-SPF: Pass` and a forged
     /// `Authentication-Results` under Postfix's host name, which must
-    /// both be gone (postfix-opendmarc.md).
+    /// both be gone (docs/dmarc-safety.md).
     forged: bool,
     expect: Expect,
 }
@@ -112,7 +112,7 @@ fn soak_domain(id: usize) -> String {
 
 /// Message `id`'s scenario: a cycle of ten. The results follow from the
 /// zones (`zones.rs` and [`soak_zones`]), RFC 7208 and the policyd-spf
-/// decisions of spec §3 under `HELO_reject = Mail_From_reject = Fail`.
+/// decisions of docs/policyd-spf-compatibility.md §3 under `HELO_reject = Mail_From_reject = Fail`.
 fn scenario(id: usize) -> Scenario {
     let pass_helo = |from: String, expect: Expect| Scenario {
         client_ip: CLIENT_IP,
@@ -167,7 +167,7 @@ fn scenario(id: usize) -> Scenario {
         // identity=helo. DMARC not checked (From: is the HELO's
         // postmaster).
         7 => pass_helo(String::new(), delivered("pass", "helo", None)),
-        // HELO fail rejects before MAIL FROM counts (spec §3).
+        // HELO fail rejects before MAIL FROM counts (docs/policyd-spf-compatibility.md §3).
         8 => Scenario {
             helo: "mx.fail.test",
             ..pass_helo(format!("alice{id}@pass.test"), Expect::Rejected)

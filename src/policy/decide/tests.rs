@@ -1,5 +1,6 @@
-//! The decision against the spec's tables (policyd-spf-semantics.md §2–§4).
-//! Every expected outcome below is written from the spec, not from the
+//! The decision against the tables of docs/policyd-spf-compatibility.md
+//! §2–§4. Every expected outcome below is written from that document (itself
+//! written from the reference's behaviour), not from the
 //! code's output.
 
 use std::net::IpAddr;
@@ -68,7 +69,7 @@ fn config(helo: RejectPolicy, mail_from: RejectPolicy) -> Config {
     c
 }
 
-/// A row entry of the spec's matrices.
+/// A row entry of the matrices of docs/policyd-spf-compatibility.md §3.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Want {
     /// Accepted with the MAIL FROM outcome in the header.
@@ -147,7 +148,7 @@ async fn helo_reject_matrix() {
     ];
     let h = Identity::Helo;
     let m = Identity::MailFrom;
-    // (helo, sender, expected per column), straight from spec §3.
+    // (helo, sender, expected per column), straight from docs/policyd-spf-compatibility.md §3.
     let rows: [(&str, &str, [Want; 6]); 11] = [
         ("pass.test", "a@pass.test", [HdrMf(R::Pass); 6]),
         ("pass.test", "a@fail.test", [Reject(m); 6]),
@@ -534,7 +535,7 @@ async fn null_sender_gets_no_mail_from_query_and_a_helo_header() {
 #[tokio::test]
 async fn cve_2019_20790_header_is_the_mail_from_result() {
     // HELO pass + MAIL FROM none: the reference reports the HELO pass; the
-    // spec's departure reports mailfrom none.
+    // departure (docs/policyd-spf-compatibility.md §5) reports mailfrom none.
     let d = run(&Config::default(), "pass.test", "a@none.test").await;
     check(
         &d,
@@ -752,7 +753,8 @@ async fn default_reply_text_for_fail() {
         reply(&d).text,
         "Message rejected due to: SPF fail - not authorized."
     );
-    // policyd-spf's URL, configured: the spec's §4 reply text.
+    // policyd-spf's URL, configured: the reply text of
+    // docs/policyd-spf-compatibility.md §4.
     let mut c = Config::default();
     c.policy.reason_url = crate::config::POLICYD_SPF_REASON_URL.parse().unwrap();
     let d = run(&c, "none.test", "a@fail.test").await;
