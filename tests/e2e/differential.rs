@@ -120,7 +120,7 @@ use super::lab::{Lab, LabConfig};
 use super::milter::{MilterUnderTest, PolicydConf};
 use super::postfix::{MYHOSTNAME, SaslLogin};
 use super::process::read_lossy;
-use super::smtp::{Mail, Transcript};
+use super::smtp::{Mail, Transcript, authentication_results_parts};
 use super::zones::{
     CLIENT_IP, CLIENT_IP6, DOMAIN_WHITELISTED_IP, HELO_WHITELISTED_IP, PTR_SUFFIX_IP,
     PTR_UNCONFIRMED_IP, PTR_WHITELISTED_IP, STRANGER_IP,
@@ -929,7 +929,7 @@ pub fn outcome(lab: &Lab, mail: &Mail, transcript: &Transcript) -> (String, Opti
     let ours: Vec<String> = message
         .unfolded("Authentication-Results")
         .into_iter()
-        .filter(|v| v.split(';').next().map(str::trim) == Some(MYHOSTNAME))
+        .filter(|v| authentication_results_parts(v).first() == Some(&MYHOSTNAME))
         .collect();
     let header = ours.first().cloned();
     if let Some(spf) = lab.spf_header(&message) {

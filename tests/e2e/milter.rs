@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use super::postfix::MYHOSTNAME;
 use super::process::{Daemon, make_dir, read_lossy, tcp_listening, wait_until, write_file};
-use super::smtp::{Message, unfold};
+use super::smtp::{Message, authentication_results_parts, unfold};
 
 /// Which header carries the SPF result.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -291,9 +291,9 @@ pub fn spf_header(message: &Message, kind: TraceHeader) -> Option<SpfHeader> {
                 TraceHeader::AuthenticationResults
                     if name.eq_ignore_ascii_case("Authentication-Results") =>
                 {
-                    let mut parts = value.split(';');
-                    let authserv_id = parts.next()?.trim().to_string();
-                    let spf = parts.map(str::trim_start).find(|r| r.starts_with("spf="))?;
+                    let parts = authentication_results_parts(&value);
+                    let authserv_id = parts.first()?.to_string();
+                    let spf = *parts[1..].iter().find(|r| r.starts_with("spf="))?;
                     let result = spf["spf=".len()..]
                         .split_whitespace()
                         .next()?

@@ -221,6 +221,33 @@ fn prepare_inside(scratch: &Path) {
     make_dir(&dev.join("pts")).expect("dev/pts");
     mount(&["--move", path(&dev), "/dev"]);
     syslog::start(Path::new("/dev/log"));
+    pin_the_reference_to_pydns();
+}
+
+/// The reference (pyspf) uses dnspython when Python can import it, and
+/// pydns (`python3-dns`, what Debian's pyspf-milter depends on) otherwise;
+/// the two answer the lab's SERVFAIL zone and a single-label HELO
+/// differently (dnspython waits out its timeouts where pydns has an
+/// answer). So that the expected outcomes do not depend on whether the
+/// machine happens to have dnspython (`python3-dnspython` is common on mail
+/// servers), an empty directory is mounted over its package inside this
+/// mount namespace: `import dns.resolver` fails and pyspf takes pydns.
+fn pin_the_reference_to_pydns() {
+    let python = Path::new("/usr/bin/python3");
+    if !python.exists() {
+        return;
+    }
+    let Ok(out) = Command::new(python)
+        .args(["-c", "import dns; print(list(dns.__path__)[0])"])
+        .stderr(Stdio::null())
+        .output()
+    else {
+        return;
+    };
+    let dir = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    if out.status.success() && !dir.is_empty() && Path::new(&dir).is_dir() {
+        mount(&["-t", "tmpfs", "-o", "ro,mode=755", "e2e-no-dnspython", &dir]);
+    }
 }
 
 fn mount(args: &[&str]) {

@@ -308,10 +308,9 @@ impl Message {
         self.unfolded("Authentication-Results")
             .into_iter()
             .filter(|v| {
-                v.split(';').next().map(str::trim) == Some(authserv_id)
-                    && v.split(';')
-                        .skip(1)
-                        .any(|r| r.trim_start().starts_with(&key))
+                let parts = authentication_results_parts(v);
+                parts.first() == Some(&authserv_id)
+                    && parts[1..].iter().any(|r| r.starts_with(&key))
             })
             .collect()
     }
@@ -321,12 +320,13 @@ impl Message {
     pub fn auth_result(&self, authserv_id: &str, method: &str) -> Option<String> {
         let key = format!("{method}=");
         let header = self.auth_results(authserv_id, method).into_iter().next()?;
-        header.split(';').skip(1).find_map(|r| {
-            r.trim_start()
-                .strip_prefix(&key)
-                .and_then(|v| v.split_whitespace().next())
-                .map(str::to_ascii_lowercase)
-        })
+        authentication_results_parts(&header)[1..]
+            .iter()
+            .find_map(|r| {
+                r.strip_prefix(&key)
+                    .and_then(|v| v.split_whitespace().next())
+                    .map(str::to_ascii_lowercase)
+            })
     }
 
     /// The whole header as text, for assertion messages.
@@ -346,4 +346,47 @@ pub fn unfold(value: &str) -> String {
         .filter(|s| !s.is_empty())
         .collect::<Vec<_>>()
         .join(" ")
+}
+
+/// The parts of an Authentication-Results value (RFC 8601 §2.2): the
+/// authserv-id, then each result, split at the `;` that stand outside
+/// comments (nested, with `\` escapes) and quoted strings, trimmed. A
+/// comment such as `(SPF Temporary Error: DNS; timeout)` stays whole.
+pub fn authentication_results_parts(value: &str) -> Vec<&str> {
+    let mut parts = Vec::new();
+    let (mut depth, mut quoted, mut escaped, mut start) = (0usize, false, false, 0);
+    for (i, c) in value.char_indices() {
+        match c {
+            _ if escaped => escaped = false,
+            '\\' if quoted || depth > 0 => escaped = true,
+            '"' if depth == 0 => quoted = !quoted,
+            '(' if !quoted => depth += 1,
+            ')' if !quoted => depth = depth.saturating_sub(1),
+            ';' if !quoted && depth == 0 => {
+                parts.push(value[start..i].trim());
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    parts.push(value[start..].trim());
+    parts
+}
+
+#[test]
+fn authentication_results_are_split_outside_comments_and_quotes() {
+    assert_eq!(
+        authentication_results_parts(
+            "mx.example.net; spf=temperror (SPF Temporary Error: DNS; timeout \\) x; y) smtp.mailfrom=a.test; dkim=none (\"a;b\")"
+        ),
+        [
+            "mx.example.net",
+            "spf=temperror (SPF Temporary Error: DNS; timeout \\) x; y) smtp.mailfrom=a.test",
+            "dkim=none (\"a;b\")",
+        ]
+    );
+    assert_eq!(
+        authentication_results_parts("id \"q;q\"; none"),
+        ["id \"q;q\"", "none"]
+    );
 }
