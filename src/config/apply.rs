@@ -1011,3 +1011,31 @@ fn log_level(raw: Raw<'_>, cx: &mut Cx<'_>) -> Option<LogLevel> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::parse_byte_size;
+
+    #[test]
+    fn byte_sizes_take_binary_units() {
+        for (text, bytes) in [
+            ("0", Some(0)),
+            ("1048576", Some(1 << 20)),
+            ("512K", Some(512 << 10)),
+            ("512 KiB", Some(512 << 10)),
+            ("32M", Some(32 << 20)),
+            ("32mib", Some(32 << 20)),
+            (" 1G ", Some(1 << 30)),
+            ("100B", Some(100)),
+            ("", None),
+            ("M", None),
+            ("1.5M", None),
+            ("-1M", None),
+            ("32 MB", None),
+            ("99999999999999999999", None),
+            ("17179869184G", None),
+        ] {
+            assert_eq!(parse_byte_size(text), bytes, "{text:?}");
+        }
+    }
+}

@@ -28,7 +28,10 @@
 //!   text), charged when it is made ([`Lookup::memo_made`]);
 //! * concurrent misses for the same key share one query (single-flight);
 //!   the leader's future may be dropped at any time, in which case the
-//!   waiters notice and one of them queries instead.
+//!   waiters notice and one of them queries instead. A flight is a key and
+//!   a channel, and the answer it hands over lives only as long as the
+//!   callers holding it: they are bounded by the queries in progress (one
+//!   per evaluation), not by the budget.
 
 use std::collections::VecDeque;
 use std::future::Future;

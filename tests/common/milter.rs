@@ -250,6 +250,11 @@ impl Daemon {
         assert!(status.success());
     }
 
+    /// The daemon's process id (for its memory in /proc).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Whether the process is still running.
     pub fn is_running(&mut self) -> bool {
         self.child.try_wait().expect("wait").is_none()
