@@ -496,9 +496,27 @@ impl<'a, L: Lookup> Eval<'a, L> {
             )));
         }
         self.note(|| format!("TXT {domain}: {:?}", String::from_utf8_lossy(&txts[index])));
-        // Parsed once per cached DNS answer (the memo), whose weight the
-        // cache then counts. The record is then lent out of the answer: no
-        // reference count is taken for it.
+        // Parsed once per cached DNS answer (the memo). The record is then
+        // lent out of the answer: no reference count is taken for it.
+        if let Some(Ok(_)) = txts[index].memo_get::<Parsed>() {
+            return Ok(Some(Policy::Cached(txts, index)));
+        }
+        self.parse_policy(domain, txts, index)
+            .map(Some)
+            .map_err(|e| Fault::Perm(format!("syntax error in the SPF record of {domain}: {e}")))
+    }
+
+    /// The policy of `txts[index]` when its memo holds no parsed record:
+    /// parses it into the memo (and reports the memo's weight to the
+    /// lookup, whose cache counts it), or finds the syntax error there.
+    /// Out of line: the warm path above stays small.
+    #[inline(never)]
+    fn parse_policy(
+        &self,
+        domain: &str,
+        txts: Arc<[Txt]>,
+        index: usize,
+    ) -> Result<Policy, SyntaxError> {
         let mut made = None;
         let memo = txts[index].memo(|bytes| {
             let parsed: Parsed = Record::parse(bytes);
@@ -509,14 +527,12 @@ impl<'a, L: Lookup> Eval<'a, L> {
         if let Some(bytes) = made {
             self.evaluator.lookup.memo_made(domain, &txts, bytes);
         }
-        let policy = match memo {
+        match memo {
             Some(Ok(())) => Ok(Policy::Cached(txts, index)),
             Some(Err(e)) => Err(e),
+            // The memo holds something else: parse for this evaluation.
             None => Record::parse(&txts[index]).map(|r| Policy::Owned(Box::new(r))),
-        };
-        policy
-            .map(Some)
-            .map_err(|e| Fault::Perm(format!("syntax error in the SPF record of {domain}: {e}")))
+        }
     }
 
     fn count_lookup(&mut self, term: &str) -> Result<(), Fault> {
