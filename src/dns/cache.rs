@@ -142,6 +142,10 @@ pub struct CacheOptions {
     /// At most this many bytes are kept alive by the cache: records,
     /// names, memos made from TXT records (parsed SPF policies) and the
     /// cache's own tables, each weighed with the allocator's overhead.
+    /// The budget is split evenly between the shards (up to 64), so an
+    /// entry heavier than one shard's share is not kept; and `max_entries`
+    /// is lowered where needed so that the tables never take more than
+    /// half of it.
     pub max_bytes: usize,
     /// TTLs below this are raised to it. RFC 1035 §3.2.1: a TTL of zero
     /// means "do not cache", which is what happens with the default of 0.
