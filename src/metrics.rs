@@ -13,7 +13,7 @@
 //! | `spfmilter_dns_queries_total` | counter | — (sent to the DNS servers) |
 //! | `spfmilter_dns_timeouts_total`, `spfmilter_dns_failures_total` | counter | — |
 //! | `spfmilter_dns_cache_hits_total`, `spfmilter_dns_cache_misses_total` | counter | — |
-//! | `spfmilter_dns_cache_entries` | gauge | — |
+//! | `spfmilter_dns_cache_entries`, `spfmilter_dns_cache_bytes` | gauge | — |
 //!
 //! The DNS counters belong to the resolver and cache of the configuration
 //! in use: a reload (SIGHUP) starts them again from zero, which Prometheus
@@ -273,14 +273,24 @@ impl Collector for DnsCollector {
             let metric = encoder.encode_descriptor(name, help, None, counter.metric_type())?;
             counter.encode(metric)?;
         }
-        let entries = ConstGauge::new(i64::try_from(cache.entries).unwrap_or(i64::MAX));
-        let metric = encoder.encode_descriptor(
-            "spfmilter_dns_cache_entries",
-            "Answers held in the DNS cache",
-            None,
-            entries.metric_type(),
-        )?;
-        entries.encode(metric)
+        let gauges = [
+            (
+                "spfmilter_dns_cache_entries",
+                "Answers held in the DNS cache",
+                cache.entries,
+            ),
+            (
+                "spfmilter_dns_cache_bytes",
+                "Memory held by the DNS cache (at most [dns] cache_size)",
+                cache.bytes,
+            ),
+        ];
+        for (name, help, value) in gauges {
+            let gauge = ConstGauge::new(i64::try_from(value).unwrap_or(i64::MAX));
+            let metric = encoder.encode_descriptor(name, help, None, gauge.metric_type())?;
+            gauge.encode(metric)?;
+        }
+        Ok(())
     }
 }
 
@@ -345,6 +355,7 @@ mod tests {
                     hits: 40,
                     misses: 7,
                     entries: 5,
+                    bytes: 6789,
                     ..CacheStats::default()
                 },
             )
@@ -378,6 +389,7 @@ mod tests {
             "spfmilter_dns_cache_hits_total 40",
             "spfmilter_dns_cache_misses_total 7",
             "spfmilter_dns_cache_entries 5",
+            "spfmilter_dns_cache_bytes 6789",
         ] {
             assert!(
                 text.lines().any(|l| l == line),

@@ -605,6 +605,15 @@ fn cases() -> Vec<Case> {
             bad_toml: "0",
         },
         Case {
+            toml_key: "dns.cache_size",
+            legacy_key: None,
+            legacy_value: "",
+            toml_value: "\"48M\"",
+            check: |c| c.dns.cache_size == 48 * 1024 * 1024,
+            bad_legacy: "",
+            bad_toml: "\"512K\"",
+        },
+        Case {
             toml_key: "log.target",
             legacy_key: None,
             legacy_value: "",

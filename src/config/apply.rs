@@ -197,6 +197,70 @@ fn duration(raw: Raw<'_>, cx: &mut Cx<'_>) -> Option<std::time::Duration> {
     }
 }
 
+/// The smallest cache size but 0: below this the cache, split in shards,
+/// holds too little to help.
+pub(crate) const MIN_CACHE_SIZE: usize = 1 << 20;
+/// The largest cache size accepted (64 GiB): more is a typo.
+const MAX_CACHE_SIZE: u64 = 64 << 30;
+
+/// A memory size: a TOML integer of bytes, or a string of digits with an
+/// optional unit (K, M, G, also written KiB, MiB, GiB; binary multiples).
+/// 0 (no cache), or from [`MIN_CACHE_SIZE`] to 64 GiB.
+fn byte_size(raw: Raw<'_>, cx: &mut Cx<'_>) -> Option<usize> {
+    let (bytes, shown) = match raw {
+        Raw::Toml(toml::Value::Integer(n)) => (u64::try_from(*n).ok(), n.to_string()),
+        Raw::Toml(toml::Value::String(s)) => (parse_byte_size(s), format!("{s:?}")),
+        Raw::Legacy(s) => (parse_byte_size(s), format!("{s:?}")),
+        Raw::Toml(v) => {
+            cx.error(format_args!(
+                "expected bytes or a string such as \"64M\", found {}",
+                type_name(v)
+            ));
+            return None;
+        }
+    };
+    match bytes {
+        Some(n) if n == 0 || (MIN_CACHE_SIZE as u64..=MAX_CACHE_SIZE).contains(&n) => {
+            usize::try_from(n).ok().or_else(|| {
+                cx.error(format_args!("{shown} does not fit in this system's memory"));
+                None
+            })
+        }
+        Some(_) => {
+            cx.error(format_args!(
+                "{shown} is out of range (0 for no cache, or 1M to 64G)"
+            ));
+            None
+        }
+        None => {
+            cx.error(format_args!(
+                "{shown} is not a size (bytes, or a number with K, M or G: \"64M\")"
+            ));
+            None
+        }
+    }
+}
+
+/// `digits [spaces] [unit]`, the unit one of K, M, G, KiB, MiB, GiB
+/// (any case) or B; `None` if malformed or too large.
+fn parse_byte_size(s: &str) -> Option<u64> {
+    let s = s.trim();
+    let end = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (digits, unit) = s.split_at(end);
+    if digits.is_empty() {
+        return None;
+    }
+    let n: u64 = digits.parse().ok()?;
+    let shift = match unit.trim_start().to_ascii_lowercase().as_str() {
+        "" | "b" => 0,
+        "k" | "kib" => 10,
+        "m" | "mib" => 20,
+        "g" | "gib" => 30,
+        _ => return None,
+    };
+    n.checked_mul(1 << shift)
+}
+
 /// What a legacy list is, for the warnings about how policyd-spf would
 /// read it.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -827,6 +891,11 @@ pub(crate) fn apply(cfg: &mut Config, opt: Opt, raw: Raw<'_>, cx: &mut Cx<'_>) {
                 cfg.dns.timeout = v;
             }
         }
+        Opt::DnsCacheSize => {
+            if let Some(v) = byte_size(raw, cx) {
+                cfg.dns.cache_size = v;
+            }
+        }
         Opt::LogTarget => {
             if let Some(t) = text(raw, cx) {
                 let names = LogTarget::ALL.map(|a| (a.as_str(), a));
@@ -955,6 +1024,34 @@ fn log_level(raw: Raw<'_>, cx: &mut Cx<'_>) -> Option<LogLevel> {
                 cx.warning(format_args!("{n} logs as much as 5, the most there is"));
             }
             Some(l)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_byte_size;
+
+    #[test]
+    fn byte_sizes_take_binary_units() {
+        for (text, bytes) in [
+            ("0", Some(0)),
+            ("1048576", Some(1 << 20)),
+            ("512K", Some(512 << 10)),
+            ("512 KiB", Some(512 << 10)),
+            ("32M", Some(32 << 20)),
+            ("32mib", Some(32 << 20)),
+            (" 1G ", Some(1 << 30)),
+            ("100B", Some(100)),
+            ("", None),
+            ("M", None),
+            ("1.5M", None),
+            ("-1M", None),
+            ("32 MB", None),
+            ("99999999999999999999", None),
+            ("17179869184G", None),
+        ] {
+            assert_eq!(parse_byte_size(text), bytes, "{text:?}");
         }
     }
 }

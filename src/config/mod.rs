@@ -240,6 +240,8 @@ pub struct DnsConfig {
     pub nameservers: Vec<SocketAddr>,
     /// Time to wait for one answer before retrying.
     pub timeout: Duration,
+    /// The DNS cache's byte budget (0: no cache).
+    pub cache_size: usize,
 }
 
 impl Default for DnsConfig {
@@ -247,6 +249,7 @@ impl Default for DnsConfig {
         Self {
             nameservers: Vec::new(),
             timeout: Duration::from_secs(5),
+            cache_size: crate::dns::cache::DEFAULT_MAX_BYTES,
         }
     }
 }

@@ -127,6 +127,7 @@ struct RawSpf {
 struct RawDns {
     nameservers: Field,
     timeout: Field,
+    cache_size: Field,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -194,6 +195,7 @@ impl RawToml {
             ),
             (Opt::Nameservers, &self.dns.nameservers, false),
             (Opt::DnsTimeout, &self.dns.timeout, false),
+            (Opt::DnsCacheSize, &self.dns.cache_size, false),
             (Opt::LogTarget, &self.log.target, false),
             (Opt::LogLevel, &self.log.level, false),
             (Opt::MetricsListen, &self.metrics.listen, false),

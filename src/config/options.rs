@@ -48,6 +48,7 @@ pub(crate) enum Opt {
     WhitelistLookupTime,
     Nameservers,
     DnsTimeout,
+    DnsCacheSize,
     LogTarget,
     MetricsListen,
     LogLevel,
@@ -418,6 +419,14 @@ pub static OPTIONS: &[OptionInfo] = &[
         None,
         "`5` (seconds)",
         "Time to wait for one DNS answer before retrying."
+    ),
+    opt!(
+        DnsCacheSize,
+        "dns",
+        "cache_size",
+        None,
+        "`\"32M\"` (32 MiB)",
+        "Memory the shared DNS cache may keep: answers, NXDOMAIN/NODATA entries, the parsed SPF records kept with TXT answers and the cache's tables, each counted as the allocator takes it. Bytes, or a string with a unit (\"512K\", \"64M\", \"1G\"; binary multiples); at least 1M, or 0 for no cache. The least used entries make room; peak memory is about this plus the daemon's own (BENCHMARKS.md). SIGHUP starts a new, empty cache of this size."
     ),
     opt!(
         LogTarget,

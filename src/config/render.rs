@@ -7,7 +7,7 @@ use std::fmt::Write as _;
 
 use super::Config;
 use super::options::{OPTIONS, Opt, TABLES, info};
-use super::types::{AuthservId, duration_to_toml, net_to_string};
+use super::types::{AuthservId, duration_to_toml, net_to_string, size_to_toml};
 
 const WIDTH: usize = 78;
 
@@ -134,6 +134,7 @@ fn value(cfg: &Config, opt: Opt) -> Option<String> {
         Opt::WhitelistLookupTime => duration_to_toml(cfg.spf.whitelist_lookup_time),
         Opt::Nameservers => array(cfg.dns.nameservers.iter().map(|a| a.to_string())),
         Opt::DnsTimeout => duration_to_toml(cfg.dns.timeout),
+        Opt::DnsCacheSize => size_to_toml(cfg.dns.cache_size),
         Opt::LogTarget => quote(cfg.log.target.as_str()),
         Opt::LogLevel => cfg.log.level.as_int().to_string(),
         Opt::MetricsListen => quote(&cfg.metrics.listen?.to_string()),

@@ -918,6 +918,17 @@ pub(crate) fn duration_to_toml(d: Duration) -> String {
     }
 }
 
+/// A byte size as the TOML file would say it: with the largest binary
+/// unit that divides it ("32M"), else in bytes.
+pub(crate) fn size_to_toml(bytes: usize) -> String {
+    for (shift, unit) in [(30, "G"), (20, "M"), (10, "K")] {
+        if bytes != 0 && bytes.is_multiple_of(1 << shift) {
+            return format!("\"{}{unit}\"", bytes >> shift);
+        }
+    }
+    bytes.to_string()
+}
+
 // --------------------------------------------------------------- templates
 
 /// A piece of a `str.format` template (the syntax policyd-spf uses).

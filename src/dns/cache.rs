@@ -20,10 +20,18 @@
 //!   full shard evicts the first entry in insertion order whose flag is
 //!   clear (or that has expired), clearing the flags it passes;
 //! * the bound is both an entry count and a byte budget, because a single
-//!   TXT RRset may be 64 KiB and senders choose which domains we look up;
+//!   TXT RRset may be 64 KiB and senders choose which domains we look up.
+//!   The budget counts everything the cache keeps alive, weighed as the
+//!   allocator sees it ([`heap_cost`]): the records, their keys, each
+//!   shard's table and CLOCK queue, and the memo a reader keeps with a TXT
+//!   record (the parsed SPF policy, often several times the size of its
+//!   text), charged when it is made ([`Lookup::memo_made`]);
 //! * concurrent misses for the same key share one query (single-flight);
 //!   the leader's future may be dropped at any time, in which case the
-//!   waiters notice and one of them queries instead.
+//!   waiters notice and one of them queries instead. A flight is a key and
+//!   a channel, and the answer it hands over lives only as long as the
+//!   callers holding it: they are bounded by the queries in progress (one
+//!   per evaluation), not by the budget.
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -131,7 +139,13 @@ pub struct CacheOptions {
     /// At most this many RRsets (positive or negative) are kept; 0 disables
     /// caching (concurrent identical queries are still shared).
     pub max_entries: usize,
-    /// At most about this many bytes of names and record data are kept.
+    /// At most this many bytes are kept alive by the cache: records,
+    /// names, memos made from TXT records (parsed SPF policies) and the
+    /// cache's own tables, each weighed with the allocator's overhead.
+    /// The budget is split evenly between the shards (up to 64), so an
+    /// entry heavier than one shard's share is not kept; and `max_entries`
+    /// is lowered where needed so that the tables never take more than
+    /// half of it.
     pub max_bytes: usize,
     /// TTLs below this are raised to it. RFC 1035 §3.2.1: a TTL of zero
     /// means "do not cache", which is what happens with the default of 0.
@@ -149,12 +163,31 @@ impl Default for CacheOptions {
     fn default() -> Self {
         Self {
             max_entries: 50_000,
-            max_bytes: 64 << 20,
+            max_bytes: DEFAULT_MAX_BYTES,
             min_ttl: Duration::ZERO,
             max_ttl: Duration::from_secs(86_400),
             max_negative_ttl: Duration::from_secs(3600),
         }
     }
+}
+
+/// The default byte budget, 32 MiB: the working set of a busy site
+/// (a few thousand sender domains with their include trees, typically
+/// 1 to 3 kB each with the parsed policy) fits many times over, and a
+/// small MX host spends a bounded, modest share of its memory on it
+/// whatever the senders' DNS publishes.
+pub const DEFAULT_MAX_BYTES: usize = 32 << 20;
+
+/// What one heap allocation of `bytes` costs, as glibc's malloc takes it
+/// on a 64-bit system: the bytes, an 8-byte header, rounded up to 16, at
+/// least 32. Nothing for an empty allocation (Rust makes none). Used to
+/// weigh everything counted against a cache's byte budget.
+pub const fn heap_cost(bytes: usize) -> usize {
+    if bytes == 0 {
+        return 0;
+    }
+    let chunk = bytes.saturating_add(8 + 15) & !15;
+    if chunk < 32 { 32 } else { chunk }
 }
 
 /// Counters of a [`CachingLookup`], for metrics.
@@ -170,6 +203,8 @@ pub struct CacheStats {
     pub evictions: u64,
     /// Entries currently held (some may have expired).
     pub entries: u64,
+    /// Bytes currently counted against the budget.
+    pub bytes: u64,
 }
 
 /// A shared cache in front of `S`. Cloning is cheap and clones share the
@@ -223,7 +258,8 @@ trait Kind: Sized + Send + Sync + 'static {
     const TAG: u8;
     fn wrap(set: Arc<[Self]>) -> Rrset;
     fn unwrap(set: Rrset) -> Option<Arc<[Self]>>;
-    /// Approximate heap bytes of the records, for the byte budget.
+    /// Heap bytes of the records as stored (the shared slice and what
+    /// each record owns), for the byte budget.
     fn weight(set: &[Self]) -> usize;
 }
 
@@ -247,24 +283,29 @@ macro_rules! kind {
     };
 }
 
-kind!(Txt, Txt, 16, |set| set
-    .iter()
-    .map(|t| t.len() + size_of::<Txt>())
-    .sum());
-kind!(Ipv4Addr, A, 1, |set| size_of_val(set));
-kind!(Ipv6Addr, Aaaa, 28, |set| size_of_val(set));
-kind!(Mx, Mx, 15, |set| set
-    .iter()
-    .map(|m| m.exchange.len() + size_of::<Mx>())
-    .sum());
-kind!(String, Ptr, 12, |set| set
-    .iter()
-    .map(|s| s.len() + size_of::<String>())
-    .sum());
+/// The `Arc<[T]>` holding a set: two counters and the elements.
+fn slice_cost<T>(set: &[T]) -> usize {
+    heap_cost(2 * size_of::<usize>() + size_of_val(set))
+}
 
-/// Fixed per-entry overhead counted against the byte budget (the entry,
-/// its table slot, its CLOCK slot and the allocations' headers, roughly).
-const ENTRY_OVERHEAD: usize = 128;
+kind!(Txt, Txt, 16, |set| slice_cost(set)
+    + set.iter().map(|t| heap_cost(t.len())).sum::<usize>());
+kind!(Ipv4Addr, A, 1, |set| slice_cost(set));
+kind!(Ipv6Addr, Aaaa, 28, |set| slice_cost(set));
+kind!(Mx, Mx, 15, |set| slice_cost(set)
+    + set
+        .iter()
+        .map(|m| heap_cost(m.exchange.capacity()))
+        .sum::<usize>());
+kind!(String, Ptr, 12, |set| slice_cost(set)
+    + set.iter().map(|s| heap_cost(s.capacity())).sum::<usize>());
+
+/// What a shard's table and CLOCK queue may cost per entry they can hold:
+/// the table keeps at most 8 slots in 7 full and grows by doubling, the
+/// queue doubles too, so with the growth margin either may hold about
+/// twice the entries it needs. Used to keep the per-shard entry bound
+/// where these structures take at most half the shard's byte budget.
+const STRUCTURE_PER_ENTRY: usize = 3 * (size_of::<Entry>() + 1) + 2 * size_of::<(u64, u64)>();
 
 /// At most this many shards: enough to make lock contention rare on any
 /// machine this runs on, few enough that a small cache is not split into
@@ -310,6 +351,17 @@ struct ShardState {
     misses: u64,
     coalesced: u64,
     evictions: u64,
+}
+
+impl ShardState {
+    /// Bytes counted against the shard's budget: the entries and the
+    /// allocations of the table and the CLOCK queue (which keep their
+    /// size when entries leave).
+    fn used(&self) -> usize {
+        self.bytes
+            + heap_cost(self.table.allocation_size())
+            + heap_cost(self.clock.capacity() * size_of::<(u64, u64)>())
+    }
 }
 
 /// Cache-line aligned so that the counters of neighbouring shards do not
@@ -422,7 +474,7 @@ impl Shard {
         let Some((value, expires, weight)) = store else {
             return;
         };
-        let weight = weight + key.len() + ENTRY_OVERHEAD;
+        let weight = weight + heap_cost(key.len());
         if self.max_entries == 0 || weight > self.max_bytes {
             return;
         }
@@ -452,7 +504,41 @@ impl Shard {
             state.clock.push_back((hash, seq));
             state.bytes += weight;
         }
-        while state.table.len() > self.max_entries || state.bytes > self.max_bytes {
+        self.shrink(state, now);
+    }
+
+    /// Counts a memo of `bytes` made in the TXT answer `answer` against
+    /// the entry holding it, if the cache still holds that very answer.
+    /// An entry too heavy for the shard with its memo is dropped at once.
+    fn charge_memo(&self, hash: u64, key: &[u8], answer: &Arc<[Txt]>, bytes: usize, now: u64) {
+        let mut state = lock(self);
+        let state = &mut *state;
+        let Some(entry) = state.table.find_mut(hash, |e| *e.key == *key) else {
+            return;
+        };
+        let Cached::Records(Rrset::Txt(held)) = &entry.value else {
+            return;
+        };
+        if !Arc::ptr_eq(held, answer) {
+            return;
+        }
+        entry.weight = entry.weight.saturating_add(bytes);
+        state.bytes = state.bytes.saturating_add(bytes);
+        if entry.weight > self.max_bytes {
+            let seq = entry.seq;
+            if let Ok(entry) = state.table.find_entry(hash, |e| e.seq == seq) {
+                let (removed, _) = entry.remove();
+                state.bytes -= removed.weight;
+                state.evictions += 1;
+                state.clock.retain(|&slot| slot != (hash, seq));
+            }
+        }
+        self.shrink(state, now);
+    }
+
+    /// Evicts until the shard is within both of its bounds.
+    fn shrink(&self, state: &mut ShardState, now: u64) {
+        while state.table.len() > self.max_entries || state.used() > self.max_bytes {
             if !self.evict_one(state, now) {
                 break;
             }
@@ -520,8 +606,10 @@ impl<S: Source, C: Clock> CachingLookup<S, C> {
             .next_power_of_two()
             .min(MAX_SHARDS);
         // Round down so that the totals never exceed the configured bounds.
-        let max_entries = options.max_entries / shard_count;
         let max_bytes = options.max_bytes / shard_count;
+        // And leave at least half of each shard's bytes to the records.
+        let max_entries =
+            (options.max_entries / shard_count).min(max_bytes / 2 / STRUCTURE_PER_ENTRY);
         let shards = (0..shard_count)
             .map(|_| Shard {
                 max_entries,
@@ -556,6 +644,7 @@ impl<S: Source, C: Clock> CachingLookup<S, C> {
             stats.coalesced += state.coalesced;
             stats.evictions += state.evictions;
             stats.entries += state.table.len() as u64;
+            stats.bytes += state.used() as u64;
         }
         stats
     }
@@ -705,6 +794,13 @@ impl<S: Source, C: Clock> Lookup for CachingLookup<S, C> {
     async fn ptr(&self, ip: IpAddr) -> Answer<String> {
         let name = reverse_name(ip);
         self.get(&name, || self.inner.source.ptr_with_ttl(ip)).await
+    }
+    fn memo_made(&self, name: &str, answer: &Arc<[Txt]>, bytes: usize) {
+        with_key(Txt::TAG, name, |key| {
+            let hash = self.inner.hasher.hash_one(key);
+            self.shard(hash)
+                .charge_memo(hash, key, answer, bytes, self.inner.clock.now_ms());
+        });
     }
 }
 
@@ -993,10 +1089,15 @@ mod tests {
         for i in 0..20 {
             zone.add(&format!("t{i}.test"), ZoneEntry::Txt(vec![big.clone()]));
         }
+        // One record as stored: the shared slice (two counters and one
+        // 40-byte Txt), its 1000 bytes and the 8-byte key, each a malloc
+        // chunk (8 bytes of header, rounded up to 16, at least 32).
+        assert_eq!(size_of::<Txt>(), 40);
+        let entry = 64 + 1008 + 32;
         let options = CacheOptions {
             // Few enough entries for a single shard, so the budget is exact.
             max_entries: 31,
-            max_bytes: 5 * (1000 + ENTRY_OVERHEAD + 64),
+            max_bytes: 8 * entry,
             ..CacheOptions::default()
         };
         let (cache, _) = cache(Counting::new(zone), options);
@@ -1006,11 +1107,49 @@ mod tests {
                     cache.txt(&format!("t{i}.test")).await.unwrap()[0].len(),
                     1000
                 );
+                assert!(cache.stats().bytes <= 8 * entry as u64);
             }
         });
         let stats = cache.stats();
-        assert_eq!(stats.entries, 5, "{stats:?}");
-        assert_eq!(stats.evictions, 15);
+        // Eight records would fill the budget alone; the table and the
+        // CLOCK queue take their share of it too.
+        assert!((5..8).contains(&stats.entries), "{stats:?}");
+        assert!(stats.bytes >= stats.entries * entry as u64, "{stats:?}");
+        assert_eq!(stats.evictions, 20 - stats.entries);
+    }
+
+    #[test]
+    fn memos_are_charged_to_the_entry_that_holds_them() {
+        let options = CacheOptions {
+            max_entries: 31,
+            max_bytes: 100_000,
+            ..CacheOptions::default()
+        };
+        let (cache, clock) = cache(Counting::new(zone()), options);
+        block_on(async {
+            let answer = cache.txt("example.com").await.unwrap();
+            let before = cache.stats().bytes;
+            cache.memo_made("EXAMPLE.com.", &answer, 5000);
+            assert_eq!(cache.stats().bytes, before + 5000);
+            // An answer the cache does not hold (a copy, or the old answer
+            // after a refresh) is not charged.
+            let other: Arc<[Txt]> = answer.iter().cloned().collect();
+            cache.memo_made("example.com", &other, 5000);
+            assert_eq!(cache.stats().bytes, before + 5000);
+            clock.advance(Duration::from_secs(60));
+            let fresh = cache.txt("example.com").await.unwrap();
+            assert!(!Arc::ptr_eq(&answer, &fresh));
+            assert_eq!(cache.stats().bytes, before, "the refresh drops the memo");
+            cache.memo_made("example.com", &answer, 5000);
+            assert_eq!(cache.stats().bytes, before);
+            // A memo too heavy for the budget drops its entry.
+            cache.memo_made("example.com", &fresh, 100_000);
+            let stats = cache.stats();
+            assert_eq!((stats.entries, stats.evictions), (0, 1), "{stats:?}");
+            assert!(stats.bytes < before, "{stats:?}");
+            cache.txt("example.com").await.unwrap();
+        });
+        assert_eq!(cache.source().queries(), 3);
     }
 
     #[test]

@@ -68,7 +68,9 @@ pub struct Mx {
 /// every later evaluation served from the same cached answer reuses it
 /// without parsing or hashing the text again. A fresh answer (after the TTL
 /// ran out) starts with an empty slot, so the memo never outlives the data.
-/// The DNS layer stores the memo without knowing what it is.
+/// The DNS layer stores the memo without knowing what it is; whoever makes
+/// one reports its weight with [`Lookup::memo_made`], so that a cache
+/// counts it against its budget.
 pub struct Txt {
     bytes: Box<[u8]>,
     memo: OnceLock<Box<dyn Any + Send + Sync>>,
@@ -146,6 +148,16 @@ pub trait Lookup: Send + Sync {
     /// The PTR names of an address (the query goes to `in-addr.arpa` or
     /// `ip6.arpa`), lower-case, without the trailing dot.
     fn ptr(&self, ip: IpAddr) -> impl Future<Output = Answer<String>> + Send;
+
+    /// Reports that a memo ([`Txt::memo`]) was just made in a record of
+    /// `answer`, the TXT answer this lookup gave for `name`, and that it
+    /// keeps `bytes` alive (weighed with [`cache::heap_cost`]). Whoever
+    /// makes a memo calls this once, right after; a cache that still holds
+    /// that answer counts the bytes against its budget. Layers that keep
+    /// nothing have nothing to do.
+    fn memo_made(&self, name: &str, answer: &Arc<[Txt]>, bytes: usize) {
+        let _ = (name, answer, bytes);
+    }
 }
 
 impl<L: Lookup> Lookup for Arc<L> {
@@ -163,6 +175,9 @@ impl<L: Lookup> Lookup for Arc<L> {
     }
     fn ptr(&self, ip: IpAddr) -> impl Future<Output = Answer<String>> + Send {
         (**self).ptr(ip)
+    }
+    fn memo_made(&self, name: &str, answer: &Arc<[Txt]>, bytes: usize) {
+        (**self).memo_made(name, answer, bytes);
     }
 }
 

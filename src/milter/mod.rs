@@ -45,8 +45,12 @@ impl Shared {
             ..ResolverOptions::default()
         };
         let hickory = HickoryLookup::new(&options).map_err(|e| e.to_string())?;
-        let evaluator = Evaluator::new(CachingLookup::new(hickory, CacheOptions::default()))
-            .with_limits(config.spf_limits());
+        let cache = CacheOptions {
+            max_bytes: config.dns.cache_size,
+            ..CacheOptions::default()
+        };
+        let evaluator =
+            Evaluator::new(CachingLookup::new(hickory, cache)).with_limits(config.spf_limits());
         let logger = Logger::new(config.log.target);
         Ok(Self::with_evaluator(config, evaluator, logger))
     }

@@ -11,13 +11,13 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use compact_str::CompactString;
 
+use crate::dns::cache::heap_cost;
 use crate::dns::{Answer, DnsError, Lookup, Txt};
 
 use super::identity::{self, SenderParts};
 use super::macros::{MacroContext, MacroLetter, MacroString, MacroSyntax};
 use super::outcome::{Identity, SpfOutcome, SpfResult};
-use super::record::{DomainSpec, DualCidr, Mechanism, Qualifier, Record, is_spf1};
-use super::record_cache::{Parsed, RecordCache};
+use super::record::{DomainSpec, DualCidr, Mechanism, Qualifier, Record, SyntaxError, is_spf1};
 
 /// Processing limits. The defaults are the RFC's.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -75,16 +75,16 @@ pub struct TraceStep {
     pub text: String,
 }
 
-/// The SPF evaluator: a DNS source, limits, the default explanation and a
-/// cache of parsed records. Holds no per-message state; clones share the
-/// record cache.
+/// The SPF evaluator: a DNS source, limits and the default explanation.
+/// Holds no per-message state. Parsed records are kept in the memo of the
+/// TXT answer they came from (see [`Txt::memo`]), so they live exactly as
+/// long as a cache keeps that answer, within its byte budget.
 #[derive(Debug, Clone)]
 pub struct Evaluator<L> {
     lookup: L,
     limits: Limits,
     /// Shared, so a fail's outcome takes a reference, not a copy.
     default_explanation: Arc<str>,
-    records: Arc<RecordCache>,
 }
 
 impl<L: Lookup> Evaluator<L> {
@@ -93,14 +93,7 @@ impl<L: Lookup> Evaluator<L> {
             lookup,
             limits: Limits::default(),
             default_explanation: Arc::from(DEFAULT_EXPLANATION),
-            records: Arc::new(RecordCache::default()),
         }
-    }
-
-    /// Shares a parsed-record cache (e.g. across configuration reloads).
-    pub fn with_record_cache(mut self, records: Arc<RecordCache>) -> Self {
-        self.records = records;
-        self
     }
 
     pub fn with_limits(mut self, limits: Limits) -> Self {
@@ -287,11 +280,24 @@ impl<L: Lookup> Evaluator<L> {
     }
 }
 
+/// What the memo of a TXT record holds: the record's parse.
+type Parsed = Result<Record, SyntaxError>;
+
+/// What a memo of `parsed` keeps alive: its box and the record's heap (or
+/// the error's text), as [`Lookup::memo_made`] wants it.
+fn memo_weight(parsed: &Parsed) -> usize {
+    heap_cost(size_of::<Parsed>())
+        + match parsed {
+            Ok(record) => record.heap_size(),
+            Err(SyntaxError(text)) => heap_cost(text.capacity()),
+        }
+}
+
 /// A domain's parsed SPF record: kept in the memo of the cached TXT answer
 /// (checked to be there when this is made), or owned.
 enum Policy {
     Cached(Arc<[Txt]>, usize),
-    Owned(Arc<Record>),
+    Owned(Box<Record>),
 }
 
 impl Policy {
@@ -498,18 +504,43 @@ impl<'a, L: Lookup> Eval<'a, L> {
             )));
         }
         self.note(|| format!("TXT {domain}: {:?}", String::from_utf8_lossy(&txts[index])));
-        // Parsed once per cached DNS answer (the memo), and once per record
-        // text across answers (the record cache). The record is then lent
-        // out of the answer: no reference count is taken for it.
-        let records = &self.evaluator.records;
-        let policy = match txts[index].memo(|bytes| records.parse(bytes)) {
-            Some(Ok(_)) => Ok(Policy::Cached(txts, index)),
-            Some(Err(e)) => Err(e.clone()),
-            None => records.parse(&txts[index]).map(Policy::Owned),
-        };
-        policy
+        // Parsed once per cached DNS answer (the memo). The record is then
+        // lent out of the answer: no reference count is taken for it.
+        if let Some(Ok(_)) = txts[index].memo_get::<Parsed>() {
+            return Ok(Some(Policy::Cached(txts, index)));
+        }
+        self.parse_policy(domain, txts, index)
             .map(Some)
             .map_err(|e| Fault::Perm(format!("syntax error in the SPF record of {domain}: {e}")))
+    }
+
+    /// The policy of `txts[index]` when its memo holds no parsed record:
+    /// parses it into the memo (and reports the memo's weight to the
+    /// lookup, whose cache counts it), or finds the syntax error there.
+    /// Out of line: the warm path above stays small.
+    #[inline(never)]
+    fn parse_policy(
+        &self,
+        domain: &str,
+        txts: Arc<[Txt]>,
+        index: usize,
+    ) -> Result<Policy, SyntaxError> {
+        let mut made = None;
+        let memo = txts[index].memo(|bytes| {
+            let parsed: Parsed = Record::parse(bytes);
+            made = Some(memo_weight(&parsed));
+            parsed
+        });
+        let memo = memo.map(|parsed| parsed.as_ref().map(|_| ()).map_err(Clone::clone));
+        if let Some(bytes) = made {
+            self.evaluator.lookup.memo_made(domain, &txts, bytes);
+        }
+        match memo {
+            Some(Ok(())) => Ok(Policy::Cached(txts, index)),
+            Some(Err(e)) => Err(e),
+            // The memo holds something else: parse for this evaluation.
+            None => Record::parse(&txts[index]).map(|r| Policy::Owned(Box::new(r))),
+        }
     }
 
     fn count_lookup(&mut self, term: &str) -> Result<(), Fault> {

@@ -8,6 +8,8 @@
 use std::fmt::{self, Write as _};
 use std::net::IpAddr;
 
+use crate::dns::cache::heap_cost;
+
 /// A macro letter (RFC 7208 §7.2).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum MacroLetter {
@@ -131,6 +133,21 @@ impl fmt::Display for MacroError {
 const DELIMITERS: &str = ".-+,/_=";
 
 impl MacroString {
+    /// Heap bytes owned, each allocation weighed as the allocator takes
+    /// it (for a cache's byte budget).
+    pub fn heap_size(&self) -> usize {
+        heap_cost(self.tokens.capacity() * size_of::<Token>())
+            + self
+                .tokens
+                .iter()
+                .map(|token| match token {
+                    Token::Literal(text) => heap_cost(text.len()),
+                    Token::Escape(_) => 0,
+                    Token::Macro(expand) => heap_cost(expand.delimiters.len()),
+                })
+                .sum::<usize>()
+    }
+
     /// Parses `text` per RFC 7208 §7.1 (or §6.2 explain-string).
     pub fn parse(text: &str, syntax: MacroSyntax) -> Result<Self, MacroError> {
         let bytes = text.as_bytes();
@@ -181,6 +198,8 @@ impl MacroString {
         if !literal.is_empty() {
             tokens.push(Token::Literal(literal.into()));
         }
+        // Parsed records are kept (cached) for long: no spare capacity.
+        tokens.shrink_to_fit();
         Ok(Self { tokens })
     }
 

@@ -9,7 +9,6 @@ pub mod identity;
 pub mod macros;
 pub mod outcome;
 pub mod record;
-pub mod record_cache;
 
 pub use eval::{DEFAULT_EXPLANATION, Evaluator, Limits, Request, TraceStep};
 pub use outcome::{Identity, SpfOutcome, SpfResult};

@@ -9,6 +9,7 @@ use compact_str::CompactString;
 use ipnet::{Ipv4Net, Ipv6Net};
 
 use super::macros::{MacroError, MacroString, MacroSyntax, Token};
+use crate::dns::cache::heap_cost;
 
 /// A directive's qualifier (§4.6.2).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -66,6 +67,13 @@ impl DomainSpec {
     }
 }
 
+impl DomainSpec {
+    /// Heap bytes owned (see [`Record::heap_size`]).
+    pub fn heap_size(&self) -> usize {
+        self.macros.heap_size() + self.name.as_ref().map_or(0, |n| heap_cost(n.len()))
+    }
+}
+
 impl fmt::Display for DomainSpec {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         self.macros.fmt(f)
@@ -86,6 +94,17 @@ pub enum Mechanism {
 }
 
 impl Mechanism {
+    /// Heap bytes owned (see [`Record::heap_size`]).
+    pub fn heap_size(&self) -> usize {
+        match self {
+            Mechanism::Include(spec) | Mechanism::Exists(spec) => spec.heap_size(),
+            Mechanism::A(spec, _) | Mechanism::Mx(spec, _) | Mechanism::Ptr(spec) => {
+                spec.as_ref().map_or(0, DomainSpec::heap_size)
+            }
+            Mechanism::All | Mechanism::Ip4(_) | Mechanism::Ip6(_) => 0,
+        }
+    }
+
     /// §4.6.4: the terms that cause DNS queries and count against the limit
     /// of 10 (`redirect` is counted by the evaluator too).
     pub fn queries_dns(&self) -> bool {
@@ -123,6 +142,16 @@ impl Directive {
             mechanism,
             shown,
         }
+    }
+
+    /// Heap bytes owned (see [`Record::heap_size`]).
+    pub fn heap_size(&self) -> usize {
+        let shown = if self.shown.is_heap_allocated() {
+            heap_cost(self.shown.capacity())
+        } else {
+            0
+        };
+        shown + self.mechanism.heap_size()
     }
 
     /// The mechanism's text as published, without the qualifier.
@@ -178,6 +207,20 @@ pub fn is_spf1(txt: &[u8]) -> bool {
 }
 
 impl Record {
+    /// The heap bytes this record owns (not the `Record` itself), each
+    /// allocation weighed as the allocator takes it ([`heap_cost`]): what
+    /// a cache keeping the record counts against its byte budget.
+    pub fn heap_size(&self) -> usize {
+        heap_cost(self.directives.capacity() * size_of::<Directive>())
+            + self
+                .directives
+                .iter()
+                .map(Directive::heap_size)
+                .sum::<usize>()
+            + self.redirect.as_ref().map_or(0, DomainSpec::heap_size)
+            + self.exp.as_ref().map_or(0, DomainSpec::heap_size)
+    }
+
     /// Parses a TXT record already known to satisfy [`is_spf1`].
     pub fn parse(txt: &[u8]) -> Result<Self, SyntaxError> {
         // §3.1 / §4.5: records are 7-bit ASCII. Not valid text is refused
@@ -199,6 +242,8 @@ impl Record {
         for term in text[6..].split(' ').filter(|t| !t.is_empty()) {
             record.parse_term(term)?;
         }
+        // Records are kept (cached) for long: no spare capacity.
+        record.directives.shrink_to_fit();
         Ok(record)
     }
 
