@@ -32,6 +32,10 @@ pub async fn run(config: Arc<Config>, source: Source, overrides: Overrides) -> R
         nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(mask.0));
     }
     let mut stop_signals = StopSignals::catch();
+    // SIGHUP is caught from here on too, before the socket exists: a
+    // client that can connect may send it at once (a reload after a
+    // package upgrade), and its default action would end the process.
+    let hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup());
     let milter = Milter::new(Shared::new(Arc::clone(&config))?);
     let shared = milter.current();
     // Sessions that die of a protocol or I/O error: one line each
@@ -116,12 +120,21 @@ pub async fn run(config: Arc<Config>, source: Source, overrides: Overrides) -> R
             Arc::clone(milter.metrics()),
         ));
     }
-    tokio::spawn(reload_on_hangup(
-        Arc::clone(&milter),
-        limit,
-        source,
-        overrides,
-    ));
+    match hangup {
+        Ok(hangup) => {
+            tokio::spawn(reload_on_hangup(
+                hangup,
+                Arc::clone(&milter),
+                limit,
+                source,
+                overrides,
+            ));
+        }
+        Err(e) => shared.log(
+            LogLevel::Errors,
+            &format!("cannot catch SIGHUP ({e}): reloading is disabled"),
+        ),
+    }
     let milter_config = indymilter::Config {
         // The listener keeps the limit (it refuses, where indymilter would
         // stop accepting); indymilter's own must never bind. Its semaphore
@@ -532,19 +545,12 @@ const RELOAD_TIME_LIMIT: Duration = Duration::from_secs(10);
 /// reload are merged into one more reload after it (the signal stream
 /// keeps one pending notification, not a count).
 async fn reload_on_hangup(
+    mut hangup: tokio::signal::unix::Signal,
     milter: Arc<Milter>,
     limit: Arc<ConnectionLimit>,
     source: Source,
     overrides: Overrides,
 ) {
-    let Ok(mut hangup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
-    else {
-        milter.current().log(
-            LogLevel::Errors,
-            "cannot catch SIGHUP: reloading is disabled",
-        );
-        return;
-    };
     let loader = Loader::default();
     while hangup.recv().await.is_some() {
         let old = milter.current();
