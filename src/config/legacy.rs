@@ -5,9 +5,9 @@
 use std::collections::HashMap;
 
 use super::apply::{Cx, Raw, apply};
+use super::choices::{AuthservId, HeaderType};
 use super::diag::{Diagnostics, nearest};
 use super::options::{OPTIONS, Opt, UNSUPPORTED, Unsupported};
-use super::types::{AuthservId, HeaderType};
 use super::{Config, Datasets};
 
 /// pyspf-milter's own keys: a file with one of them is a milter's.

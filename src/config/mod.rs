@@ -14,12 +14,15 @@
 //! `Arc` on reload.
 
 mod apply;
+mod choices;
 mod diag;
 mod legacy;
+mod names;
 mod native;
 mod options;
 mod render;
-mod types;
+mod socket;
+mod units;
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -28,15 +31,21 @@ use std::time::Duration;
 
 use crate::spf::Limits;
 
-pub use diag::{Diagnostic, Severity};
-pub use options::{OPTIONS, OptionInfo, options_markdown_table};
-pub use types::{
-    AuthservId, CidrList, DEFAULT_REASON_MESSAGE, DEFAULT_REASON_URL, DomainName, Family,
-    HeaderType, HostKind, HostPattern, InternalErrorAction, LogLevel, LogTarget, MacroRule,
-    MessageField, MessagePart, Mode, POLICYD_SPF_REASON_URL, ReasonMessage, ReasonUrl,
-    RejectPolicy, SocketSpec, UrlField, UrlPart, UserSpec, canonical_ip, is_token_char,
-    normalise_net,
+/// The reply templates belong to the decision that fills them in
+/// (`policy::reply`); they are configured here.
+pub use crate::policy::reply::{
+    DEFAULT_REASON_MESSAGE, DEFAULT_REASON_URL, MessageField, MessagePart, POLICYD_SPF_REASON_URL,
+    ReasonMessage, ReasonUrl, UrlField, UrlPart,
 };
+pub use choices::{
+    AuthservId, HeaderType, InternalErrorAction, LogLevel, LogTarget, RejectPolicy, is_token_char,
+};
+pub use diag::{Diagnostic, Severity};
+pub use names::{
+    CidrList, DomainName, HostKind, HostPattern, MacroRule, canonical_ip, normalise_net,
+};
+pub use options::{OPTIONS, OptionInfo, options_markdown_table};
+pub use socket::{Family, Mode, SocketSpec, UserSpec};
 
 /// Where the native configuration is looked for when none is named.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/spfmilter/spfmilter.toml";
@@ -192,7 +201,7 @@ impl Default for SkipConfig {
             skip_addresses: CidrList::new(
                 DEFAULT_SKIP_ADDRESSES
                     .iter()
-                    .map(|s| types::parse_cidr(s).expect("the default is valid").0)
+                    .map(|s| names::parse_cidr(s).expect("the default is valid").0)
                     .collect(),
             ),
             whitelist: CidrList::default(),

@@ -6,8 +6,10 @@
 use std::fmt::Write as _;
 
 use super::Config;
+use super::choices::AuthservId;
+use super::names::net_to_string;
 use super::options::{OPTIONS, Opt, TABLES, info};
-use super::types::{AuthservId, duration_to_toml, net_to_string, size_to_toml};
+use super::units::{duration_to_toml, size_to_toml};
 
 const WIDTH: usize = 78;
 
