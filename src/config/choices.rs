@@ -260,6 +260,16 @@ impl AuthservId {
         }
         Ok(AuthservId::Fixed(s.to_owned()))
     }
+
+    /// The value as configured; `None` for the MTA's host name, which is
+    /// what an unset option means.
+    pub fn configured(&self) -> Option<&str> {
+        match self {
+            AuthservId::MtaHostname => None,
+            AuthservId::Hostname => Some("HOSTNAME"),
+            AuthservId::Fixed(id) => Some(id),
+        }
+    }
 }
 
 /// A character of an RFC 2045 §5.1 `token`: printable ASCII other than

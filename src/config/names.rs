@@ -134,6 +134,28 @@ pub fn normalise_net(net: IpNet) -> IpNet {
     net
 }
 
+/// policyd-spf's `skip_addresses` default.
+pub const DEFAULT_SKIP_ADDRESSES: [&str; 3] = ["127.0.0.0/8", "::ffff:127.0.0.0/104", "::1"];
+
+/// [`DEFAULT_SKIP_ADDRESSES`] as networks.
+pub(crate) fn default_skip_addresses() -> CidrList {
+    CidrList::new(
+        DEFAULT_SKIP_ADDRESSES
+            .iter()
+            .filter_map(|s| parse_cidr(s).ok())
+            .map(|(net, _)| net)
+            .collect(),
+    )
+}
+
+/// `InternalHosts` by default: `127.0.0.1`.
+pub(crate) fn default_internal_hosts() -> Vec<HostPattern> {
+    vec![HostPattern {
+        negated: false,
+        kind: HostKind::Network(IpNet::from(IpAddr::V4(Ipv4Addr::LOCALHOST))),
+    }]
+}
+
 /// How a CIDR item was written, when that matters to the reader.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum CidrNote {
