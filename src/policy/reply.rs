@@ -140,7 +140,10 @@ const URL_LEAD_IN: &str = " Please see ";
 
 impl Default for ReasonMessage {
     fn default() -> Self {
-        DEFAULT_REASON_MESSAGE.parse().expect("the default parses")
+        // The default parses (tested); were it not to, no text at all.
+        DEFAULT_REASON_MESSAGE
+            .parse()
+            .unwrap_or(ReasonMessage { parts: Vec::new() })
     }
 }
 
@@ -241,7 +244,10 @@ pub struct ReasonUrl {
 
 impl Default for ReasonUrl {
     fn default() -> Self {
-        DEFAULT_REASON_URL.parse().expect("the default parses")
+        // The default is empty: no URL.
+        DEFAULT_REASON_URL
+            .parse()
+            .unwrap_or(ReasonUrl { parts: Vec::new() })
     }
 }
 
