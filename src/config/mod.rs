@@ -3,8 +3,10 @@
 //! policyd-spf / pyspf-milter `policyd-spf.conf`, or built in when neither
 //! exists.
 //!
-//! Both readers go through the same per-option parsers (`apply`), so a
-//! value means the same in both files; each problem is reported as
+//! Every option is declared once, in `options.rs` (its field here, keys,
+//! default, documentation, parser and renderer). Both readers go through
+//! the option's parser, so a value means the same in both files; each
+//! problem is reported as
 //! `FILE:LINE: error|warning: message` ([`Diagnostic`]). Warnings leave a
 //! usable configuration; any error refuses the whole file, so that the
 //! daemon keeps running with its previous configuration on reload.
@@ -43,9 +45,9 @@ pub use choices::{
 };
 pub use declare::{OptionInfo, options_markdown_table};
 pub use diag::{Diagnostic, Severity};
-pub use names::DEFAULT_SKIP_ADDRESSES;
 pub use names::{
-    CidrList, DomainName, HostKind, HostPattern, MacroRule, canonical_ip, normalise_net,
+    CidrList, DEFAULT_SKIP_ADDRESSES, DomainName, HostKind, HostPattern, MacroRule, canonical_ip,
+    normalise_net,
 };
 pub use options::{
     DnsConfig, LogConfig, MetricsConfig, MilterConfig, OPTIONS, PolicyConfig, SkipConfig, SpfConfig,
