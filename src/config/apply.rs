@@ -1,21 +1,22 @@
-//! One place that turns a written value into a typed option, for both
-//! readers. The legacy reader's values are the raw text after `=`; it also
-//! gets the warnings that say where policyd-spf would read the same text
-//! differently (docs/policyd-spf-compatibility.md §1). TOML values are typed, and their strings are
-//! matched case-insensitively (TOML is this project's own format).
+//! The shared value parsers, for both readers: each turns a value as
+//! written into a typed one, or reports why not. The legacy reader's values
+//! are the raw text after `=`; it also gets the warnings that say where
+//! policyd-spf would read the same text differently
+//! (docs/policyd-spf-compatibility.md §1). TOML values are typed, and their
+//! strings are matched case-insensitively (TOML is this project's own
+//! format). Which option uses which parser is said where the option is
+//! declared (`options.rs`); the lists are in `lists.rs`.
 
-use std::net::IpAddr;
-use std::path::{Path, PathBuf};
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
 
+use super::Datasets;
+use super::choices::{AuthservId, HeaderType, LogLevel, RejectPolicy};
 use super::diag::Diagnostics;
-use super::options::Opt;
-use super::types::{
-    AuthservId, CidrList, CidrNote, DomainName, HeaderType, HostPattern, InternalErrorAction,
-    LogLevel, LogTarget, MacroRule, Mode, ReasonMessage, ReasonUrl, RejectPolicy, SocketSpec,
-    UserSpec, duration_from_secs_f64, parse_cidr, parse_duration,
-};
-use super::{Config, Datasets};
-use crate::dns::hickory::parse_nameserver;
+use super::socket::Mode;
+use super::units::{duration_from_secs_f64, parse_byte_size, parse_duration};
+use crate::policy::reply::ReasonUrl;
 
 /// A value as written.
 #[derive(Debug, Clone, Copy)]
@@ -35,23 +36,23 @@ pub(crate) struct Cx<'d> {
 }
 
 impl Cx<'_> {
-    fn error(&mut self, msg: impl std::fmt::Display) {
+    pub(crate) fn error(&mut self, msg: impl std::fmt::Display) {
         let m = format!("{}: {msg}", self.key);
         self.diags.error(self.line, m);
     }
 
-    fn warning(&mut self, msg: impl std::fmt::Display) {
+    pub(crate) fn warning(&mut self, msg: impl std::fmt::Display) {
         let m = format!("{}: {msg}", self.key);
         self.diags.warning(self.line, m);
     }
 }
 
-fn type_name(v: &toml::Value) -> &'static str {
+pub(crate) fn type_name(v: &toml::Value) -> &'static str {
     v.type_str()
 }
 
 /// A string value.
-fn text(raw: Raw<'_>, cx: &mut Cx<'_>) -> Option<String> {
+pub(crate) fn text(raw: Raw<'_>, cx: &mut Cx<'_>) -> Option<String> {
     match raw {
         Raw::Legacy(s) => Some(s.to_owned()),
         Raw::Toml(toml::Value::String(s)) => Some(s.clone()),
@@ -65,7 +66,7 @@ fn text(raw: Raw<'_>, cx: &mut Cx<'_>) -> Option<String> {
 /// Matches `s` against the names of an enumeration: exact, else
 /// case-insensitively (a warning for legacy files, where policyd-spf
 /// compares exactly and `reference` says what it would do instead).
-fn choose<T: Copy>(
+pub(crate) fn choose<T: Copy>(
     s: &str,
     names: &[(&str, T)],
     legacy: bool,
@@ -98,7 +99,7 @@ fn choose<T: Copy>(
 /// which it compares one exactly (`True` of True/False, `No` of Yes/No) and
 /// takes anything else for the other: case variants are accepted with a
 /// warning that says how policyd-spf reads them, other words are errors.
-fn flag(raw: Raw<'_>, on: &str, off: &str, cx: &mut Cx<'_>) -> Option<bool> {
+pub(crate) fn flag(raw: Raw<'_>, on: &str, off: &str, cx: &mut Cx<'_>) -> Option<bool> {
     match raw {
         Raw::Toml(toml::Value::Boolean(b)) => Some(*b),
         Raw::Toml(toml::Value::String(s)) => {
@@ -130,7 +131,7 @@ fn flag(raw: Raw<'_>, on: &str, off: &str, cx: &mut Cx<'_>) -> Option<bool> {
 
 /// An integer: Python's `int()` syntax in legacy files (sign, digits,
 /// single underscores between digits), a TOML integer otherwise.
-fn integer(raw: Raw<'_>, cx: &mut Cx<'_>) -> Option<i64> {
+pub(crate) fn integer(raw: Raw<'_>, cx: &mut Cx<'_>) -> Option<i64> {
     match raw {
         Raw::Toml(toml::Value::Integer(n)) => Some(*n),
         Raw::Toml(v) => {
@@ -157,7 +158,7 @@ fn integer(raw: Raw<'_>, cx: &mut Cx<'_>) -> Option<i64> {
     }
 }
 
-fn count(raw: Raw<'_>, min: i64, cx: &mut Cx<'_>) -> Option<u32> {
+pub(crate) fn count(raw: Raw<'_>, min: i64, cx: &mut Cx<'_>) -> Option<u32> {
     let n = integer(raw, cx)?;
     match u32::try_from(n) {
         Ok(v) if n >= min => Some(v),
@@ -170,7 +171,7 @@ fn count(raw: Raw<'_>, min: i64, cx: &mut Cx<'_>) -> Option<u32> {
 
 /// A time limit: whole seconds in legacy files (policyd-spf's `int()`);
 /// in TOML an integer or float of seconds, or a string with a unit.
-fn duration(raw: Raw<'_>, cx: &mut Cx<'_>) -> Option<std::time::Duration> {
+pub(crate) fn duration(raw: Raw<'_>, cx: &mut Cx<'_>) -> Option<std::time::Duration> {
     let d = match raw {
         Raw::Legacy(_) => {
             let n = integer(raw, cx)?;
@@ -206,7 +207,7 @@ const MAX_CACHE_SIZE: u64 = 64 << 30;
 /// A memory size: a TOML integer of bytes, or a string of digits with an
 /// optional unit (K, M, G, also written KiB, MiB, GiB; binary multiples).
 /// 0 (no cache), or from [`MIN_CACHE_SIZE`] to 64 GiB.
-fn byte_size(raw: Raw<'_>, cx: &mut Cx<'_>) -> Option<usize> {
+pub(crate) fn byte_size(raw: Raw<'_>, cx: &mut Cx<'_>) -> Option<usize> {
     let (bytes, shown) = match raw {
         Raw::Toml(toml::Value::Integer(n)) => (u64::try_from(*n).ok(), n.to_string()),
         Raw::Toml(toml::Value::String(s)) => (parse_byte_size(s), format!("{s:?}")),
@@ -241,298 +242,7 @@ fn byte_size(raw: Raw<'_>, cx: &mut Cx<'_>) -> Option<usize> {
     }
 }
 
-/// `digits [spaces] [unit]`, the unit one of K, M, G, KiB, MiB, GiB
-/// (any case) or B; `None` if malformed or too large.
-fn parse_byte_size(s: &str) -> Option<u64> {
-    let s = s.trim();
-    let end = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-    let (digits, unit) = s.split_at(end);
-    if digits.is_empty() {
-        return None;
-    }
-    let n: u64 = digits.parse().ok()?;
-    let shift = match unit.trim_start().to_ascii_lowercase().as_str() {
-        "" | "b" => 0,
-        "k" | "kib" => 10,
-        "m" | "mib" => 20,
-        "g" | "gib" => 30,
-        _ => return None,
-    };
-    n.checked_mul(1 << shift)
-}
-
-/// What a legacy list is, for the warnings about how policyd-spf would
-/// read it.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum ListKind {
-    /// `skip_addresses`, `Whitelist`: policyd-spf splits on commas without
-    /// stripping and stops at the first item it cannot parse.
-    Cidr,
-    /// Domain lists: split without stripping, compared as written.
-    Domain,
-    /// pyspf-milter datasets: stripped, `csl:` prefix, file datasets.
-    Dataset,
-}
-
-/// The items of a list, each with the line it came from (datasets read
-/// from a file carry `(file, line)` for messages).
-struct Item {
-    text: String,
-    origin: Option<String>,
-}
-
-fn list(raw: Raw<'_>, kind: ListKind, cx: &mut Cx<'_>) -> Option<Vec<Item>> {
-    let items = match raw {
-        Raw::Toml(toml::Value::Array(values)) => {
-            let mut items = Vec::new();
-            for v in values {
-                match v {
-                    toml::Value::String(s) => items.push(Item {
-                        text: s.trim().to_owned(),
-                        origin: None,
-                    }),
-                    other => {
-                        cx.error(format_args!(
-                            "expected a list of strings, but one item is of type {}",
-                            type_name(other)
-                        ));
-                        return None;
-                    }
-                }
-            }
-            if kind == ListKind::Dataset
-                && let [one] = items.as_slice()
-                && is_file_dataset(&one.text)
-            {
-                let path = one.text.clone();
-                return read_dataset(&path, cx);
-            }
-            items
-        }
-        Raw::Toml(toml::Value::String(s)) => {
-            if kind == ListKind::Dataset && is_file_dataset(s.trim()) {
-                return read_dataset(s.trim(), cx);
-            }
-            split_items(s)
-        }
-        Raw::Toml(v) => {
-            cx.error(format_args!(
-                "expected a list of strings, found {}",
-                type_name(v)
-            ));
-            return None;
-        }
-        Raw::Legacy(s) => legacy_items(s, kind, cx)?,
-    };
-    Some(items.into_iter().filter(|i| !i.text.is_empty()).collect())
-}
-
-fn split_items(s: &str) -> Vec<Item> {
-    if s.trim().is_empty() {
-        return Vec::new();
-    }
-    s.split(',')
-        .map(|i| Item {
-            text: i.trim().to_owned(),
-            origin: None,
-        })
-        .collect()
-}
-
-fn is_file_dataset(s: &str) -> bool {
-    s.starts_with('/') || s.starts_with("file:") || s.starts_with("refile:") || s.starts_with("db:")
-}
-
-fn legacy_items(s: &str, kind: ListKind, cx: &mut Cx<'_>) -> Option<Vec<Item>> {
-    if kind == ListKind::Dataset {
-        if is_file_dataset(s) {
-            return read_dataset(s, cx);
-        }
-        let s = s.strip_prefix("csl:").unwrap_or(s);
-        return Some(split_items(s));
-    }
-    // policyd-spf skips the option when the value is empty.
-    if s.is_empty() {
-        return Some(Vec::new());
-    }
-    let raw_items: Vec<&str> = s.split(',').collect();
-    let spaced: Vec<&str> = raw_items
-        .iter()
-        .copied()
-        .filter(|i| !i.is_empty() && i.trim() != *i)
-        .collect();
-    if let Some(first) = spaced.first() {
-        let consequence = match kind {
-            ListKind::Cidr => format!("it cannot parse {first:?} and stops reading the list there"),
-            _ => format!("{first:?} would never match"),
-        };
-        cx.warning(format_args!(
-            "spaces around list items, which policyd-spf does not strip ({consequence}); spfmilter ignores them. Write the list without spaces"
-        ));
-    }
-    if raw_items.iter().any(|i| i.trim().is_empty()) {
-        let consequence = if kind == ListKind::Cidr {
-            "policyd-spf stops reading the list at an empty item"
-        } else {
-            "policyd-spf keeps it, harmlessly"
-        };
-        cx.warning(format_args!(
-            "empty list item (a doubled or trailing comma) ignored; {consequence}"
-        ));
-    }
-    Some(
-        raw_items
-            .into_iter()
-            .map(|i| Item {
-                text: i.trim().to_owned(),
-                origin: None,
-            })
-            .collect(),
-    )
-}
-
-/// Reads a pyspf-milter file dataset: one entry per line, `#` lines and
-/// blank lines skipped.
-fn read_dataset(spec: &str, cx: &mut Cx<'_>) -> Option<Vec<Item>> {
-    let path = if let Some(p) = spec.strip_prefix("file:") {
-        p
-    } else if spec.starts_with("refile:") || spec.starts_with("db:") {
-        cx.error(format_args!(
-            "{spec:?}: only plain file datasets (file:/path or /path) are supported"
-        ));
-        return None;
-    } else {
-        spec
-    };
-    if cx.datasets == Datasets::Refuse {
-        cx.error(format_args!(
-            "{spec:?}: file datasets are not read here; list the entries in the value"
-        ));
-        return None;
-    }
-    let text = match super::read_limited(Path::new(path)) {
-        Ok(t) => t,
-        Err(e) => {
-            cx.error(e);
-            return None;
-        }
-    };
-    Some(
-        text.lines()
-            .enumerate()
-            .filter(|(_, l)| !l.trim().is_empty() && !l.trim_start().starts_with('#'))
-            .map(|(n, l)| Item {
-                text: l.trim().to_owned(),
-                origin: Some(format!("{path}:{}", n + 1)),
-            })
-            .collect(),
-    )
-}
-
-fn item_error(cx: &mut Cx<'_>, item: &Item, msg: &str) {
-    match &item.origin {
-        Some(o) => cx.error(format_args!("{o}: {msg}")),
-        None => cx.error(msg),
-    }
-}
-
-fn cidr_list(raw: Raw<'_>, cx: &mut Cx<'_>) -> Option<CidrList> {
-    let items = list(raw, ListKind::Cidr, cx)?;
-    let legacy = matches!(raw, Raw::Legacy(_));
-    let mut nets = Vec::new();
-    let mut ok = true;
-    let total = items.len();
-    for (i, item) in items.iter().enumerate() {
-        match parse_cidr(&item.text) {
-            Ok((net, note)) => {
-                if note == Some(CidrNote::DoubleSlash) {
-                    let consequence = if legacy {
-                        " policyd-spf cannot parse it and stops reading the list there, so it and everything after it are silently not matched;"
-                    } else {
-                        ""
-                    };
-                    cx.warning(format_args!(
-                        "{:?} uses the old // spelling;{consequence} read as {net}",
-                        item.text
-                    ));
-                }
-                nets.push(net);
-            }
-            Err(e) => {
-                ok = false;
-                let rest = total - i - 1;
-                let consequence = if legacy && rest > 0 {
-                    format!(
-                        " (policyd-spf would silently ignore it and the {rest} entr{} after it)",
-                        if rest == 1 { "y" } else { "ies" }
-                    )
-                } else {
-                    String::new()
-                };
-                item_error(cx, item, &format!("{e}{consequence}"));
-            }
-        }
-    }
-    ok.then(|| CidrList::new(nets))
-}
-
-fn domain_list(raw: Raw<'_>, cx: &mut Cx<'_>) -> Option<Vec<DomainName>> {
-    let items = list(raw, ListKind::Domain, cx)?;
-    let mut names = Vec::new();
-    let mut ok = true;
-    for item in &items {
-        match DomainName::parse(&item.text) {
-            Ok(n) => names.push(n),
-            Err(e) => {
-                ok = false;
-                item_error(cx, item, &e);
-            }
-        }
-    }
-    ok.then_some(names)
-}
-
-fn host_list(raw: Raw<'_>, cx: &mut Cx<'_>) -> Option<Vec<HostPattern>> {
-    let items = list(raw, ListKind::Dataset, cx)?;
-    let mut hosts = Vec::new();
-    let mut ok = true;
-    for item in &items {
-        match HostPattern::parse(&item.text) {
-            Ok((p, note)) => {
-                if note == Some(CidrNote::DoubleSlash) {
-                    cx.warning(format_args!(
-                        "{:?} uses the old // spelling; read as {p}",
-                        item.text
-                    ));
-                }
-                hosts.push(p);
-            }
-            Err(e) => {
-                ok = false;
-                item_error(cx, item, &e);
-            }
-        }
-    }
-    ok.then_some(hosts)
-}
-
-fn macro_list(raw: Raw<'_>, cx: &mut Cx<'_>) -> Option<Vec<MacroRule>> {
-    let items = list(raw, ListKind::Dataset, cx)?;
-    let mut rules = Vec::new();
-    let mut ok = true;
-    for item in &items {
-        match MacroRule::parse(&item.text) {
-            Ok(r) => rules.push(r),
-            Err(e) => {
-                ok = false;
-                item_error(cx, item, &e);
-            }
-        }
-    }
-    ok.then_some(rules)
-}
-
-fn parsed<T>(
+pub(crate) fn parsed<T>(
     raw: Raw<'_>,
     cx: &mut Cx<'_>,
     parse: impl FnOnce(&str) -> Result<T, String>,
@@ -548,7 +258,7 @@ fn parsed<T>(
 }
 
 /// An optional text: the empty string leaves it unset.
-fn optional<T>(
+pub(crate) fn optional<T>(
     raw: Raw<'_>,
     cx: &mut Cx<'_>,
     parse: impl FnOnce(&str) -> Result<T, String>,
@@ -569,7 +279,7 @@ fn optional<T>(
 /// A mode: octal text in TOML (`"0660"`), or a TOML integer taken as its
 /// value (write `0o660`). Legacy `UMask` is policyd-spf's decimal `int()`:
 /// see [`legacy_umask`].
-fn mode(raw: Raw<'_>, max: u32, cx: &mut Cx<'_>) -> Option<Option<Mode>> {
+pub(crate) fn mode(raw: Raw<'_>, max: u32, cx: &mut Cx<'_>) -> Option<Option<Mode>> {
     match raw {
         Raw::Toml(toml::Value::Integer(n)) => match u32::try_from(*n) {
             Ok(v) if v <= max => Some(Some(Mode(v))),
@@ -619,317 +329,131 @@ fn legacy_umask(s: &str, cx: &mut Cx<'_>) -> Option<Mode> {
     None
 }
 
-/// Sets option `opt` of `cfg` from `raw`. On error nothing is set (the
-/// error is reported and the load fails anyway).
-pub(crate) fn apply(cfg: &mut Config, opt: Opt, raw: Raw<'_>, cx: &mut Cx<'_>) {
+/// One of the names of an enumeration (`on_internal_error`, `log.target`).
+pub(crate) fn one_of<T: Copy, const N: usize>(
+    raw: Raw<'_>,
+    cx: &mut Cx<'_>,
+    names: [(&'static str, T); N],
+) -> Option<T> {
+    let t = text(raw, cx)?;
+    choose(&t, &names, false, "", cx)
+}
+
+/// `Err(text)` reported, `Ok` kept.
+fn reported<T>(r: Result<T, String>, cx: &mut Cx<'_>) -> Option<T> {
+    r.map_err(|e| cx.error(e)).ok()
+}
+
+/// `idle_timeout`: at most 2 hours; shorter than Postfix's `smtpd_timeout`
+/// is allowed with a warning.
+pub(crate) fn idle_timeout(raw: Raw<'_>, cx: &mut Cx<'_>) -> Option<Duration> {
+    let v = duration(raw, cx)?;
+    // indymilter's own time limit on reading one packet is
+    // 7210 s: above it, this one would never be reached.
+    if v > Duration::from_secs(7200) {
+        cx.error("must be at most 7200 seconds (2 hours)");
+        return None;
+    }
+    if v < Duration::from_secs(300) {
+        cx.warning(format_args!(
+            "shorter than Postfix's smtpd_timeout (300 s by default): \
+             a session waiting that long for its SMTP client loses the milter \
+             (Postfix then applies milter_default_action)"
+        ));
+    }
+    Some(v)
+}
+
+/// `Authserv_Id`: empty in a legacy file is the MTA's host name, with a
+/// warning (policyd-spf cannot use an empty one).
+pub(crate) fn authserv_id(raw: Raw<'_>, cx: &mut Cx<'_>) -> Option<AuthservId> {
     let legacy = matches!(raw, Raw::Legacy(_));
-    let m = &mut cfg.milter;
-    let p = &mut cfg.policy;
-    let s = &mut cfg.skip;
-    match opt {
-        Opt::Socket => {
-            if let Some(v) = parsed(raw, cx, |t| t.parse::<SocketSpec>()) {
-                m.socket = v;
-            }
+    let t = text(raw, cx)?;
+    if t.trim().is_empty() && legacy {
+        cx.warning("empty: policyd-spf cannot write Authentication-Results with it; spfmilter uses the MTA's host name (Postfix's j macro), as when the option is not set");
+        return Some(AuthservId::MtaHostname);
+    }
+    reported(AuthservId::parse(&t), cx)
+}
+
+/// `PidFile`: an absolute path, or empty for none.
+pub(crate) fn pid_file(raw: Raw<'_>, cx: &mut Cx<'_>) -> Option<Option<PathBuf>> {
+    optional(raw, cx, |t| {
+        let path = PathBuf::from(t);
+        if path.is_absolute() {
+            Ok(path)
+        } else {
+            Err(format!("{t:?} is not an absolute path"))
         }
-        Opt::SocketMode => {
-            if let Some(v) = mode(raw, 0o7777, cx) {
-                m.socket_mode = v;
-            }
-        }
-        Opt::SocketOwner => {
-            if let Some(v) = optional(raw, cx, account_name) {
-                m.socket_owner = v;
-            }
-        }
-        Opt::SocketGroup => {
-            if let Some(v) = optional(raw, cx, account_name) {
-                m.socket_group = v;
-            }
-        }
-        Opt::MaxConnections => {
-            if let Some(v) = count(raw, 1, cx) {
-                m.max_connections = v;
-            }
-        }
-        Opt::DecisionTimeLimit => {
-            if let Some(v) = duration(raw, cx) {
-                m.decision_time_limit = v;
-            }
-        }
-        Opt::IdleTimeout => {
-            if let Some(v) = duration(raw, cx) {
-                // indymilter's own time limit on reading one packet is
-                // 7210 s: above it, this one would never be reached.
-                if v > std::time::Duration::from_secs(7200) {
-                    cx.error("must be at most 7200 seconds (2 hours)");
-                } else {
-                    if v < std::time::Duration::from_secs(300) {
-                        cx.warning(format_args!(
-                            "shorter than Postfix's smtpd_timeout (300 s by default): \
-                             a session waiting that long for its SMTP client loses the milter \
-                             (Postfix then applies milter_default_action)"
-                        ));
-                    }
-                    m.idle_timeout = v;
-                }
-            }
-        }
-        Opt::OnInternalError => {
-            if let Some(t) = text(raw, cx) {
-                let names = InternalErrorAction::ALL.map(|a| (a.as_str(), a));
-                if let Some(v) = choose(&t, &names, false, "", cx) {
-                    m.on_internal_error = v;
-                }
-            }
-        }
-        Opt::HeaderType => {
-            if let Some(v) = header_type(raw, cx) {
-                m.header_type = v;
-            }
-        }
-        Opt::AuthservId => {
-            if let Some(t) = text(raw, cx) {
-                if t.trim().is_empty() && legacy {
-                    cx.warning("empty: policyd-spf cannot write Authentication-Results with it; spfmilter uses the MTA's host name (Postfix's j macro), as when the option is not set");
-                    m.authserv_id = AuthservId::MtaHostname;
-                } else {
-                    match AuthservId::parse(&t) {
-                        Ok(v) => m.authserv_id = v,
-                        Err(e) => cx.error(e),
-                    }
-                }
-            }
-        }
-        Opt::HideReceiver => {
-            if let Some(v) = flag(raw, "Yes", "No", cx) {
-                m.hide_receiver = v;
-            }
-        }
-        Opt::RemoveForgedHeaders => {
-            if let Some(v) = flag(raw, "true", "false", cx) {
-                m.remove_forged_headers = v;
-            }
-        }
-        Opt::PidFile => {
-            let v = optional(raw, cx, |t| {
-                let path = PathBuf::from(t);
-                if path.is_absolute() {
-                    Ok(path)
-                } else {
-                    Err(format!("{t:?} is not an absolute path"))
-                }
-            });
-            if let Some(v) = v {
-                m.pid_file = v;
-            }
-        }
-        Opt::User => {
-            if let Some(v) = optional(raw, cx, |t| t.parse::<UserSpec>()) {
-                m.user = v;
-            }
-        }
-        Opt::Umask => {
-            if let Some(v) = mode(raw, 0o777, cx) {
-                m.umask = v;
-            }
-        }
-        Opt::HeloReject => {
-            if let Some(v) = policy(raw, true, cx) {
-                p.helo_reject = v;
-            }
-        }
-        Opt::MailFromReject => {
-            if let Some(v) = policy(raw, false, cx) {
-                p.mail_from_reject = v;
-            }
-        }
-        Opt::PermErrorReject => {
-            if let Some(v) = flag(raw, "True", "False", cx) {
-                p.permerror_reject = v;
-            }
-        }
-        Opt::TempErrorDefer => {
-            if let Some(v) = flag(raw, "True", "False", cx) {
-                p.temperror_defer = v;
-            }
-        }
-        Opt::NoMail => {
-            if let Some(v) = flag(raw, "True", "False", cx) {
-                p.no_mail = v;
-            }
-        }
-        Opt::RejectNotPassDomains => {
-            if let Some(v) = domain_list(raw, cx) {
-                p.reject_not_pass_domains = v;
-            }
-        }
-        Opt::TestMode => {
-            // Legacy TestOnly: an integer, 0 = test mode.
-            let v = if legacy {
-                integer(raw, cx).map(|n| n == 0)
-            } else {
-                flag(raw, "true", "false", cx)
-            };
-            if let Some(v) = v {
-                p.test_mode = v;
-            }
-        }
-        Opt::Prospective => {
-            let v = optional(raw, cx, |t| {
-                t.trim()
-                    .parse::<IpAddr>()
-                    .map_err(|_| format!("{t:?} is not an IP address"))
-            });
-            if let Some(v) = v {
-                p.prospective = v;
-            }
-        }
-        Opt::EnhancedStatusCodes => {
-            if let Some(v) = flag(raw, "Yes", "No", cx) {
-                p.enhanced_status_codes = v;
-            }
-        }
-        Opt::ReasonMessage => {
-            if let Some(v) = parsed(raw, cx, |t| t.parse::<ReasonMessage>()) {
-                p.reason_message = v;
-            }
-        }
-        Opt::ReasonUrl => {
-            if let Some(t) = text(raw, cx) {
-                if legacy && t.is_empty() {
-                    // policyd-spf falls back to its (defunct) default URL;
-                    // spfmilter's default is no URL.
-                    cx.warning("empty: no URL in replies (policyd-spf would show its defunct default, http://www.openspf.net/Why?…)");
-                }
-                match t.parse::<ReasonUrl>() {
-                    Ok(v) => p.reason_url = v,
-                    Err(e) => cx.error(e),
-                }
-            }
-        }
-        Opt::SkipAddresses => {
-            if let Some(v) = cidr_list(raw, cx) {
-                s.skip_addresses = v;
-            }
-        }
-        Opt::Whitelist => {
-            if let Some(v) = cidr_list(raw, cx) {
-                s.whitelist = v;
-            }
-        }
-        Opt::DomainWhitelist => {
-            if let Some(v) = domain_list(raw, cx) {
-                s.domain_whitelist = v;
-            }
-        }
-        Opt::HeloWhitelist => {
-            if let Some(v) = domain_list(raw, cx) {
-                s.helo_whitelist = v;
-            }
-        }
-        Opt::DomainWhitelistPtr => {
-            if let Some(v) = domain_list(raw, cx) {
-                s.domain_whitelist_ptr = v;
-            }
-        }
-        Opt::InternalHosts => {
-            if let Some(v) = host_list(raw, cx) {
-                s.internal_hosts = v;
-            }
-        }
-        Opt::MacroList => {
-            if let Some(v) = macro_list(raw, cx) {
-                s.macro_list = v;
-            }
-        }
-        Opt::SkipAuthenticated => {
-            if let Some(v) = flag(raw, "true", "false", cx) {
-                s.skip_authenticated = v;
-            }
-        }
-        Opt::LookupLimit => {
-            if let Some(v) = count(raw, 1, cx) {
-                cfg.spf.lookup_limit = v;
-            }
-        }
-        Opt::VoidLimit => {
-            if let Some(v) = count(raw, 0, cx) {
-                cfg.spf.void_limit = v;
-            }
-        }
-        Opt::LookupTime => {
-            if let Some(v) = duration(raw, cx) {
-                cfg.spf.lookup_time = v;
-            }
-        }
-        Opt::WhitelistLookupTime => {
-            if let Some(v) = duration(raw, cx) {
-                cfg.spf.whitelist_lookup_time = v;
-            }
-        }
-        Opt::Nameservers => {
-            if let Some(items) = list(raw, ListKind::Domain, cx) {
-                let mut servers = Vec::new();
-                let mut ok = true;
-                for item in &items {
-                    match parse_nameserver(&item.text) {
-                        Ok(a) => servers.push(a),
-                        Err(e) => {
-                            ok = false;
-                            item_error(cx, item, &e);
-                        }
-                    }
-                }
-                if ok {
-                    cfg.dns.nameservers = servers;
-                }
-            }
-        }
-        Opt::DnsTimeout => {
-            if let Some(v) = duration(raw, cx) {
-                cfg.dns.timeout = v;
-            }
-        }
-        Opt::DnsCacheSize => {
-            if let Some(v) = byte_size(raw, cx) {
-                cfg.dns.cache_size = v;
-            }
-        }
-        Opt::LogTarget => {
-            if let Some(t) = text(raw, cx) {
-                let names = LogTarget::ALL.map(|a| (a.as_str(), a));
-                if let Some(v) = choose(&t, &names, false, "", cx) {
-                    cfg.log.target = v;
-                }
-            }
-        }
-        Opt::LogLevel => {
-            if let Some(v) = log_level(raw, cx) {
-                cfg.log.level = v;
-            }
-        }
-        Opt::MetricsListen => {
-            let v = optional(raw, cx, |t| {
-                t.trim().parse::<std::net::SocketAddr>().map_err(|_| {
-                    format!("{t:?} is not ADDRESS:PORT (\"127.0.0.1:9891\", \"[::1]:9891\")")
-                })
-            });
-            if let Some(v) = v {
-                if let Some(addr) = v
-                    && !addr.ip().is_loopback()
-                {
-                    cx.warning(format!(
-                        "{addr} is not a loopback address: the metrics endpoint has no access control"
-                    ));
-                }
-                cfg.metrics.listen = v;
-            }
+    })
+}
+
+/// `test_mode`, or legacy `TestOnly`: an integer, 0 = test mode.
+pub(crate) fn test_mode(raw: Raw<'_>, cx: &mut Cx<'_>) -> Option<bool> {
+    match raw {
+        Raw::Legacy(_) => integer(raw, cx).map(|n| n == 0),
+        Raw::Toml(_) => flag(raw, "true", "false", cx),
+    }
+}
+
+/// policyd-spf's `TestOnly` written in TOML keeps its integer meaning (0 =
+/// test mode): it is not a spelling of `test_mode`, whose values are
+/// booleans.
+pub(crate) fn test_only_in_toml(value: &toml::Value, cx: &mut Cx<'_>) -> Option<bool> {
+    match value {
+        toml::Value::Integer(n) => Some(*n == 0),
+        other => {
+            cx.diags.error(
+                cx.line,
+                format!(
+                    "TestOnly: expected an integer (0 = test mode), found {}; or write test_mode = true",
+                    other.type_str()
+                ),
+            );
+            None
         }
     }
 }
 
-fn account_name(t: &str) -> Result<String, String> {
+/// `Prospective`: an IP address, or empty for none.
+pub(crate) fn prospective(raw: Raw<'_>, cx: &mut Cx<'_>) -> Option<Option<IpAddr>> {
+    optional(raw, cx, |t| {
+        t.trim()
+            .parse::<IpAddr>()
+            .map_err(|_| format!("{t:?} is not an IP address"))
+    })
+}
+
+/// `Reason_URL`: empty in a legacy file is no URL, with a warning.
+pub(crate) fn reason_url(raw: Raw<'_>, cx: &mut Cx<'_>) -> Option<ReasonUrl> {
+    let t = text(raw, cx)?;
+    if matches!(raw, Raw::Legacy(_)) && t.is_empty() {
+        // policyd-spf falls back to its (defunct) default URL;
+        // spfmilter's default is no URL.
+        cx.warning("empty: no URL in replies (policyd-spf would show its defunct default, http://www.openspf.net/Why?…)");
+    }
+    reported(t.parse::<ReasonUrl>(), cx)
+}
+
+/// `metrics.listen`: ADDRESS:PORT, or empty for none; a warning unless on
+/// loopback.
+pub(crate) fn metrics_listen(raw: Raw<'_>, cx: &mut Cx<'_>) -> Option<Option<SocketAddr>> {
+    let v = optional(raw, cx, |t| {
+        t.trim()
+            .parse::<SocketAddr>()
+            .map_err(|_| format!("{t:?} is not ADDRESS:PORT (\"127.0.0.1:9891\", \"[::1]:9891\")"))
+    })?;
+    if let Some(addr) = v
+        && !addr.ip().is_loopback()
+    {
+        cx.warning(format!(
+            "{addr} is not a loopback address: the metrics endpoint has no access control"
+        ));
+    }
+    Some(v)
+}
+
+pub(crate) fn account_name(t: &str) -> Result<String, String> {
     let valid = t
         .chars()
         .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | '$'));
@@ -940,7 +464,7 @@ fn account_name(t: &str) -> Result<String, String> {
     }
 }
 
-fn policy(raw: Raw<'_>, helo: bool, cx: &mut Cx<'_>) -> Option<RejectPolicy> {
+pub(crate) fn policy(raw: Raw<'_>, helo: bool, cx: &mut Cx<'_>) -> Option<RejectPolicy> {
     let legacy = matches!(raw, Raw::Legacy(_));
     // TOML `false` is the policy False.
     let t = match raw {
@@ -961,7 +485,7 @@ fn policy(raw: Raw<'_>, helo: bool, cx: &mut Cx<'_>) -> Option<RejectPolicy> {
     Some(v)
 }
 
-fn header_type(raw: Raw<'_>, cx: &mut Cx<'_>) -> Option<HeaderType> {
+pub(crate) fn header_type(raw: Raw<'_>, cx: &mut Cx<'_>) -> Option<HeaderType> {
     let legacy = matches!(raw, Raw::Legacy(_));
     let t = match raw {
         Raw::Toml(toml::Value::Array(items)) => {
@@ -1008,7 +532,7 @@ fn header_type(raw: Raw<'_>, cx: &mut Cx<'_>) -> Option<HeaderType> {
     )
 }
 
-fn log_level(raw: Raw<'_>, cx: &mut Cx<'_>) -> Option<LogLevel> {
+pub(crate) fn log_level(raw: Raw<'_>, cx: &mut Cx<'_>) -> Option<LogLevel> {
     if let Raw::Toml(toml::Value::String(s)) = raw {
         let names = LogLevel::ALL.map(|l| (l.name(), l));
         return choose(s, &names, false, "", cx);
@@ -1024,34 +548,6 @@ fn log_level(raw: Raw<'_>, cx: &mut Cx<'_>) -> Option<LogLevel> {
                 cx.warning(format_args!("{n} logs as much as 5, the most there is"));
             }
             Some(l)
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::parse_byte_size;
-
-    #[test]
-    fn byte_sizes_take_binary_units() {
-        for (text, bytes) in [
-            ("0", Some(0)),
-            ("1048576", Some(1 << 20)),
-            ("512K", Some(512 << 10)),
-            ("512 KiB", Some(512 << 10)),
-            ("32M", Some(32 << 20)),
-            ("32mib", Some(32 << 20)),
-            (" 1G ", Some(1 << 30)),
-            ("100B", Some(100)),
-            ("", None),
-            ("M", None),
-            ("1.5M", None),
-            ("-1M", None),
-            ("32 MB", None),
-            ("99999999999999999999", None),
-            ("17179869184G", None),
-        ] {
-            assert_eq!(parse_byte_size(text), bytes, "{text:?}");
         }
     }
 }

@@ -4,10 +4,11 @@
 
 use std::collections::HashMap;
 
-use super::apply::{Cx, Raw, apply};
+use super::apply::{Cx, Raw};
+use super::choices::{AuthservId, HeaderType};
+use super::declare::OptionInfo;
 use super::diag::{Diagnostics, nearest};
-use super::options::{OPTIONS, Opt, UNSUPPORTED, Unsupported};
-use super::types::{AuthservId, HeaderType};
+use super::options::{OPTIONS, UNSUPPORTED, Unsupported};
 use super::{Config, Datasets};
 
 /// pyspf-milter's own keys: a file with one of them is a milter's.
@@ -21,7 +22,7 @@ const MILTER_KEYS: [&str; 6] = [
 ];
 
 enum Key {
-    Option(Opt, &'static str),
+    Option(&'static OptionInfo, &'static str),
     Unsupported(&'static Unsupported),
 }
 
@@ -34,8 +35,11 @@ fn lookup(name: &str) -> Option<(Key, bool)> {
                 k.eq_ignore_ascii_case(name)
             }
         };
-        if let Some(o) = OPTIONS.iter().find(|o| o.legacy.is_some_and(same)) {
-            return Some((Key::Option(o.id, o.legacy.expect("found by it")), exact));
+        if let Some((o, legacy)) = OPTIONS
+            .iter()
+            .find_map(|o| o.legacy.filter(|l| same(l)).map(|l| (o, l)))
+        {
+            return Some((Key::Option(o, legacy), exact));
         }
         if let Some(u) = UNSUPPORTED.iter().find(|u| same(u.legacy)) {
             return Some((Key::Unsupported(u), exact));
@@ -124,14 +128,14 @@ pub(crate) fn parse(text: &str, file: &str, datasets: Datasets) -> (Config, Diag
             milter_file = true;
         }
         match found {
-            Key::Option(opt, _) => {
+            Key::Option(option, _) => {
                 let mut cx = Cx {
                     diags: &mut diags,
                     line: number,
                     key: canonical.to_owned(),
                     datasets,
                 };
-                apply(&mut cfg, opt, Raw::Legacy(&value), &mut cx);
+                (option.apply)(&mut cfg, Raw::Legacy(&value), &mut cx);
             }
             Key::Unsupported(u) => unsupported(u, &value, number, &mut diags),
         }

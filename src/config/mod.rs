@@ -3,8 +3,10 @@
 //! policyd-spf / pyspf-milter `policyd-spf.conf`, or built in when neither
 //! exists.
 //!
-//! Both readers go through the same per-option parsers (`apply`), so a
-//! value means the same in both files; each problem is reported as
+//! Every option is declared once, in `options.rs` (its field here, keys,
+//! default, documentation, parser and renderer). Both readers go through
+//! the option's parser, so a value means the same in both files; each
+//! problem is reported as
 //! `FILE:LINE: error|warning: message` ([`Diagnostic`]). Warnings leave a
 //! usable configuration; any error refuses the whole file, so that the
 //! daemon keeps running with its previous configuration on reload.
@@ -14,29 +16,43 @@
 //! `Arc` on reload.
 
 mod apply;
+mod choices;
+mod declare;
 mod diag;
 mod legacy;
+mod lists;
+mod names;
 mod native;
 mod options;
 mod render;
-mod types;
+mod socket;
+mod units;
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
 
 use crate::spf::Limits;
 
+/// The reply templates belong to the decision that fills them in
+/// (`policy::reply`); they are configured here.
+pub use crate::policy::reply::{
+    DEFAULT_REASON_MESSAGE, DEFAULT_REASON_URL, MessageField, MessagePart, POLICYD_SPF_REASON_URL,
+    ReasonMessage, ReasonUrl, UrlField, UrlPart,
+};
+pub use choices::{
+    AuthservId, HeaderType, InternalErrorAction, LogLevel, LogTarget, RejectPolicy, is_token_char,
+};
+pub use declare::{OptionInfo, options_markdown_table};
 pub use diag::{Diagnostic, Severity};
-pub use options::{OPTIONS, OptionInfo, options_markdown_table};
-pub use types::{
-    AuthservId, CidrList, DEFAULT_REASON_MESSAGE, DEFAULT_REASON_URL, DomainName, Family,
-    HeaderType, HostKind, HostPattern, InternalErrorAction, LogLevel, LogTarget, MacroRule,
-    MessageField, MessagePart, Mode, POLICYD_SPF_REASON_URL, ReasonMessage, ReasonUrl,
-    RejectPolicy, SocketSpec, UrlField, UrlPart, UserSpec, canonical_ip, is_token_char,
+pub use names::{
+    CidrList, DEFAULT_SKIP_ADDRESSES, DomainName, HostKind, HostPattern, MacroRule, canonical_ip,
     normalise_net,
 };
+pub use options::{
+    DnsConfig, LogConfig, MetricsConfig, MilterConfig, OPTIONS, PolicyConfig, SkipConfig, SpfConfig,
+};
+pub use socket::{Family, Mode, SocketSpec, UserSpec};
 
 /// Where the native configuration is looked for when none is named.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/spfmilter/spfmilter.toml";
@@ -53,229 +69,6 @@ pub struct Config {
     pub dns: DnsConfig,
     pub log: LogConfig,
     pub metrics: MetricsConfig,
-}
-
-/// `[milter]`: the socket, the process, and the headers written.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct MilterConfig {
-    /// `Socket`.
-    pub socket: SocketSpec,
-    /// Permissions of a UNIX socket; `None`: as the umask leaves them.
-    pub socket_mode: Option<Mode>,
-    /// Owner of a UNIX socket; `None`: the milter's user.
-    pub socket_owner: Option<String>,
-    /// Group of a UNIX socket (e.g. `postfix`); `None`: the milter's group.
-    pub socket_group: Option<String>,
-    /// Connections served at once; more wait to be accepted.
-    pub max_connections: u32,
-    /// A connection that sends no complete command for this long is
-    /// closed.
-    pub idle_timeout: Duration,
-    /// Reply when the milter fails internally.
-    pub on_internal_error: InternalErrorAction,
-    /// Everything done at MAIL FROM (bypass lookups, both evaluations)
-    /// within this, to stay inside Postfix's `milter_command_timeout`.
-    pub decision_time_limit: Duration,
-    /// `Header_Type`.
-    pub header_type: HeaderType,
-    /// `Authserv_Id`.
-    pub authserv_id: AuthservId,
-    /// `Hide_Receiver`: `receiver=` / `r=` become `<UNKNOWN>`.
-    pub hide_receiver: bool,
-    /// Delete incoming `Received-SPF` and `Authentication-Results` headers
-    /// that claim our authserv-id (docs/policyd-spf-compatibility.md §5: the reference never does).
-    pub remove_forged_headers: bool,
-    /// `PidFile`; `None`: no pid file.
-    pub pid_file: Option<PathBuf>,
-    /// `UserID`: the user (and group) to switch to; `None`: stay.
-    pub user: Option<UserSpec>,
-    /// `UMask`; `None`: inherited.
-    pub umask: Option<Mode>,
-}
-
-impl Default for MilterConfig {
-    fn default() -> Self {
-        Self {
-            socket: SocketSpec::default(),
-            socket_mode: None,
-            socket_owner: None,
-            socket_group: None,
-            max_connections: 1024,
-            idle_timeout: Duration::from_secs(900),
-            on_internal_error: InternalErrorAction::Tempfail,
-            decision_time_limit: Duration::from_secs(25),
-            header_type: HeaderType::Spf,
-            authserv_id: AuthservId::MtaHostname,
-            hide_receiver: false,
-            remove_forged_headers: true,
-            pid_file: None,
-            user: None,
-            umask: None,
-        }
-    }
-}
-
-/// `[policy]`: what the SPF results lead to (docs/policyd-spf-compatibility.md §2–§3).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PolicyConfig {
-    /// `HELO_reject`.
-    pub helo_reject: RejectPolicy,
-    /// `Mail_From_reject` (never [`RejectPolicy::Null`]).
-    pub mail_from_reject: RejectPolicy,
-    /// `PermError_reject`.
-    pub permerror_reject: bool,
-    /// `TempError_Defer`.
-    pub temperror_defer: bool,
-    /// `No_Mail`.
-    pub no_mail: bool,
-    /// `Reject_Not_Pass_Domains`.
-    pub reject_not_pass_domains: Vec<DomainName>,
-    /// `TestOnly = 0`: nothing is rejected or deferred.
-    pub test_mode: bool,
-    /// `Prospective`.
-    pub prospective: Option<IpAddr>,
-    /// `SPF_Enhanced_Status_Codes`.
-    pub enhanced_status_codes: bool,
-    /// `Reason_Message`.
-    pub reason_message: ReasonMessage,
-    /// `Reason_URL`.
-    pub reason_url: ReasonUrl,
-}
-
-impl Default for PolicyConfig {
-    fn default() -> Self {
-        Self {
-            helo_reject: RejectPolicy::Fail,
-            mail_from_reject: RejectPolicy::Fail,
-            permerror_reject: false,
-            temperror_defer: false,
-            no_mail: false,
-            reject_not_pass_domains: Vec::new(),
-            test_mode: false,
-            prospective: None,
-            enhanced_status_codes: true,
-            reason_message: ReasonMessage::default(),
-            reason_url: ReasonUrl::default(),
-        }
-    }
-}
-
-/// `[skip]`: clients and sessions that are not checked.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SkipConfig {
-    /// `skip_addresses`.
-    pub skip_addresses: CidrList,
-    /// `Whitelist`.
-    pub whitelist: CidrList,
-    /// `Domain_Whitelist`.
-    pub domain_whitelist: Vec<DomainName>,
-    /// `HELO_Whitelist`.
-    pub helo_whitelist: Vec<DomainName>,
-    /// `Domain_Whitelist_PTR`.
-    pub domain_whitelist_ptr: Vec<DomainName>,
-    /// `InternalHosts`: not checked, no header.
-    pub internal_hosts: Vec<HostPattern>,
-    /// `MacroList`: when not empty, only connections matching a rule are
-    /// checked.
-    pub macro_list: Vec<MacroRule>,
-    /// Sessions authenticated with SMTP AUTH (`{auth_authen}` set) are not
-    /// checked and get no header (as pyspf-milter does).
-    pub skip_authenticated: bool,
-}
-
-/// policyd-spf's `skip_addresses` default.
-pub const DEFAULT_SKIP_ADDRESSES: [&str; 3] = ["127.0.0.0/8", "::ffff:127.0.0.0/104", "::1"];
-
-impl Default for SkipConfig {
-    fn default() -> Self {
-        Self {
-            skip_addresses: CidrList::new(
-                DEFAULT_SKIP_ADDRESSES
-                    .iter()
-                    .map(|s| types::parse_cidr(s).expect("the default is valid").0)
-                    .collect(),
-            ),
-            whitelist: CidrList::default(),
-            domain_whitelist: Vec::new(),
-            helo_whitelist: Vec::new(),
-            domain_whitelist_ptr: Vec::new(),
-            internal_hosts: vec![HostPattern {
-                negated: false,
-                kind: HostKind::Network("127.0.0.1/32".parse().expect("valid")),
-            }],
-            macro_list: Vec::new(),
-            skip_authenticated: true,
-        }
-    }
-}
-
-/// `[spf]`: limits of one evaluation.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SpfConfig {
-    /// RFC 7208 §4.6.4 limit of DNS-querying terms.
-    pub lookup_limit: u32,
-    /// `Void_Limit`.
-    pub void_limit: u32,
-    /// `Lookup_Time`: per identity.
-    pub lookup_time: Duration,
-    /// `Whitelist_Lookup_Time`: per whitelist lookup.
-    pub whitelist_lookup_time: Duration,
-}
-
-impl Default for SpfConfig {
-    fn default() -> Self {
-        Self {
-            lookup_limit: 10,
-            void_limit: 2,
-            lookup_time: Duration::from_secs(20),
-            whitelist_lookup_time: Duration::from_secs(10),
-        }
-    }
-}
-
-/// `[dns]`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DnsConfig {
-    /// Servers to ask; empty: those of `/etc/resolv.conf`.
-    pub nameservers: Vec<SocketAddr>,
-    /// Time to wait for one answer before retrying.
-    pub timeout: Duration,
-    /// The DNS cache's byte budget (0: no cache).
-    pub cache_size: usize,
-}
-
-impl Default for DnsConfig {
-    fn default() -> Self {
-        Self {
-            nameservers: Vec::new(),
-            timeout: Duration::from_secs(5),
-            cache_size: crate::dns::cache::DEFAULT_MAX_BYTES,
-        }
-    }
-}
-
-/// `[metrics]`.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct MetricsConfig {
-    /// Where the Prometheus endpoint listens; `None`: nowhere.
-    pub listen: Option<SocketAddr>,
-}
-
-/// `[log]`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LogConfig {
-    pub target: LogTarget,
-    /// `debugLevel`.
-    pub level: LogLevel,
-}
-
-impl Default for LogConfig {
-    fn default() -> Self {
-        Self {
-            target: LogTarget::Syslog,
-            level: LogLevel::Actions,
-        }
-    }
 }
 
 /// Which file to read.

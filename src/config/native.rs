@@ -1,206 +1,31 @@
 //! The reader of the native TOML file.
 //!
-//! Two passes over the text: the first walks the parsed document with its
-//! spans and reports every key that is not an option (with the nearest one),
-//! so that all of them are found at once; the second deserializes it with
-//! serde into [`RawToml`], whose fields accept the policyd-spf spelling of
-//! each key as an alias, and hands each value to the shared parsers.
+//! One walk over the parsed document with its spans finds each option under
+//! its TOML key or its policyd-spf key (the list in `options.rs`) and
+//! reports every key that is not an option (with the nearest one), so that
+//! all of them are found at once; then each value written goes to its
+//! option's parser, with the line it is on.
 
 use std::collections::HashMap;
 
-use serde::Deserialize;
+use serde::Deserialize as _;
 use toml::Spanned;
-use toml::de::{DeTable, DeValue};
+use toml::de::{DeTable, DeValue, ValueDeserializer};
 
-use super::apply::{Cx, Raw, apply};
+use super::apply::{Cx, Raw};
+use super::declare::find;
 use super::diag::{Diagnostics, LineIndex, nearest};
-use super::options::{OPTIONS, Opt, TABLES, UNSUPPORTED};
+use super::options::{OPTIONS, TABLES, UNSUPPORTED};
 use super::{Config, Datasets};
 
-type Field = Option<Spanned<toml::Value>>;
-
-/// The file as serde sees it: every value kept as written, with its span.
-/// Each alias is an option's policyd-spf key (checked against
-/// `options::OPTIONS` by a test).
-#[derive(Debug, Default, Deserialize)]
-#[serde(default)]
-pub(crate) struct RawToml {
-    milter: RawMilter,
-    policy: RawPolicy,
-    skip: RawSkip,
-    spf: RawSpf,
-    dns: RawDns,
-    log: RawLog,
-    metrics: RawMetrics,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(default)]
-struct RawMilter {
-    #[serde(alias = "Socket")]
-    socket: Field,
-    socket_mode: Field,
-    socket_owner: Field,
-    socket_group: Field,
-    max_connections: Field,
-    idle_timeout: Field,
-    on_internal_error: Field,
-    decision_time_limit: Field,
-    #[serde(alias = "Header_Type")]
-    header_type: Field,
-    #[serde(alias = "Authserv_Id")]
-    authserv_id: Field,
-    #[serde(alias = "Hide_Receiver")]
-    hide_receiver: Field,
-    remove_forged_headers: Field,
-    #[serde(alias = "PidFile")]
-    pid_file: Field,
-    #[serde(alias = "UserID")]
-    user: Field,
-    #[serde(alias = "UMask")]
-    umask: Field,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(default)]
-struct RawPolicy {
-    #[serde(alias = "HELO_reject")]
-    helo_reject: Field,
-    #[serde(alias = "Mail_From_reject")]
-    mail_from_reject: Field,
-    #[serde(alias = "PermError_reject")]
-    permerror_reject: Field,
-    #[serde(alias = "TempError_Defer")]
-    temperror_defer: Field,
-    #[serde(alias = "No_Mail")]
-    no_mail: Field,
-    #[serde(alias = "Reject_Not_Pass_Domains")]
-    reject_not_pass_domains: Field,
-    test_mode: Field,
-    /// policyd-spf's `TestOnly`, with its inverted integer meaning (0 =
-    /// test mode): not an alias of `test_mode`, whose values are booleans.
-    #[serde(rename = "TestOnly")]
-    test_only: Field,
-    #[serde(alias = "Prospective")]
-    prospective: Field,
-    #[serde(alias = "SPF_Enhanced_Status_Codes")]
-    enhanced_status_codes: Field,
-    #[serde(alias = "Reason_Message")]
-    reason_message: Field,
-    #[serde(alias = "Reason_URL")]
-    reason_url: Field,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(default)]
-struct RawSkip {
-    skip_addresses: Field,
-    #[serde(alias = "Whitelist")]
-    whitelist: Field,
-    #[serde(alias = "Domain_Whitelist")]
-    domain_whitelist: Field,
-    #[serde(alias = "HELO_Whitelist")]
-    helo_whitelist: Field,
-    #[serde(alias = "Domain_Whitelist_PTR")]
-    domain_whitelist_ptr: Field,
-    #[serde(alias = "InternalHosts")]
-    internal_hosts: Field,
-    #[serde(alias = "MacroList")]
-    macro_list: Field,
-    skip_authenticated: Field,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(default)]
-struct RawSpf {
-    lookup_limit: Field,
-    #[serde(alias = "Void_Limit")]
-    void_limit: Field,
-    #[serde(alias = "Lookup_Time")]
-    lookup_time: Field,
-    #[serde(alias = "Whitelist_Lookup_Time")]
-    whitelist_lookup_time: Field,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(default)]
-struct RawDns {
-    nameservers: Field,
-    timeout: Field,
-    cache_size: Field,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(default)]
-struct RawLog {
-    target: Field,
-    #[serde(alias = "debugLevel")]
-    level: Field,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(default)]
-struct RawMetrics {
-    listen: Field,
-}
-
-impl RawToml {
-    /// Each option with its value, if written. `TestOnly` comes as
-    /// `Opt::TestMode` with `true` for its legacy meaning.
-    fn fields(&self) -> Vec<(Opt, &Field, bool)> {
-        let (m, p, s) = (&self.milter, &self.policy, &self.skip);
-        vec![
-            (Opt::Socket, &m.socket, false),
-            (Opt::SocketMode, &m.socket_mode, false),
-            (Opt::SocketOwner, &m.socket_owner, false),
-            (Opt::SocketGroup, &m.socket_group, false),
-            (Opt::MaxConnections, &m.max_connections, false),
-            (Opt::IdleTimeout, &m.idle_timeout, false),
-            (Opt::OnInternalError, &m.on_internal_error, false),
-            (Opt::DecisionTimeLimit, &m.decision_time_limit, false),
-            (Opt::HeaderType, &m.header_type, false),
-            (Opt::AuthservId, &m.authserv_id, false),
-            (Opt::HideReceiver, &m.hide_receiver, false),
-            (Opt::RemoveForgedHeaders, &m.remove_forged_headers, false),
-            (Opt::PidFile, &m.pid_file, false),
-            (Opt::User, &m.user, false),
-            (Opt::Umask, &m.umask, false),
-            (Opt::HeloReject, &p.helo_reject, false),
-            (Opt::MailFromReject, &p.mail_from_reject, false),
-            (Opt::PermErrorReject, &p.permerror_reject, false),
-            (Opt::TempErrorDefer, &p.temperror_defer, false),
-            (Opt::NoMail, &p.no_mail, false),
-            (Opt::RejectNotPassDomains, &p.reject_not_pass_domains, false),
-            (Opt::TestMode, &p.test_mode, false),
-            (Opt::TestMode, &p.test_only, true),
-            (Opt::Prospective, &p.prospective, false),
-            (Opt::EnhancedStatusCodes, &p.enhanced_status_codes, false),
-            (Opt::ReasonMessage, &p.reason_message, false),
-            (Opt::ReasonUrl, &p.reason_url, false),
-            (Opt::SkipAddresses, &s.skip_addresses, false),
-            (Opt::Whitelist, &s.whitelist, false),
-            (Opt::DomainWhitelist, &s.domain_whitelist, false),
-            (Opt::HeloWhitelist, &s.helo_whitelist, false),
-            (Opt::DomainWhitelistPtr, &s.domain_whitelist_ptr, false),
-            (Opt::InternalHosts, &s.internal_hosts, false),
-            (Opt::MacroList, &s.macro_list, false),
-            (Opt::SkipAuthenticated, &s.skip_authenticated, false),
-            (Opt::LookupLimit, &self.spf.lookup_limit, false),
-            (Opt::VoidLimit, &self.spf.void_limit, false),
-            (Opt::LookupTime, &self.spf.lookup_time, false),
-            (
-                Opt::WhitelistLookupTime,
-                &self.spf.whitelist_lookup_time,
-                false,
-            ),
-            (Opt::Nameservers, &self.dns.nameservers, false),
-            (Opt::DnsTimeout, &self.dns.timeout, false),
-            (Opt::DnsCacheSize, &self.dns.cache_size, false),
-            (Opt::LogTarget, &self.log.target, false),
-            (Opt::LogLevel, &self.log.level, false),
-            (Opt::MetricsListen, &self.metrics.listen, false),
-        ]
-    }
+/// An option found in the file.
+struct Written<'t> {
+    /// `table.key` as written (the policyd-spf spelling, if used).
+    key: String,
+    value: Spanned<DeValue<'t>>,
+    /// Written with its policyd-spf key, which means something else in
+    /// TOML (`TestOnly`: see `OptionInfo::legacy_in_toml`).
+    legacy_meaning: bool,
 }
 
 pub(crate) fn parse(text: &str, file: &str, datasets: Datasets) -> (Config, Diagnostics) {
@@ -224,41 +49,29 @@ pub(crate) fn parse(text: &str, file: &str, datasets: Datasets) -> (Config, Diag
     let Some(written) = check_keys(doc.get_ref(), &lines, &mut diags) else {
         return (cfg, diags);
     };
-    let raw: RawToml = match toml::from_str(text) {
-        Ok(raw) => raw,
-        Err(e) => {
-            let line = e.span().map(|s| lines.line(s.start));
-            diags.error(line, e.message().trim_end().to_owned());
-            return (cfg, diags);
-        }
-    };
-    for (opt, field, legacy_meaning) in raw.fields() {
-        let Some(value) = field else { continue };
-        let info = super::options::info(opt);
-        let key = written
-            .get(&(opt, legacy_meaning))
-            .cloned()
-            .unwrap_or_else(|| info.key.to_owned());
+    // In the order of the option list, whatever the file's order.
+    for (index, option) in OPTIONS.iter().enumerate() {
+        let Some(w) = written.get(&index) else {
+            continue;
+        };
+        let line = Some(lines.line(w.value.span().start));
+        let value = match toml::Value::deserialize(ValueDeserializer::from(w.value.clone())) {
+            Ok(value) => value,
+            Err(e) => {
+                let line = e.span().map(|s| lines.line(s.start)).or(line);
+                diags.error(line, e.message().trim_end().to_owned());
+                continue;
+            }
+        };
         let mut cx = Cx {
             diags: &mut diags,
-            line: Some(lines.line(value.span().start)),
-            key,
+            line,
+            key: w.key.clone(),
             datasets,
         };
-        if legacy_meaning {
-            // TestOnly keeps policyd-spf's integer: 0 is test mode.
-            match value.get_ref() {
-                toml::Value::Integer(n) => cfg.policy.test_mode = *n == 0,
-                other => cx.diags.error(
-                    cx.line,
-                    format!(
-                        "TestOnly: expected an integer (0 = test mode), found {}; or write test_mode = true",
-                        other.type_str()
-                    ),
-                ),
-            }
-        } else {
-            apply(&mut cfg, opt, Raw::Toml(value.get_ref()), &mut cx);
+        match option.legacy_in_toml {
+            Some(apply) if w.legacy_meaning => apply(&mut cfg, &value, &mut cx),
+            _ => (option.apply)(&mut cfg, Raw::Toml(&value), &mut cx),
         }
     }
     (cfg, diags)
@@ -280,11 +93,11 @@ fn looks_legacy(text: &str) -> bool {
 /// of its table. Returns the key spelling used for each option (for
 /// messages), or `None` when the structure itself is wrong (a table that
 /// is not one, an option given twice through its alias).
-fn check_keys(
-    doc: &DeTable<'_>,
+fn check_keys<'t>(
+    doc: &DeTable<'t>,
     lines: &LineIndex,
     diags: &mut Diagnostics,
-) -> Option<HashMap<(Opt, bool), String>> {
+) -> Option<HashMap<usize, Written<'t>>> {
     let mut written = HashMap::new();
     let mut structural = false;
     for (key, value) in doc.iter() {
@@ -313,15 +126,15 @@ fn check_keys(
     (!structural).then_some(written)
 }
 
-fn check_table(
+fn check_table<'t>(
     table: &str,
-    entries: &DeTable<'_>,
+    entries: &DeTable<'t>,
     lines: &LineIndex,
     diags: &mut Diagnostics,
-    written: &mut HashMap<(Opt, bool), String>,
+    written: &mut HashMap<usize, Written<'t>>,
 ) -> bool {
     let mut ok = true;
-    let mut first: HashMap<Opt, (String, usize)> = HashMap::new();
+    let mut first: HashMap<usize, (String, usize)> = HashMap::new();
     // In file order, so that the second spelling of an option is the one
     // reported.
     let mut sorted: Vec<_> = entries.iter().collect();
@@ -329,14 +142,11 @@ fn check_table(
     for (key, value) in sorted {
         let name: &str = key.get_ref();
         let line = lines.line(key.span().start);
-        let found = OPTIONS
-            .iter()
-            .find(|o| o.table == table && (o.key == name || o.legacy == Some(name)));
-        let Some(info) = found else {
+        let Some((index, info)) = find(table, name) else {
             unknown_key(name, Some(table), value, Some(line), diags);
             continue;
         };
-        if let Some((other, other_line)) = first.get(&info.id) {
+        if let Some((other, other_line)) = first.get(&index) {
             ok = false;
             diags.error(
                 Some(line),
@@ -346,9 +156,17 @@ fn check_table(
             );
             continue;
         }
-        first.insert(info.id, (name.to_owned(), line));
-        let legacy_meaning = info.id == Opt::TestMode && name == "TestOnly";
-        written.insert((info.id, legacy_meaning), format!("{table}.{name}"));
+        first.insert(index, (name.to_owned(), line));
+        let legacy_meaning =
+            info.legacy_in_toml.is_some() && info.legacy == Some(name) && info.key != name;
+        written.insert(
+            index,
+            Written {
+                key: format!("{table}.{name}"),
+                value: value.clone(),
+                legacy_meaning,
+            },
+        );
     }
     ok
 }
@@ -429,26 +247,25 @@ fn unknown_key(
 mod tests {
     use super::*;
 
-    /// Each option's TOML key and policyd-spf key reach the option through
-    /// serde (its field or alias) in the option's table.
+    /// Each option's TOML key and policyd-spf key reach the option, and
+    /// only it, in the option's table.
     #[test]
-    fn serde_fields_and_aliases_match_the_option_list() {
-        for o in OPTIONS {
+    fn keys_and_aliases_match_the_option_list() {
+        for (index, o) in OPTIONS.iter().enumerate() {
             for name in std::iter::once(o.key).chain(o.legacy) {
                 let text = format!("[{}]\n{name} = 1\n", o.table);
-                let raw: RawToml = toml::from_str(&text).unwrap();
-                let set: Vec<(Opt, bool)> = raw
-                    .fields()
-                    .into_iter()
-                    .filter(|(_, f, _)| f.is_some())
-                    .map(|(opt, _, legacy)| (opt, legacy))
+                let doc = DeTable::parse(&text).unwrap();
+                let mut diags = Diagnostics::new("t");
+                let written =
+                    check_keys(doc.get_ref(), &LineIndex::new(&text), &mut diags).unwrap();
+                let set: Vec<(usize, bool)> = written
+                    .iter()
+                    .map(|(i, w)| (*i, w.legacy_meaning))
                     .collect();
                 let legacy_meaning = name == "TestOnly";
-                assert_eq!(set, [(o.id, legacy_meaning)], "{}.{name}", o.table);
+                assert_eq!(set, [(index, legacy_meaning)], "{}.{name}", o.table);
+                assert!(!diags.has_errors(), "{}.{name}", o.table);
             }
         }
-        // And nothing else is a field.
-        let fields = RawToml::default().fields().len();
-        assert_eq!(fields, OPTIONS.len() + 1, "TestOnly is the one extra field");
     }
 }

@@ -1,464 +1,371 @@
-//! The list of options: TOML table and key, policyd-spf key, default and
-//! meaning. One list drives the readers' key lookup, the commented TOML
-//! writer, the table in docs/configuration.md and the did-you-mean
-//! suggestions.
+//! Every option, declared once: its `Config` field with type and default,
+//! TOML table and key, policyd-spf key, documented default and meaning,
+//! parser and renderer (see `declare.rs`). The readers, the did-you-mean
+//! suggestions, the commented TOML writer (`conf/spfmilter.toml`, `config
+//! check --show`, `config convert`) and the table of docs/configuration.md
+//! all follow from this list; docs/design.md ("Adding an option") says
+//! what else an option needs.
 
-use std::fmt::Write as _;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
 
-/// Which option (the readers' and writer's handle on it).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub(crate) enum Opt {
-    Socket,
-    SocketMode,
-    SocketOwner,
-    SocketGroup,
-    MaxConnections,
-    IdleTimeout,
-    OnInternalError,
-    DecisionTimeLimit,
-    HeaderType,
-    AuthservId,
-    HideReceiver,
-    RemoveForgedHeaders,
-    PidFile,
-    User,
-    Umask,
-    HeloReject,
-    MailFromReject,
-    PermErrorReject,
-    TempErrorDefer,
-    NoMail,
-    RejectNotPassDomains,
-    TestMode,
-    Prospective,
-    EnhancedStatusCodes,
-    ReasonMessage,
-    ReasonUrl,
-    SkipAddresses,
-    Whitelist,
-    DomainWhitelist,
-    HeloWhitelist,
-    DomainWhitelistPtr,
-    InternalHosts,
-    MacroList,
-    SkipAuthenticated,
-    LookupLimit,
-    VoidLimit,
-    LookupTime,
-    WhitelistLookupTime,
-    Nameservers,
-    DnsTimeout,
-    DnsCacheSize,
-    LogTarget,
-    MetricsListen,
-    LogLevel,
-}
+use super::Config;
+use super::apply::{
+    Cx, Raw, account_name, authserv_id, byte_size, count, duration, flag, header_type,
+    idle_timeout, log_level, metrics_listen, mode, one_of, optional, parsed, pid_file, policy,
+    prospective, reason_url, test_mode, test_only_in_toml,
+};
+use super::choices::{
+    AuthservId, HeaderType, InternalErrorAction, LogLevel, LogTarget, RejectPolicy,
+};
+use super::declare::{OptionInfo, declare_options};
+use super::lists::{cidr_list, domain_list, host_list, macro_list, nameservers};
+use super::names::{
+    CidrList, DomainName, HostPattern, MacroRule, default_internal_hosts, default_skip_addresses,
+    net_to_string,
+};
+use super::render::{array, quote};
+use super::socket::{Mode, SocketSpec, UserSpec};
+use super::units::{duration_to_toml, size_to_toml};
+use crate::policy::reply::{ReasonMessage, ReasonUrl};
 
-/// One option, as documented.
-#[derive(Debug, Clone, Copy)]
-pub struct OptionInfo {
-    pub(crate) id: Opt,
-    /// The TOML table (`milter`, `policy`, `skip`, `spf`, `dns`, `log`).
-    pub table: &'static str,
-    /// The TOML key.
-    pub key: &'static str,
-    /// The policyd-spf / pyspf-milter key, also accepted in TOML.
-    pub legacy: Option<&'static str>,
-    /// The default, as docs/configuration.md shows it.
-    pub default: &'static str,
-    /// What it does, in one paragraph (docs/configuration.md and the TOML
-    /// comment).
-    pub meaning: &'static str,
-}
+declare_options! {
+    /// `[milter]`: the socket, the process, and the headers written.
+    [milter] MilterConfig, "The milter: socket, process, headers written." {
+        /// `Socket`.
+        socket: SocketSpec = SocketSpec::default(),
+            legacy "Socket",
+            default "`inet:127.0.0.1:8891`",
+            parse |raw, cx| parsed(raw, cx, |t| t.parse::<SocketSpec>()),
+            render |v| Some(quote(&v.to_string())),
+            meaning "Where the milter listens: inet:HOST:PORT, inet6:[ADDRESS]:PORT or unix:/PATH; pyspf-milter's inet:PORT@HOST, inet6:PORT@[ADDRESS] and local:/PATH are accepted too. In Postfix: smtpd_milters = inet:127.0.0.1:8891.";
+        /// Permissions of a UNIX socket; `None`: as the umask leaves them.
+        socket_mode: Option<Mode> = None,
+            default "unset (as the umask leaves it)",
+            parse |raw, cx| mode(raw, 0o7777, cx),
+            render |v| v.map(|m| quote(&m.to_string())),
+            example "\"0660\"",
+            meaning "Permissions of a UNIX socket, in octal (\"0660\").";
+        /// Owner of a UNIX socket; `None`: the milter's user.
+        socket_owner: Option<String> = None,
+            default "unset (the milter's user)",
+            parse |raw, cx| optional(raw, cx, account_name),
+            render |v| v.as_deref().map(quote),
+            example "\"spfmilter\"",
+            meaning "Owner of a UNIX socket (a user name).";
+        /// Group of a UNIX socket (e.g. `postfix`); `None`: the milter's group.
+        socket_group: Option<String> = None,
+            default "unset (the milter's group)",
+            parse |raw, cx| optional(raw, cx, account_name),
+            render |v| v.as_deref().map(quote),
+            example "\"postfix\"",
+            meaning "Group of a UNIX socket, e.g. \"postfix\".";
+        /// Connections served at once; more wait to be accepted.
+        max_connections: u32 = 1024,
+            default "`1024`",
+            parse |raw, cx| count(raw, 1, cx),
+            render |v| Some(v.to_string()),
+            meaning "MTA connections served at once. One more is closed at once, unread, so that the MTA applies its `milter_default_action` without waiting (logged, and counted in `spfmilter_connections_refused_total`). SIGHUP applies a change; connections open over a lowered limit stay open.";
+        /// A connection that sends no complete command for this long is
+        /// closed.
+        idle_timeout: Duration = Duration::from_secs(900),
+            default "`900` (seconds)",
+            parse idle_timeout,
+            render |v| Some(duration_to_toml(*v)),
+            meaning "A connection that sends no complete command for this long is closed, so that connections left idle do not hold places under `max_connections`. Postfix's gaps between commands are bounded by `smtpd_timeout` (300 s), except the upload of a message (the headers come once it is queued): 900 s lets a message of Postfix's default `message_size_limit` (10 MB) arrive at 11 kB/s. Raise it if you accept larger messages from slow clients. At most 7200 (2 hours); below 300 a warning. SIGHUP applies a change, to open connections too. Seconds, or a string with a unit.";
+        /// Everything done at MAIL FROM (bypass lookups, both evaluations)
+        /// within this, to stay inside Postfix's `milter_command_timeout`.
+        decision_time_limit: Duration = Duration::from_secs(25),
+            default "`25` (seconds)",
+            parse duration,
+            render |v| Some(duration_to_toml(*v)),
+            meaning "Time limit of everything done at MAIL FROM (bypass lookups, HELO and MAIL FROM evaluations together); each evaluation gets the smaller of `lookup_time` and what is left, and running out is TempError. Keep it below Postfix's `milter_command_timeout` (30 s). Seconds, or a string with a unit.";
+        /// Reply when the milter fails internally.
+        on_internal_error: InternalErrorAction = InternalErrorAction::Tempfail,
+            default "`tempfail`",
+            parse |raw, cx| one_of(raw, cx, InternalErrorAction::ALL.map(|a| (a.as_str(), a))),
+            render |v| Some(quote(v.as_str())),
+            meaning "Reply when the milter itself fails (not an SPF result): tempfail (451 4.3.0), accept (no header) or reject (550 5.7.1).";
+        /// `Header_Type`.
+        header_type: HeaderType = HeaderType::Spf,
+            legacy "Header_Type",
+            default "`SPF`",
+            parse header_type,
+            render |v| Some(quote(v.as_str())),
+            meaning "Trace header added: SPF (Received-SPF), AR (Authentication-Results), SPF,AR (both) or None.";
+        /// `Authserv_Id`.
+        authserv_id: AuthservId = AuthservId::MtaHostname,
+            legacy "Authserv_Id",
+            default "unset (the MTA's `j` macro, Postfix's $myhostname)",
+            parse authserv_id,
+            render |v| v.configured().map(quote),
+            example "\"mx.example.com\"",
+            meaning "The authserv-id of Authentication-Results (what OpenDMARC's TrustedAuthservIDs must name): one token (RFC 8601 §2.2), no spaces, quotes or ;()=, usually a host name. HOSTNAME means this machine's host name, as in policyd-spf.";
+        /// `Hide_Receiver`: `receiver=` / `r=` become `<UNKNOWN>`.
+        hide_receiver: bool = false,
+            legacy "Hide_Receiver",
+            default "`false` (policyd-spf's code default; its sample file sets Yes)",
+            parse |raw, cx| flag(raw, "Yes", "No", cx),
+            render |v| Some(v.to_string()),
+            meaning "true: receiver= and r= say <UNKNOWN> instead of the first recipient's domain.";
+        /// Delete incoming `Received-SPF` and `Authentication-Results` headers
+        /// that claim our authserv-id (docs/policyd-spf-compatibility.md §5: the reference never does).
+        remove_forged_headers: bool = true,
+            default "`true`",
+            parse |raw, cx| flag(raw, "true", "false", cx),
+            render |v| Some(v.to_string()),
+            meaning "Delete incoming Received-SPF headers and Authentication-Results headers that carry our authserv-id (in any form a lenient reader takes for it), so that downstream filters (OpenDMARC) only see ours.";
+        /// `PidFile`; `None`: no pid file.
+        pid_file: Option<PathBuf> = None,
+            legacy "PidFile",
+            default "unset (no pid file)",
+            parse pid_file,
+            render |v| v.as_ref().map(|p| quote(&p.display().to_string())),
+            example "\"/run/spfmilter/spfmilter.pid\"",
+            meaning "File to write the process id to (an absolute path).";
+        /// `UserID`: the user (and group) to switch to; `None`: stay.
+        user: Option<UserSpec> = None,
+            legacy "UserID",
+            default "unset (keep the user it was started as)",
+            parse |raw, cx| optional(raw, cx, |t| t.parse::<UserSpec>()),
+            render |v| v.as_ref().map(|u| quote(&u.to_string())),
+            example "\"spfmilter:spfmilter\"",
+            meaning "user[:group] to switch to after opening the socket.";
+        /// `UMask`; `None`: inherited.
+        umask: Option<Mode> = None,
+            legacy "UMask",
+            default "unset (inherited)",
+            parse |raw, cx| mode(raw, 0o777, cx),
+            render |v| v.map(|m| quote(&m.to_string())),
+            example "\"0007\"",
+            meaning "The process umask, in octal (\"0007\"); it applies to a UNIX socket and the pid file.";
+    }
 
-/// The tables, in file order, with their heading comment.
-pub(crate) const TABLES: [(&str, &str); 7] = [
-    ("milter", "The milter: socket, process, headers written."),
-    (
-        "policy",
-        "What SPF results lead to (policyd-spf semantics).",
-    ),
-    ("skip", "Clients and sessions that are not checked."),
-    ("spf", "Limits of one SPF evaluation (RFC 7208 §4.6.4)."),
-    ("dns", "DNS resolution."),
-    ("log", "Logging."),
-    ("metrics", "Prometheus metrics (off unless listen is set)."),
-];
+    /// `[policy]`: what the SPF results lead to (docs/policyd-spf-compatibility.md §2–§3).
+    [policy] PolicyConfig, "What SPF results lead to (policyd-spf semantics)." {
+        /// `HELO_reject`.
+        helo_reject: RejectPolicy = RejectPolicy::Fail,
+            legacy "HELO_reject",
+            default "`Fail`",
+            parse |raw, cx| policy(raw, true, cx),
+            render |v| Some(quote(v.as_str())),
+            meaning "HELO results that reject: SPF_Not_Pass (Fail, Softfail, Neutral), Softfail (Fail, Softfail), Fail, Null (Fail, only for the null sender), False (never reject or defer on HELO, header only), No_Check (no HELO check).";
+        /// `Mail_From_reject` (never [`RejectPolicy::Null`]).
+        mail_from_reject: RejectPolicy = RejectPolicy::Fail,
+            legacy "Mail_From_reject",
+            default "`Fail`",
+            parse |raw, cx| policy(raw, false, cx),
+            render |v| Some(quote(v.as_str())),
+            meaning "MAIL FROM results that reject: SPF_Not_Pass, Softfail, Fail, False or No_Check, as for helo_reject.";
+        /// `PermError_reject`.
+        permerror_reject: bool = false,
+            legacy "PermError_reject",
+            default "`false`",
+            parse |raw, cx| flag(raw, "True", "False", cx),
+            render |v| Some(v.to_string()),
+            meaning "Reject a PermError (550 5.7.24) in each checked identity whose policy is not False.";
+        /// `TempError_Defer`.
+        temperror_defer: bool = false,
+            legacy "TempError_Defer",
+            default "`false`",
+            parse |raw, cx| flag(raw, "True", "False", cx),
+            render |v| Some(v.to_string()),
+            meaning "Defer a TempError (450 4.7.24) in each checked identity whose policy is not False.";
+        /// `No_Mail`.
+        no_mail: bool = false,
+            legacy "No_Mail",
+            default "`false`",
+            parse |raw, cx| flag(raw, "True", "False", cx),
+            render |v| Some(v.to_string()),
+            meaning "Keep a reject only when the domain's record is exactly \"v=spf1 -all\"; otherwise add the header instead.";
+        /// `Reject_Not_Pass_Domains`.
+        reject_not_pass_domains: Vec<DomainName> = Vec::new(),
+            legacy "Reject_Not_Pass_Domains",
+            default "`[]`",
+            parse domain_list,
+            render |v| Some(array(v.iter().map(ToString::to_string))),
+            meaning "HELO names and sender domains that get the SPF_Not_Pass policy (reason \"Receiver policy for SPF <result>\"); each entry is one name, not the names below it.";
+        /// `TestOnly = 0`: nothing is rejected or deferred.
+        test_mode: bool = false,
+            legacy "TestOnly",
+            default "`false` (`TestOnly = 1`)",
+            parse test_mode,
+            legacy_in_toml test_only_in_toml,
+            render |v| Some(v.to_string()),
+            meaning "true: reject or defer nothing; add the header that would have been added and log \"would reject\" / \"would defer\". policyd-spf's TestOnly = 0 (also accepted in TOML, with its integer meaning).";
+        /// `Prospective`.
+        prospective: Option<IpAddr> = None,
+            legacy "Prospective",
+            default "unset",
+            parse prospective,
+            render |v| v.map(|ip| quote(&ip.to_string())),
+            example "\"192.0.2.1\"",
+            meaning "Evaluate as if the client had this IP address (would mail from here pass?); passing mail gets no header.";
+        /// `SPF_Enhanced_Status_Codes`.
+        enhanced_status_codes: bool = true,
+            legacy "SPF_Enhanced_Status_Codes",
+            default "`true`",
+            parse |raw, cx| flag(raw, "Yes", "No", cx),
+            render |v| Some(v.to_string()),
+            meaning "Use the RFC 7372 codes 5.7.23, 5.7.24 and 4.7.24; false: plain 550 and 450.";
+        /// `Reason_Message`.
+        reason_message: ReasonMessage = ReasonMessage::default(),
+            legacy "Reason_Message",
+            default "`Message {rejectdefer} due to: {spf}. Please see {url}`",
+            parse |raw, cx| parsed(raw, cx, |t| t.parse::<ReasonMessage>()),
+            render |v| Some(quote(&v.to_string())),
+            meaning "Text of a reject or defer: {rejectdefer} is rejected or deferred, {spf} the explanation, {url} the expanded reason_url; {{ and }} are literal braces.";
+        /// `Reason_URL`.
+        reason_url: ReasonUrl = ReasonUrl::default(),
+            legacy "Reason_URL",
+            default "`\"\"` (no URL; policyd-spf's default, http://www.openspf.net/Why?s={0};id={1};ip={2};r={3}, is a defunct site)",
+            parse reason_url,
+            render |v| Some(quote(&v.to_string())),
+            meaning "The {url} of reason_message: {0} helo or mfrom, {1} the HELO name or sender, {2} the client IP, {3} the receiver. Empty: no URL, and the default reason_message ends after {spf}.";
+    }
 
-macro_rules! opt {
-    ($id:ident, $table:literal, $key:literal, $legacy:expr, $default:literal, $meaning:literal) => {
-        OptionInfo {
-            id: Opt::$id,
-            table: $table,
-            key: $key,
-            legacy: $legacy,
-            default: $default,
-            meaning: $meaning,
-        }
-    };
-}
+    /// `[skip]`: clients and sessions that are not checked.
+    [skip] SkipConfig, "Clients and sessions that are not checked." {
+        /// `skip_addresses`.
+        skip_addresses: CidrList = default_skip_addresses(),
+            legacy "skip_addresses",
+            default "`127.0.0.0/8, ::ffff:127.0.0.0/104, ::1`",
+            parse cidr_list,
+            render |v| Some(array(v.entries().iter().map(|n| net_to_string(*n)))),
+            meaning "Clients not checked, with the trace header \"X-Comment: SPF check N/A for local connections\". IPv4-mapped networks (::ffff:a.b.c.d/N) match as their IPv4 network.";
+        /// `Whitelist`.
+        whitelist: CidrList = CidrList::default(),
+            legacy "Whitelist",
+            default "`[]`",
+            parse cidr_list,
+            render |v| Some(array(v.entries().iter().map(|n| net_to_string(*n)))),
+            meaning "Networks of trusted relays not checked (\"SPF skipped for whitelisted relay\").";
+        /// `Domain_Whitelist`.
+        domain_whitelist: Vec<DomainName> = Vec::new(),
+            legacy "Domain_Whitelist",
+            default "`[]`",
+            parse domain_list,
+            render |v| Some(array(v.iter().map(ToString::to_string))),
+            meaning "Domains whose SPF Pass for the client's IP skips the check (\"SPF skipped for whitelisted relay domain\").";
+        /// `HELO_Whitelist`.
+        helo_whitelist: Vec<DomainName> = Vec::new(),
+            legacy "HELO_Whitelist",
+            default "`[]`",
+            parse domain_list,
+            render |v| Some(array(v.iter().map(ToString::to_string))),
+            meaning "HELO names that skip the check when the client's IP is among the name's A/AAAA records.";
+        /// `Domain_Whitelist_PTR`.
+        domain_whitelist_ptr: Vec<DomainName> = Vec::new(),
+            legacy "Domain_Whitelist_PTR",
+            default "`[]`",
+            parse domain_list,
+            render |v| Some(array(v.iter().map(ToString::to_string))),
+            meaning "Domains whose forward-confirmed PTR names skip the check (\"SPF skipped for PTR whitelisted relay domain\").";
+        /// `InternalHosts`: not checked, no header.
+        internal_hosts: Vec<HostPattern> = default_internal_hosts(),
+            legacy "InternalHosts",
+            default "`127.0.0.1`",
+            parse host_list,
+            render |v| Some(array(v.iter().map(ToString::to_string))),
+            meaning "Clients not checked and given no header at all: addresses, networks, host names, .domain for names under a domain, !entry to exclude. A string \"file:/path\" (or \"/path\") reads one entry per line.";
+        /// `MacroList`: when not empty, only connections matching a rule are
+        /// checked.
+        macro_list: Vec<MacroRule> = Vec::new(),
+            legacy "MacroList",
+            default "`[]`",
+            parse macro_list,
+            render |v| Some(array(v.iter().map(ToString::to_string))),
+            meaning "If not empty, only connections with one of these MTA macros set are checked: name, or name|value|value for given values (Postfix sends the macros listed in milter_connect_macros / milter_mail_macros).";
+        /// Sessions authenticated with SMTP AUTH (`{auth_authen}` set) are not
+        /// checked and get no header (as pyspf-milter does).
+        skip_authenticated: bool = true,
+            default "`true`",
+            parse |raw, cx| flag(raw, "true", "false", cx),
+            render |v| Some(v.to_string()),
+            meaning "Sessions authenticated with SMTP AUTH ({auth_authen} set at MAIL FROM) are not checked and get no header, as with pyspf-milter.";
+    }
 
-/// Every option, in file order.
-pub static OPTIONS: &[OptionInfo] = &[
-    opt!(
-        Socket,
-        "milter",
-        "socket",
-        Some("Socket"),
-        "`inet:127.0.0.1:8891`",
-        "Where the milter listens: inet:HOST:PORT, inet6:[ADDRESS]:PORT or unix:/PATH; pyspf-milter's inet:PORT@HOST, inet6:PORT@[ADDRESS] and local:/PATH are accepted too. In Postfix: smtpd_milters = inet:127.0.0.1:8891."
-    ),
-    opt!(
-        SocketMode,
-        "milter",
-        "socket_mode",
-        None,
-        "unset (as the umask leaves it)",
-        "Permissions of a UNIX socket, in octal (\"0660\")."
-    ),
-    opt!(
-        SocketOwner,
-        "milter",
-        "socket_owner",
-        None,
-        "unset (the milter's user)",
-        "Owner of a UNIX socket (a user name)."
-    ),
-    opt!(
-        SocketGroup,
-        "milter",
-        "socket_group",
-        None,
-        "unset (the milter's group)",
-        "Group of a UNIX socket, e.g. \"postfix\"."
-    ),
-    opt!(
-        MaxConnections,
-        "milter",
-        "max_connections",
-        None,
-        "`1024`",
-        "MTA connections served at once. One more is closed at once, unread, so that the MTA applies its `milter_default_action` without waiting (logged, and counted in `spfmilter_connections_refused_total`). SIGHUP applies a change; connections open over a lowered limit stay open."
-    ),
-    opt!(
-        IdleTimeout,
-        "milter",
-        "idle_timeout",
-        None,
-        "`900` (seconds)",
-        "A connection that sends no complete command for this long is closed, so that connections left idle do not hold places under `max_connections`. Postfix's gaps between commands are bounded by `smtpd_timeout` (300 s), except the upload of a message (the headers come once it is queued): 900 s lets a message of Postfix's default `message_size_limit` (10 MB) arrive at 11 kB/s. Raise it if you accept larger messages from slow clients. At most 7200 (2 hours); below 300 a warning. SIGHUP applies a change, to open connections too. Seconds, or a string with a unit."
-    ),
-    opt!(
-        DecisionTimeLimit,
-        "milter",
-        "decision_time_limit",
-        None,
-        "`25` (seconds)",
-        "Time limit of everything done at MAIL FROM (bypass lookups, HELO and MAIL FROM evaluations together); each evaluation gets the smaller of `lookup_time` and what is left, and running out is TempError. Keep it below Postfix's `milter_command_timeout` (30 s). Seconds, or a string with a unit."
-    ),
-    opt!(
-        OnInternalError,
-        "milter",
-        "on_internal_error",
-        None,
-        "`tempfail`",
-        "Reply when the milter itself fails (not an SPF result): tempfail (451 4.3.0), accept (no header) or reject (550 5.7.1)."
-    ),
-    opt!(
-        HeaderType,
-        "milter",
-        "header_type",
-        Some("Header_Type"),
-        "`SPF`",
-        "Trace header added: SPF (Received-SPF), AR (Authentication-Results), SPF,AR (both) or None."
-    ),
-    opt!(
-        AuthservId,
-        "milter",
-        "authserv_id",
-        Some("Authserv_Id"),
-        "unset (the MTA's `j` macro, Postfix's $myhostname)",
-        "The authserv-id of Authentication-Results (what OpenDMARC's TrustedAuthservIDs must name): one token (RFC 8601 §2.2), no spaces, quotes or ;()=, usually a host name. HOSTNAME means this machine's host name, as in policyd-spf."
-    ),
-    opt!(
-        HideReceiver,
-        "milter",
-        "hide_receiver",
-        Some("Hide_Receiver"),
-        "`false` (policyd-spf's code default; its sample file sets Yes)",
-        "true: receiver= and r= say <UNKNOWN> instead of the first recipient's domain."
-    ),
-    opt!(
-        RemoveForgedHeaders,
-        "milter",
-        "remove_forged_headers",
-        None,
-        "`true`",
-        "Delete incoming Received-SPF headers and Authentication-Results headers that carry our authserv-id (in any form a lenient reader takes for it), so that downstream filters (OpenDMARC) only see ours."
-    ),
-    opt!(
-        PidFile,
-        "milter",
-        "pid_file",
-        Some("PidFile"),
-        "unset (no pid file)",
-        "File to write the process id to (an absolute path)."
-    ),
-    opt!(
-        User,
-        "milter",
-        "user",
-        Some("UserID"),
-        "unset (keep the user it was started as)",
-        "user[:group] to switch to after opening the socket."
-    ),
-    opt!(
-        Umask,
-        "milter",
-        "umask",
-        Some("UMask"),
-        "unset (inherited)",
-        "The process umask, in octal (\"0007\"); it applies to a UNIX socket and the pid file."
-    ),
-    opt!(
-        HeloReject,
-        "policy",
-        "helo_reject",
-        Some("HELO_reject"),
-        "`Fail`",
-        "HELO results that reject: SPF_Not_Pass (Fail, Softfail, Neutral), Softfail (Fail, Softfail), Fail, Null (Fail, only for the null sender), False (never reject or defer on HELO, header only), No_Check (no HELO check)."
-    ),
-    opt!(
-        MailFromReject,
-        "policy",
-        "mail_from_reject",
-        Some("Mail_From_reject"),
-        "`Fail`",
-        "MAIL FROM results that reject: SPF_Not_Pass, Softfail, Fail, False or No_Check, as for helo_reject."
-    ),
-    opt!(
-        PermErrorReject,
-        "policy",
-        "permerror_reject",
-        Some("PermError_reject"),
-        "`false`",
-        "Reject a PermError (550 5.7.24) in each checked identity whose policy is not False."
-    ),
-    opt!(
-        TempErrorDefer,
-        "policy",
-        "temperror_defer",
-        Some("TempError_Defer"),
-        "`false`",
-        "Defer a TempError (450 4.7.24) in each checked identity whose policy is not False."
-    ),
-    opt!(
-        NoMail,
-        "policy",
-        "no_mail",
-        Some("No_Mail"),
-        "`false`",
-        "Keep a reject only when the domain's record is exactly \"v=spf1 -all\"; otherwise add the header instead."
-    ),
-    opt!(
-        RejectNotPassDomains,
-        "policy",
-        "reject_not_pass_domains",
-        Some("Reject_Not_Pass_Domains"),
-        "`[]`",
-        "HELO names and sender domains that get the SPF_Not_Pass policy (reason \"Receiver policy for SPF <result>\"); each entry is one name, not the names below it."
-    ),
-    opt!(
-        TestMode,
-        "policy",
-        "test_mode",
-        Some("TestOnly"),
-        "`false` (`TestOnly = 1`)",
-        "true: reject or defer nothing; add the header that would have been added and log \"would reject\" / \"would defer\". policyd-spf's TestOnly = 0 (also accepted in TOML, with its integer meaning)."
-    ),
-    opt!(
-        Prospective,
-        "policy",
-        "prospective",
-        Some("Prospective"),
-        "unset",
-        "Evaluate as if the client had this IP address (would mail from here pass?); passing mail gets no header."
-    ),
-    opt!(
-        EnhancedStatusCodes,
-        "policy",
-        "enhanced_status_codes",
-        Some("SPF_Enhanced_Status_Codes"),
-        "`true`",
-        "Use the RFC 7372 codes 5.7.23, 5.7.24 and 4.7.24; false: plain 550 and 450."
-    ),
-    opt!(
-        ReasonMessage,
-        "policy",
-        "reason_message",
-        Some("Reason_Message"),
-        "`Message {rejectdefer} due to: {spf}. Please see {url}`",
-        "Text of a reject or defer: {rejectdefer} is rejected or deferred, {spf} the explanation, {url} the expanded reason_url; {{ and }} are literal braces."
-    ),
-    opt!(
-        ReasonUrl,
-        "policy",
-        "reason_url",
-        Some("Reason_URL"),
-        "`\"\"` (no URL; policyd-spf's default, http://www.openspf.net/Why?s={0};id={1};ip={2};r={3}, is a defunct site)",
-        "The {url} of reason_message: {0} helo or mfrom, {1} the HELO name or sender, {2} the client IP, {3} the receiver. Empty: no URL, and the default reason_message ends after {spf}."
-    ),
-    opt!(
-        SkipAddresses,
-        "skip",
-        "skip_addresses",
-        Some("skip_addresses"),
-        "`127.0.0.0/8, ::ffff:127.0.0.0/104, ::1`",
-        "Clients not checked, with the trace header \"X-Comment: SPF check N/A for local connections\". IPv4-mapped networks (::ffff:a.b.c.d/N) match as their IPv4 network."
-    ),
-    opt!(
-        Whitelist,
-        "skip",
-        "whitelist",
-        Some("Whitelist"),
-        "`[]`",
-        "Networks of trusted relays not checked (\"SPF skipped for whitelisted relay\")."
-    ),
-    opt!(
-        DomainWhitelist,
-        "skip",
-        "domain_whitelist",
-        Some("Domain_Whitelist"),
-        "`[]`",
-        "Domains whose SPF Pass for the client's IP skips the check (\"SPF skipped for whitelisted relay domain\")."
-    ),
-    opt!(
-        HeloWhitelist,
-        "skip",
-        "helo_whitelist",
-        Some("HELO_Whitelist"),
-        "`[]`",
-        "HELO names that skip the check when the client's IP is among the name's A/AAAA records."
-    ),
-    opt!(
-        DomainWhitelistPtr,
-        "skip",
-        "domain_whitelist_ptr",
-        Some("Domain_Whitelist_PTR"),
-        "`[]`",
-        "Domains whose forward-confirmed PTR names skip the check (\"SPF skipped for PTR whitelisted relay domain\")."
-    ),
-    opt!(
-        InternalHosts,
-        "skip",
-        "internal_hosts",
-        Some("InternalHosts"),
-        "`127.0.0.1`",
-        "Clients not checked and given no header at all: addresses, networks, host names, .domain for names under a domain, !entry to exclude. A string \"file:/path\" (or \"/path\") reads one entry per line."
-    ),
-    opt!(
-        MacroList,
-        "skip",
-        "macro_list",
-        Some("MacroList"),
-        "`[]`",
-        "If not empty, only connections with one of these MTA macros set are checked: name, or name|value|value for given values (Postfix sends the macros listed in milter_connect_macros / milter_mail_macros)."
-    ),
-    opt!(
-        SkipAuthenticated,
-        "skip",
-        "skip_authenticated",
-        None,
-        "`true`",
-        "Sessions authenticated with SMTP AUTH ({auth_authen} set at MAIL FROM) are not checked and get no header, as with pyspf-milter."
-    ),
-    opt!(
-        LookupLimit,
-        "spf",
-        "lookup_limit",
-        None,
-        "`10`",
-        "DNS-querying terms (include a mx ptr exists redirect) per evaluation before PermError; RFC 7208 says 10."
-    ),
-    opt!(
-        VoidLimit,
-        "spf",
-        "void_limit",
-        Some("Void_Limit"),
-        "`2`",
-        "Lookups answered with no record or NXDOMAIN per evaluation before PermError."
-    ),
-    opt!(
-        LookupTime,
-        "spf",
-        "lookup_time",
-        Some("Lookup_Time"),
-        "`20` (seconds)",
-        "Time limit of one identity's evaluation; beyond it the result is TempError. Seconds, or a string with a unit (\"1500ms\")."
-    ),
-    opt!(
-        WhitelistLookupTime,
-        "spf",
-        "whitelist_lookup_time",
-        Some("Whitelist_Lookup_Time"),
-        "`10` (seconds)",
-        "Time limit of each whitelist lookup (domain_whitelist, helo_whitelist, domain_whitelist_ptr)."
-    ),
-    opt!(
-        Nameservers,
-        "dns",
-        "nameservers",
-        None,
-        "`[]` (the servers of /etc/resolv.conf)",
-        "DNS servers to ask, \"HOST\" or \"HOST:PORT\" (\"[::1]:5353\" for IPv6 with a port)."
-    ),
-    opt!(
-        DnsTimeout,
-        "dns",
-        "timeout",
-        None,
-        "`5` (seconds)",
-        "Time to wait for one DNS answer before retrying."
-    ),
-    opt!(
-        DnsCacheSize,
-        "dns",
-        "cache_size",
-        None,
-        "`\"32M\"` (32 MiB)",
-        "Memory the shared DNS cache may keep: answers, NXDOMAIN/NODATA entries, the parsed SPF records kept with TXT answers and the cache's tables, each counted as the allocator takes it. Bytes, or a string with a unit (\"512K\", \"64M\", \"1G\"; binary multiples); at least 1M, or 0 for no cache. The least used entries make room; peak memory is about this plus the daemon's own (BENCHMARKS.md). SIGHUP starts a new, empty cache of this size."
-    ),
-    opt!(
-        LogTarget,
-        "log",
-        "target",
-        None,
-        "`syslog`",
-        "syslog (facility mail, the lines policyd-spf writes) or stderr."
-    ),
-    opt!(
-        LogLevel,
-        "log",
-        "level",
-        Some("debugLevel"),
-        "`1`",
-        "policyd-spf's debugLevel: -1 nothing, 0 errors, 1 one line per action, 2 a line per identity checked, 3 configuration and header text, 4 raw request data, 5 internals."
-    ),
-    opt!(
-        MetricsListen,
-        "metrics",
-        "listen",
-        None,
-        "unset (no metrics endpoint)",
-        "ADDRESS:PORT of a Prometheus text endpoint (GET /metrics); keep it on loopback (\"127.0.0.1:9891\"), it has no access control."
-    ),
-];
+    /// `[spf]`: limits of one evaluation.
+    [spf] SpfConfig, "Limits of one SPF evaluation (RFC 7208 §4.6.4)." {
+        /// RFC 7208 §4.6.4 limit of DNS-querying terms.
+        lookup_limit: u32 = 10,
+            default "`10`",
+            parse |raw, cx| count(raw, 1, cx),
+            render |v| Some(v.to_string()),
+            meaning "DNS-querying terms (include a mx ptr exists redirect) per evaluation before PermError; RFC 7208 says 10.";
+        /// `Void_Limit`.
+        void_limit: u32 = 2,
+            legacy "Void_Limit",
+            default "`2`",
+            parse |raw, cx| count(raw, 0, cx),
+            render |v| Some(v.to_string()),
+            meaning "Lookups answered with no record or NXDOMAIN per evaluation before PermError.";
+        /// `Lookup_Time`: per identity.
+        lookup_time: Duration = Duration::from_secs(20),
+            legacy "Lookup_Time",
+            default "`20` (seconds)",
+            parse duration,
+            render |v| Some(duration_to_toml(*v)),
+            meaning "Time limit of one identity's evaluation; beyond it the result is TempError. Seconds, or a string with a unit (\"1500ms\").";
+        /// `Whitelist_Lookup_Time`: per whitelist lookup.
+        whitelist_lookup_time: Duration = Duration::from_secs(10),
+            legacy "Whitelist_Lookup_Time",
+            default "`10` (seconds)",
+            parse duration,
+            render |v| Some(duration_to_toml(*v)),
+            meaning "Time limit of each whitelist lookup (domain_whitelist, helo_whitelist, domain_whitelist_ptr).";
+    }
 
-pub(crate) fn info(id: Opt) -> &'static OptionInfo {
-    OPTIONS
-        .iter()
-        .find(|o| o.id == id)
-        .expect("every Opt is listed in OPTIONS")
+    /// `[dns]`.
+    [dns] DnsConfig, "DNS resolution." {
+        /// Servers to ask; empty: those of `/etc/resolv.conf`.
+        nameservers: Vec<SocketAddr> = Vec::new(),
+            default "`[]` (the servers of /etc/resolv.conf)",
+            parse nameservers,
+            render |v| Some(array(v.iter().map(ToString::to_string))),
+            meaning "DNS servers to ask, \"HOST\" or \"HOST:PORT\" (\"[::1]:5353\" for IPv6 with a port).";
+        /// Time to wait for one answer before retrying.
+        timeout: Duration = Duration::from_secs(5),
+            default "`5` (seconds)",
+            parse duration,
+            render |v| Some(duration_to_toml(*v)),
+            meaning "Time to wait for one DNS answer before retrying.";
+        /// The DNS cache's byte budget (0: no cache).
+        cache_size: usize = crate::dns::cache::DEFAULT_MAX_BYTES,
+            default "`\"32M\"` (32 MiB)",
+            parse byte_size,
+            render |v| Some(size_to_toml(*v)),
+            meaning "Memory the shared DNS cache may keep: answers, NXDOMAIN/NODATA entries, the parsed SPF records kept with TXT answers and the cache's tables, each counted as the allocator takes it. Bytes, or a string with a unit (\"512K\", \"64M\", \"1G\"; binary multiples); at least 1M, or 0 for no cache. The least used entries make room; peak memory is about this plus the daemon's own (BENCHMARKS.md). SIGHUP starts a new, empty cache of this size.";
+    }
+
+    /// `[log]`.
+    [log] LogConfig, "Logging." {
+        /// Where log lines go.
+        target: LogTarget = LogTarget::Syslog,
+            default "`syslog`",
+            parse |raw, cx| one_of(raw, cx, LogTarget::ALL.map(|a| (a.as_str(), a))),
+            render |v| Some(quote(v.as_str())),
+            meaning "syslog (facility mail, the lines policyd-spf writes) or stderr.";
+        /// `debugLevel`.
+        level: LogLevel = LogLevel::Actions,
+            legacy "debugLevel",
+            default "`1`",
+            parse log_level,
+            render |v| Some(v.as_int().to_string()),
+            meaning "policyd-spf's debugLevel: -1 nothing, 0 errors, 1 one line per action, 2 a line per identity checked, 3 configuration and header text, 4 raw request data, 5 internals.";
+    }
+
+    /// `[metrics]`.
+    [metrics] MetricsConfig, "Prometheus metrics (off unless listen is set)." {
+        /// Where the Prometheus endpoint listens; `None`: nowhere.
+        listen: Option<SocketAddr> = None,
+            default "unset (no metrics endpoint)",
+            parse metrics_listen,
+            render |v| v.map(|a| quote(&a.to_string())),
+            example "\"127.0.0.1:9891\"",
+            meaning "ADDRESS:PORT of a Prometheus text endpoint (GET /metrics); keep it on loopback (\"127.0.0.1:9891\"), it has no access control.";
+    }
 }
 
 /// Keys that policyd-spf or pyspf-milter read but that spfmilter does not
@@ -515,22 +422,3 @@ pub(crate) static UNSUPPORTED: &[Unsupported] = &[
         why: "QueueID only changes the policy server's log lines (policyd-spf does not even read it from the file); the milter's log lines carry the queue id when the MTA sends it: ignored, remove it",
     },
 ];
-
-/// The option table of docs/configuration.md: TOML key, legacy key,
-/// default, meaning.
-pub fn options_markdown_table() -> String {
-    let mut out =
-        String::from("| TOML key | policyd-spf key | default | meaning |\n|---|---|---|---|\n");
-    for o in OPTIONS {
-        let legacy = o
-            .legacy
-            .map_or_else(|| "—".to_owned(), |l| format!("`{l}`"));
-        let meaning = o.meaning.replace('|', "\\|");
-        let _ = writeln!(
-            out,
-            "| `{}.{}` | {legacy} | {} | {meaning} |",
-            o.table, o.key, o.default
-        );
-    }
-    out
-}

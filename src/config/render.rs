@@ -6,8 +6,7 @@
 use std::fmt::Write as _;
 
 use super::Config;
-use super::options::{OPTIONS, Opt, TABLES, info};
-use super::types::{AuthservId, duration_to_toml, net_to_string, size_to_toml};
+use super::options::{OPTIONS, TABLES};
 
 const WIDTH: usize = 78;
 
@@ -22,7 +21,7 @@ pub(crate) fn to_toml(cfg: &Config) -> String {
          # Check a change before reloading:  spfmilter config check --config FILE\n\
          # Convert a policyd-spf.conf:        spfmilter config convert FILE\n",
     );
-    for (table, heading) in TABLES {
+    for &(table, heading) in TABLES {
         let _ = write!(out, "\n# {heading}\n[{table}]\n");
         for o in OPTIONS.iter().filter(|o| o.table == table) {
             out.push('\n');
@@ -35,12 +34,13 @@ pub(crate) fn to_toml(cfg: &Config) -> String {
                 &mut out,
                 &format!("Default: {}.{legacy}", o.default.replace('`', "")),
             );
-            match value(cfg, o.id) {
+            match (o.render)(cfg) {
                 Some(v) => {
                     let _ = writeln!(out, "{} = {v}", o.key);
                 }
                 None => {
-                    let _ = writeln!(out, "#{} = {}", o.key, example(o.id));
+                    let example = o.example.unwrap_or("\"\"");
+                    let _ = writeln!(out, "#{} = {example}", o.key);
                 }
             }
         }
@@ -64,11 +64,11 @@ fn comment(out: &mut String, text: &str) {
     out.push('\n');
 }
 
-fn quote(s: &str) -> String {
+pub(crate) fn quote(s: &str) -> String {
     toml::Value::String(s.to_owned()).to_string()
 }
 
-fn array<I: IntoIterator<Item = String>>(items: I) -> String {
+pub(crate) fn array<I: IntoIterator<Item = String>>(items: I) -> String {
     let items: Vec<String> = items.into_iter().map(|s| quote(&s)).collect();
     let inline = format!("[{}]", items.join(", "));
     if inline.len() <= 60 {
@@ -80,83 +80,4 @@ fn array<I: IntoIterator<Item = String>>(items: I) -> String {
     }
     s.push(']');
     s
-}
-
-fn flag(b: bool) -> String {
-    b.to_string()
-}
-
-/// The value of an option as TOML, `None` when unset.
-fn value(cfg: &Config, opt: Opt) -> Option<String> {
-    let (m, p, s) = (&cfg.milter, &cfg.policy, &cfg.skip);
-    let v = match opt {
-        Opt::Socket => quote(&m.socket.to_string()),
-        Opt::SocketMode => quote(&m.socket_mode?.to_string()),
-        Opt::SocketOwner => quote(m.socket_owner.as_ref()?),
-        Opt::SocketGroup => quote(m.socket_group.as_ref()?),
-        Opt::MaxConnections => m.max_connections.to_string(),
-        Opt::IdleTimeout => duration_to_toml(m.idle_timeout),
-        Opt::OnInternalError => quote(m.on_internal_error.as_str()),
-        Opt::DecisionTimeLimit => duration_to_toml(m.decision_time_limit),
-        Opt::HeaderType => quote(m.header_type.as_str()),
-        Opt::AuthservId => match &m.authserv_id {
-            AuthservId::MtaHostname => return None,
-            AuthservId::Hostname => quote("HOSTNAME"),
-            AuthservId::Fixed(id) => quote(id),
-        },
-        Opt::HideReceiver => flag(m.hide_receiver),
-        Opt::RemoveForgedHeaders => flag(m.remove_forged_headers),
-        Opt::PidFile => quote(&m.pid_file.as_ref()?.display().to_string()),
-        Opt::User => quote(&m.user.as_ref()?.to_string()),
-        Opt::Umask => quote(&m.umask?.to_string()),
-        Opt::HeloReject => quote(p.helo_reject.as_str()),
-        Opt::MailFromReject => quote(p.mail_from_reject.as_str()),
-        Opt::PermErrorReject => flag(p.permerror_reject),
-        Opt::TempErrorDefer => flag(p.temperror_defer),
-        Opt::NoMail => flag(p.no_mail),
-        Opt::RejectNotPassDomains => array(p.reject_not_pass_domains.iter().map(|d| d.to_string())),
-        Opt::TestMode => flag(p.test_mode),
-        Opt::Prospective => quote(&p.prospective?.to_string()),
-        Opt::EnhancedStatusCodes => flag(p.enhanced_status_codes),
-        Opt::ReasonMessage => quote(&p.reason_message.to_string()),
-        Opt::ReasonUrl => quote(&p.reason_url.to_string()),
-        Opt::SkipAddresses => array(s.skip_addresses.entries().iter().map(|n| net_to_string(*n))),
-        Opt::Whitelist => array(s.whitelist.entries().iter().map(|n| net_to_string(*n))),
-        Opt::DomainWhitelist => array(s.domain_whitelist.iter().map(|d| d.to_string())),
-        Opt::HeloWhitelist => array(s.helo_whitelist.iter().map(|d| d.to_string())),
-        Opt::DomainWhitelistPtr => array(s.domain_whitelist_ptr.iter().map(|d| d.to_string())),
-        Opt::InternalHosts => array(s.internal_hosts.iter().map(|h| h.to_string())),
-        Opt::MacroList => array(s.macro_list.iter().map(|r| r.to_string())),
-        Opt::SkipAuthenticated => flag(s.skip_authenticated),
-        Opt::LookupLimit => cfg.spf.lookup_limit.to_string(),
-        Opt::VoidLimit => cfg.spf.void_limit.to_string(),
-        Opt::LookupTime => duration_to_toml(cfg.spf.lookup_time),
-        Opt::WhitelistLookupTime => duration_to_toml(cfg.spf.whitelist_lookup_time),
-        Opt::Nameservers => array(cfg.dns.nameservers.iter().map(|a| a.to_string())),
-        Opt::DnsTimeout => duration_to_toml(cfg.dns.timeout),
-        Opt::DnsCacheSize => size_to_toml(cfg.dns.cache_size),
-        Opt::LogTarget => quote(cfg.log.target.as_str()),
-        Opt::LogLevel => cfg.log.level.as_int().to_string(),
-        Opt::MetricsListen => quote(&cfg.metrics.listen?.to_string()),
-    };
-    Some(v)
-}
-
-/// What an unset option looks like when set (shown commented out).
-fn example(opt: Opt) -> &'static str {
-    match opt {
-        Opt::SocketMode => "\"0660\"",
-        Opt::SocketOwner => "\"spfmilter\"",
-        Opt::SocketGroup => "\"postfix\"",
-        Opt::AuthservId => "\"mx.example.com\"",
-        Opt::PidFile => "\"/run/spfmilter/spfmilter.pid\"",
-        Opt::User => "\"spfmilter:spfmilter\"",
-        Opt::Umask => "\"0007\"",
-        Opt::Prospective => "\"192.0.2.1\"",
-        Opt::MetricsListen => "\"127.0.0.1:9891\"",
-        _ => {
-            debug_assert!(false, "{} has no example", info(opt).key);
-            "\"\""
-        }
-    }
 }

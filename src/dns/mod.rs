@@ -8,6 +8,7 @@
 
 pub mod cache;
 pub mod hickory;
+mod source;
 pub mod zone;
 
 use std::any::Any;

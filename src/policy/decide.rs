@@ -59,7 +59,7 @@
 //! or `Receiver policy for SPF …`) and `{url}` = `Reason_URL`. The text is
 //! made safe for one SMTP reply line: control characters (CR, LF, TAB, …)
 //! become spaces, non-ASCII characters `?`, and it is cut so that its length
-//! plus the number of `%` in it is at most [`MAX_REPLY_TEXT`] bytes. A `%`
+//! plus the number of `%` in it is at most [`MAX_REPLY_TEXT`](super::reply::MAX_REPLY_TEXT) bytes. A `%`
 //! is left as is: the milter adapter must send it as `%%` (Postfix expands
 //! reply text printf-style), and the cut leaves room for that doubling.
 
@@ -73,10 +73,7 @@ use crate::spf::{
 };
 
 use super::headers::result_comment;
-
-/// At most this many bytes of reply text once every `%` is doubled; with
-/// `550 5.7.23 ` in front it stays well inside Postfix's 980 bytes a line.
-pub const MAX_REPLY_TEXT: usize = 900;
+use super::reply::sanitize_reply;
 
 /// What the receiver is called in `Reason_URL` at MAIL FROM time.
 pub const UNKNOWN_RECEIVER: &str = "<UNKNOWN>";
@@ -503,28 +500,6 @@ async fn sends_no_mail<L: Lookup>(evaluator: &Evaluator<L>, domain: &str) -> boo
             record.directives.as_slice(),
             [d] if d.qualifier == Qualifier::Fail && d.mechanism == Mechanism::All
         )
-}
-
-/// Makes `text` one safe SMTP reply line (see the module doc).
-pub fn sanitize_reply(text: &str) -> String {
-    let mut out = String::with_capacity(text.len().min(MAX_REPLY_TEXT));
-    let mut budget = MAX_REPLY_TEXT;
-    for c in text.chars() {
-        let c = if c.is_control() {
-            ' '
-        } else if !c.is_ascii() {
-            '?'
-        } else {
-            c
-        };
-        let cost = if c == '%' { 2 } else { 1 };
-        if cost > budget {
-            break;
-        }
-        budget -= cost;
-        out.push(c);
-    }
-    out
 }
 
 /// policyd-spf's per-identity log line:

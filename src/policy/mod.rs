@@ -1,6 +1,8 @@
 //! Policy: what to do with SPF results (policyd-spf semantics): the
-//! decision ([`decide`]) and the header formatting ([`headers`]).
+//! decision ([`decide`]), the text of its replies ([`reply`]) and the
+//! header formatting ([`headers`]).
 
 pub mod decide;
 pub mod headers;
+pub mod reply;
 pub mod skip;
