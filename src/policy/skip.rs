@@ -45,6 +45,7 @@
 //!   is bounded by `Whitelist_Lookup_Time`. A timeout, a DNS error or any
 //!   result but Pass means "not whitelisted": the session is checked.
 
+use std::convert::Infallible;
 use std::future::Future;
 use std::net::IpAddr;
 use std::time::Duration;
@@ -53,6 +54,7 @@ use crate::config::{Config, HostKind, HostPattern};
 use crate::dns::Lookup;
 use crate::spf::eval::is_same_or_subdomain;
 use crate::spf::identity::canonical_ip;
+use crate::spf::ptr::{self, has_address};
 use crate::spf::{Evaluator, SpfResult};
 
 use super::envelope::{Envelope, Macros};
@@ -282,29 +284,13 @@ async fn names_of<'n, L: Lookup>(
     cache.as_deref().unwrap_or_default()
 }
 
-/// The PTR names of `ip` whose A/AAAA records contain `ip`, within `limit`
-/// (nothing on a timeout or DNS error).
+/// The forward-confirmed PTR names of `ip` ([`ptr::confirmed_names`]),
+/// within `limit` (nothing on a timeout or DNS error).
 async fn confirmed_names<L: Lookup>(lookup: &L, ip: IpAddr, limit: Duration) -> Vec<String> {
-    let confirm = async {
-        let Ok(ptrs) = lookup.ptr(ip).await else {
-            return Vec::new();
-        };
-        let mut confirmed = Vec::new();
-        for name in ptrs.iter().take(MAX_PTR_NAMES) {
-            if has_address(lookup, name, ip).await {
-                confirmed.push(name.clone());
-            }
-        }
-        confirmed
-    };
-    within(limit, confirm).await.unwrap_or_default()
-}
-
-/// Whether `ip` is among the A (IPv4) or AAAA (IPv6) records of `name`.
-async fn has_address<L: Lookup>(lookup: &L, name: &str, ip: IpAddr) -> bool {
-    match ip {
-        IpAddr::V4(v4) => lookup.a(name).await.is_ok_and(|a| a.contains(&v4)),
-        IpAddr::V6(v6) => lookup.aaaa(name).await.is_ok_and(|a| a.contains(&v6)),
+    let confirm = ptr::confirmed_names(lookup, ip, MAX_PTR_NAMES, |_| Ok::<(), Infallible>(()));
+    match within(limit, confirm).await {
+        Some(Ok(names)) => names,
+        None => Vec::new(),
     }
 }
 
