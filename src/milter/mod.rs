@@ -26,6 +26,7 @@ use crate::spf::Evaluator;
 
 mod daemon;
 pub mod io;
+mod rate_limit;
 pub mod session_log;
 
 pub use daemon::run;
