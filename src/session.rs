@@ -2,7 +2,7 @@
 //! what the MTA said at each stage (connect, HELO, MAIL FROM, RCPT TO,
 //! headers, end of message, abort), the per-connection and per-message
 //! state, and what to answer. [`crate::milter`] turns the milter protocol
-//! into calls of [`Session`] and its [`Answer`]s and [`HeaderEdit`]s back
+//! into calls of [`Session`] and its [`StageReply`]s and [`HeaderEdit`]s back
 //! into the protocol; nothing here knows a socket or a milter type, so the
 //! whole session runs in unit tests and under the fuzzer.
 //!
@@ -87,7 +87,7 @@ impl std::fmt::Display for Stage {
 
 /// What a stage answers the MTA.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Answer {
+pub enum StageReply {
     /// Go on with the next stage.
     Continue,
     /// Accept the message without looking further (`on_internal_error =
@@ -196,7 +196,7 @@ impl<L: Lookup> Session<L> {
 
     /// MAIL FROM (`sender` as the MTA passes it, `<a@b>`): the bypass
     /// chain, then the decision; a reject or defer is answered here.
-    pub async fn mail(&mut self, sender: &str, macros: &Macros<'_>) -> Answer {
+    pub async fn mail(&mut self, sender: &str, macros: &Macros<'_>) -> StageReply {
         let shared = Arc::clone(&self.shared);
         let config = &shared.config;
         let queue_id = queue_id(macros);
@@ -228,7 +228,7 @@ impl<L: Lookup> Session<L> {
                 );
                 self.metrics
                     .message(MessageAction::Unchecked, [], started.elapsed());
-                return Answer::Continue;
+                return StageReply::Continue;
             }
             Skip::Traced(reason) => {
                 shared.log(
@@ -238,7 +238,7 @@ impl<L: Lookup> Session<L> {
                 self.metrics
                     .skipped(skip_label(reason), started.elapsed());
                 self.message.skipped = Some(reason);
-                return Answer::Continue;
+                return StageReply::Continue;
             }
         }
         let decision = decide(config, &shared.evaluator, envelope, Some(deadline)).await;
@@ -246,9 +246,9 @@ impl<L: Lookup> Session<L> {
             shared.log(line.level, &format!("{queue_id}: {line}"));
         }
         let (action, answer) = match &decision.action {
-            Action::Accept => (MessageAction::Accept, Answer::Continue),
-            Action::Reject(reply) => (MessageAction::Reject, Answer::Reject(reply.clone())),
-            Action::Defer(reply) => (MessageAction::Defer, Answer::Tempfail(reply.clone())),
+            Action::Accept => (MessageAction::Accept, StageReply::Continue),
+            Action::Reject(reply) => (MessageAction::Reject, StageReply::Reject(reply.clone())),
+            Action::Defer(reply) => (MessageAction::Defer, StageReply::Tempfail(reply.clone())),
         };
         let checks = [&decision.helo, &decision.mail_from]
             .into_iter()
@@ -371,7 +371,7 @@ impl<L: Lookup> Session<L> {
     /// The daemon is stopping and will not wait for the check in progress
     /// at MAIL FROM: a temporary failure (RFC 3463 4.3.2, system not
     /// accepting network messages), so that the client tries again later.
-    pub fn interrupted(&mut self, macros: &Macros<'_>) -> Answer {
+    pub fn interrupted(&mut self, macros: &Macros<'_>) -> StageReply {
         self.forget_message();
         self.shared.log(
             LogLevel::Errors,
@@ -380,7 +380,7 @@ impl<L: Lookup> Session<L> {
                 queue_id(macros)
             ),
         );
-        Answer::Tempfail(Reply {
+        StageReply::Tempfail(Reply {
             code: 451,
             enhanced: Some("4.3.2"),
             text: "SPF check interrupted by a restart, try again later".to_owned(),
@@ -390,7 +390,7 @@ impl<L: Lookup> Session<L> {
     /// Something went wrong inside the milter at `stage` (a panic, a
     /// header edit the library refused): logged, counted, the message
     /// forgotten, and answered as `on_internal_error` says.
-    pub fn internal_error(&mut self, stage: Stage, macros: &Macros<'_>, what: &str) -> Answer {
+    pub fn internal_error(&mut self, stage: Stage, macros: &Macros<'_>, what: &str) -> StageReply {
         self.forget_message();
         let action = self.shared.config.milter.on_internal_error;
         self.metrics
@@ -468,16 +468,16 @@ fn skip_label(reason: SkipReason) -> &'static str {
 }
 
 /// The answer of `on_internal_error`.
-fn internal_error_answer(action: InternalErrorAction) -> Answer {
+fn internal_error_answer(action: InternalErrorAction) -> StageReply {
     match action {
         // Accepted as if the milter were not there: no header.
-        InternalErrorAction::Accept => Answer::Accept,
-        InternalErrorAction::Tempfail => Answer::Tempfail(Reply {
+        InternalErrorAction::Accept => StageReply::Accept,
+        InternalErrorAction::Tempfail => StageReply::Tempfail(Reply {
             code: 451,
             enhanced: Some("4.3.0"),
             text: "Temporary internal error in the SPF check".to_owned(),
         }),
-        InternalErrorAction::Reject => Answer::Reject(Reply {
+        InternalErrorAction::Reject => StageReply::Reject(Reply {
             code: 550,
             enhanced: Some("5.7.1"),
             text: "Internal error in the SPF check".to_owned(),
