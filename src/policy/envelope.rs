@@ -12,6 +12,7 @@
 use std::net::IpAddr;
 
 use crate::spf::Request;
+use crate::spf::identity;
 
 /// An MTA macro by name without braces (`i`, `j`, `auth_authen`,
 /// `daemon_name`); `None` when the MTA did not send it.
@@ -58,9 +59,10 @@ impl Envelope {
         self.authenticated = false;
     }
 
-    /// The null sender `<>` (white space aside).
+    /// The null sender `<>` (white space aside; see
+    /// [`identity::is_null_sender`]).
     pub fn is_null_sender(&self) -> bool {
-        self.sender.trim().is_empty()
+        identity::is_null_sender(&self.sender)
     }
 
     /// The inputs of an SPF check of this envelope from `ip` (the address

@@ -9,6 +9,7 @@ use std::net::IpAddr;
 use crate::config::{HeaderType, is_token_char};
 use crate::spf::{Identity, SpfOutcome, SpfResult};
 
+use super::decide::UNKNOWN_RECEIVER;
 use super::envelope::Envelope;
 use super::skip::{SkipReason, x_comment_value};
 
@@ -181,7 +182,7 @@ pub fn authentication_results_value(
 /// `<UNKNOWN>` (policyd-spf's word), else the first recipient's domain, or
 /// `<UNKNOWN>` when there is none.
 pub fn header_receiver(hide_receiver: bool, first_recipient: Option<&str>) -> &str {
-    const UNKNOWN: &str = "<UNKNOWN>";
+    const UNKNOWN: &str = UNKNOWN_RECEIVER;
     if hide_receiver {
         return UNKNOWN;
     }
