@@ -47,7 +47,8 @@ use mail_auth::{
 
 use spfmilter::dns::cache::{CacheOptions, CachingLookup};
 use spfmilter::dns::zone::Zone;
-use spfmilter::policy::headers::{Transaction, fold, received_spf_value};
+use spfmilter::policy::envelope::Envelope;
+use spfmilter::policy::headers::{fold, received_spf_value};
 use spfmilter::spf::{DEFAULT_EXPLANATION, Evaluator, Identity, Request, SpfOutcome, SpfResult};
 
 // ---------------------------------------------------------------------------
@@ -132,6 +133,9 @@ enum Work {
     Message {
         helo: Check,
         mail_from: Check,
+        /// The message's envelope, as the milter session holds it (made
+        /// once, not per run).
+        envelope: Envelope,
     },
 }
 
@@ -205,6 +209,13 @@ fn cases() -> Vec<Case> {
                     expect: SpfResult::Pass,
                     mechanism: "+include:_spf.example.com",
                 },
+                envelope: Envelope {
+                    client_ip: Some(ip("192.0.2.77")),
+                    helo: "mail.example.com".to_owned(),
+                    sender: "user@example.com".to_owned(),
+                    first_recipient: Some(format!("<user@{RECEIVER}>")),
+                    authenticated: false,
+                },
             },
         },
     ]
@@ -249,18 +260,14 @@ enum OurOutput {
 async fn our_run(evaluator: &OurEvaluator, work: &Work) -> OurOutput {
     match work {
         Work::One(check) => OurOutput::One(our_check(evaluator, check).await),
-        Work::Message { helo, mail_from } => {
+        Work::Message {
+            helo,
+            mail_from,
+            envelope,
+        } => {
             let helo_outcome = our_check(evaluator, helo).await;
             let outcome = our_check(evaluator, mail_from).await;
-            let value = received_spf_value(
-                &outcome,
-                &Transaction {
-                    client_ip: mail_from.ip,
-                    helo: mail_from.helo,
-                    envelope_from: mail_from.sender,
-                    receiver: RECEIVER,
-                },
-            );
+            let value = received_spf_value(&outcome, envelope, mail_from.ip, RECEIVER);
             let header = fold("Received-SPF", &value, 78);
             OurOutput::Message(helo_outcome, outcome, header)
         }
@@ -271,9 +278,12 @@ async fn our_run(evaluator: &OurEvaluator, work: &Work) -> OurOutput {
 fn our_results_ok(work: &Work, output: &OurOutput) -> bool {
     match (work, output) {
         (Work::One(check), OurOutput::One(outcome)) => outcome.result == check.expect,
-        (Work::Message { helo, mail_from }, OurOutput::Message(h, m, _)) => {
-            h.result == helo.expect && m.result == mail_from.expect
-        }
+        (
+            Work::Message {
+                helo, mail_from, ..
+            },
+            OurOutput::Message(h, m, _),
+        ) => h.result == helo.expect && m.result == mail_from.expect,
         _ => false,
     }
 }
@@ -307,7 +317,12 @@ fn verify_ours(work: &Work, output: &OurOutput) -> Vec<String> {
         (Work::One(check), OurOutput::One(outcome)) => {
             verify_our_outcome(check.identity.as_str(), check, outcome, &mut problems);
         }
-        (Work::Message { helo, mail_from }, OurOutput::Message(h, m, header)) => {
+        (
+            Work::Message {
+                helo, mail_from, ..
+            },
+            OurOutput::Message(h, m, header),
+        ) => {
             verify_our_outcome("helo", helo, h, &mut problems);
             verify_our_outcome("mailfrom", mail_from, m, &mut problems);
             let unfolded = header.replace("\n\t", " ");
@@ -510,7 +525,9 @@ impl Theirs {
     async fn run(&self, work: &Work) -> TheirOutput {
         match work {
             Work::One(check) => TheirOutput::One(self.check(check).await),
-            Work::Message { helo, mail_from } => {
+            Work::Message {
+                helo, mail_from, ..
+            } => {
                 let helo_output = self.check(helo).await;
                 let output = self.check(mail_from).await;
                 let header = ReceivedSpf::new(
@@ -548,9 +565,12 @@ fn their_result(output: &SpfOutput) -> SpfResult {
 fn their_results_ok(work: &Work, output: &TheirOutput) -> bool {
     match (work, output) {
         (Work::One(check), TheirOutput::One(o)) => their_result(o) == check.expect,
-        (Work::Message { helo, mail_from }, TheirOutput::Message(h, m, _)) => {
-            their_result(h) == helo.expect && their_result(m) == mail_from.expect
-        }
+        (
+            Work::Message {
+                helo, mail_from, ..
+            },
+            TheirOutput::Message(h, m, _),
+        ) => their_result(h) == helo.expect && their_result(m) == mail_from.expect,
         _ => false,
     }
 }
@@ -568,7 +588,12 @@ fn verify_theirs(work: &Work, output: &TheirOutput) -> Vec<String> {
     };
     match (work, output) {
         (Work::One(check), TheirOutput::One(o)) => one(check.identity.as_str(), check, o),
-        (Work::Message { helo, mail_from }, TheirOutput::Message(h, m, header)) => {
+        (
+            Work::Message {
+                helo, mail_from, ..
+            },
+            TheirOutput::Message(h, m, header),
+        ) => {
             one("helo", helo, h);
             one("mailfrom", mail_from, m);
             if !header.starts_with("Received-SPF: pass (") || !header.contains(mail_from.sender) {

@@ -2,7 +2,7 @@
 //! what the MTA said at each stage (connect, HELO, MAIL FROM, RCPT TO,
 //! headers, end of message, abort), the per-connection and per-message
 //! state, and what to answer. [`crate::milter`] turns the milter protocol
-//! into calls of [`Session`] and its [`Answer`]s and [`HeaderEdit`]s back
+//! into calls of [`Session`] and its [`StageReply`]s and [`HeaderEdit`]s back
 //! into the protocol; nothing here knows a socket or a milter type, so the
 //! whole session runs in unit tests and under the fuzzer.
 //!
@@ -19,11 +19,10 @@ use crate::config::{AuthservId, Config, InternalErrorAction, LogLevel};
 use crate::dns::Lookup;
 use crate::log::Logger;
 use crate::metrics::{MessageAction, Metrics};
-use crate::policy::decide::{Action, Decision, Inputs, Reply, decide};
-use crate::policy::headers::{
-    Transaction, header_receiver, is_forged_trace_header, skip_headers, spf_headers,
-};
-use crate::policy::skip::{Session as SkipSession, Skip, SkipReason, skip};
+use crate::policy::decide::{Action, Decision, Reply, decide};
+use crate::policy::envelope::Envelope;
+use crate::policy::headers::{header_receiver, is_forged_trace_header, skip_headers, spf_headers};
+use crate::policy::skip::{Skip, SkipReason, skip};
 use crate::spf::Evaluator;
 
 #[cfg(test)]
@@ -58,9 +57,7 @@ impl<L> Shared<L> {
     }
 }
 
-/// An MTA macro by name without braces (`i`, `j`, `auth_authen`,
-/// `daemon_name`); `None` when the MTA did not send it.
-pub type Macros<'a> = dyn Fn(&str) -> Option<String> + Sync + 'a;
+pub use crate::policy::envelope::Macros;
 
 /// The stages of a session, as named in log lines.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -90,7 +87,7 @@ impl std::fmt::Display for Stage {
 
 /// What a stage answers the MTA.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Answer {
+pub enum StageReply {
     /// Go on with the next stage.
     Continue,
     /// Accept the message without looking further (`on_internal_error =
@@ -131,24 +128,10 @@ const TRACE_HEADERS: [&str; 2] = ["Received-SPF", "Authentication-Results"];
 /// How many deleted headers one log line names; the rest are counted.
 const FORGED_NAMED_IN_LOG: usize = 10;
 
-/// What is known of the connection.
-#[derive(Debug)]
-struct ConnectionData {
-    client_ip: Option<IpAddr>,
-    /// The last HELO/EHLO argument (after STARTTLS the client says it
-    /// again); empty before any.
-    helo: String,
-    /// Ours in Authentication-Results, settled at connect (the MTA's `j`
-    /// macro by default): every header of the session is compared with it.
-    authserv_id: String,
-}
-
-/// What is known of the current message; reset at MAIL FROM and on abort.
+/// What is decided and seen of the current message (its envelope is in
+/// [`Session::envelope`]); reset at MAIL FROM and on abort.
 #[derive(Debug, Default)]
 struct MessageData {
-    /// MAIL FROM without angle brackets; empty for `<>`.
-    sender: String,
-    first_recipient: Option<String>,
     decision: Option<Decision>,
     skipped: Option<SkipReason>,
     /// How many headers of each of [`TRACE_HEADERS`] came so far.
@@ -163,7 +146,12 @@ struct MessageData {
 pub struct Session<L> {
     shared: Arc<Shared<L>>,
     metrics: Arc<Metrics>,
-    connection: ConnectionData,
+    /// Ours in Authentication-Results, settled at connect (the MTA's `j`
+    /// macro by default): every header of the session is compared with it.
+    authserv_id: String,
+    /// The connection's address and HELO name, and the current message's
+    /// sender, first recipient and authentication.
+    envelope: Envelope,
     message: MessageData,
 }
 
@@ -187,10 +175,10 @@ impl<L: Lookup> Session<L> {
         Self {
             shared,
             metrics,
-            connection: ConnectionData {
+            authserv_id,
+            envelope: Envelope {
                 client_ip,
-                helo: String::new(),
-                authserv_id,
+                ..Envelope::default()
             },
             message: MessageData::default(),
         }
@@ -203,12 +191,12 @@ impl<L: Lookup> Session<L> {
 
     /// HELO/EHLO: a second one (after STARTTLS) replaces the first.
     pub fn helo(&mut self, name: &str) {
-        name.clone_into(&mut self.connection.helo);
+        name.clone_into(&mut self.envelope.helo);
     }
 
     /// MAIL FROM (`sender` as the MTA passes it, `<a@b>`): the bypass
     /// chain, then the decision; a reject or defer is answered here.
-    pub async fn mail(&mut self, sender: &str, macros: &Macros<'_>) -> Answer {
+    pub async fn mail(&mut self, sender: &str, macros: &Macros<'_>) -> StageReply {
         let shared = Arc::clone(&self.shared);
         let config = &shared.config;
         let queue_id = queue_id(macros);
@@ -217,23 +205,12 @@ impl<L: Lookup> Session<L> {
         let started = tokio::time::Instant::now();
         let deadline = started + config.milter.decision_time_limit;
         let authenticated = macros("auth_authen").is_some_and(|v| !v.is_empty());
-        self.message = MessageData {
-            sender: sender
-                .trim()
-                .trim_start_matches('<')
-                .trim_end_matches('>')
-                .to_owned(),
-            ..MessageData::default()
-        };
-        let envelope = SkipSession {
-            client_ip: self.connection.client_ip,
-            helo: &self.connection.helo,
-            sender: &self.message.sender,
-            authenticated,
-            macro_value: macros,
-        };
+        self.message = MessageData::default();
+        self.envelope.start_message(sender, authenticated);
+        let envelope = &self.envelope;
         let skipped =
-            tokio::time::timeout_at(deadline, skip(config, &shared.evaluator, &envelope)).await;
+            tokio::time::timeout_at(deadline, skip(config, &shared.evaluator, envelope, macros))
+                .await;
         match skipped.unwrap_or_else(|_| {
             shared.log(
                 LogLevel::Errors,
@@ -251,7 +228,7 @@ impl<L: Lookup> Session<L> {
                 );
                 self.metrics
                     .message(MessageAction::Unchecked, [], started.elapsed());
-                return Answer::Continue;
+                return StageReply::Continue;
             }
             Skip::Traced(reason) => {
                 shared.log(
@@ -261,23 +238,17 @@ impl<L: Lookup> Session<L> {
                 self.metrics
                     .skipped(skip_label(reason), started.elapsed());
                 self.message.skipped = Some(reason);
-                return Answer::Continue;
+                return StageReply::Continue;
             }
         }
-        let inputs = Inputs {
-            client_ip: self.connection.client_ip,
-            helo: &self.connection.helo,
-            sender: &self.message.sender,
-            deadline: Some(deadline),
-        };
-        let decision = decide(config, &shared.evaluator, &inputs).await;
+        let decision = decide(config, &shared.evaluator, envelope, Some(deadline)).await;
         for line in &decision.log {
             shared.log(line.level, &format!("{queue_id}: {line}"));
         }
         let (action, answer) = match &decision.action {
-            Action::Accept => (MessageAction::Accept, Answer::Continue),
-            Action::Reject(reply) => (MessageAction::Reject, Answer::Reject(reply.clone())),
-            Action::Defer(reply) => (MessageAction::Defer, Answer::Tempfail(reply.clone())),
+            Action::Accept => (MessageAction::Accept, StageReply::Continue),
+            Action::Reject(reply) => (MessageAction::Reject, StageReply::Reject(reply.clone())),
+            Action::Defer(reply) => (MessageAction::Defer, StageReply::Tempfail(reply.clone())),
         };
         let checks = [&decision.helo, &decision.mail_from]
             .into_iter()
@@ -290,8 +261,8 @@ impl<L: Lookup> Session<L> {
 
     /// RCPT TO: the first recipient names the receiver in the headers.
     pub fn rcpt(&mut self, recipient: &str) {
-        if self.message.first_recipient.is_none() {
-            self.message.first_recipient = Some(recipient.to_owned());
+        if self.envelope.first_recipient.is_none() {
+            self.envelope.first_recipient = Some(recipient.to_owned());
         }
     }
 
@@ -318,11 +289,7 @@ impl<L: Lookup> Session<L> {
         *seen = seen.saturating_add(1);
         let index = *seen;
         if self.shared.config.milter.remove_forged_headers
-            && is_forged_trace_header(
-                name,
-                &String::from_utf8_lossy(value),
-                &self.connection.authserv_id,
-            )
+            && is_forged_trace_header(name, &String::from_utf8_lossy(value), &self.authserv_id)
         {
             self.message.forged.push((name, index));
         }
@@ -351,28 +318,26 @@ impl<L: Lookup> Session<L> {
             .iter()
             .map(|&(name, index)| HeaderEdit::Delete { name, index })
             .collect();
-        let connection = &self.connection;
+        let envelope = &self.envelope;
         let receiver = header_receiver(
             config.milter.hide_receiver,
-            message.first_recipient.as_deref(),
+            envelope.first_recipient.as_deref(),
         );
-        let transaction = |client_ip| Transaction {
-            client_ip,
-            helo: &connection.helo,
-            envelope_from: &message.sender,
-            receiver,
-        };
-        let id = &connection.authserv_id;
+        let (header_type, id) = (config.milter.header_type, &self.authserv_id);
+        // A skip's header names the client; a result's, the address
+        // evaluated (the client's, or `Prospective`).
         let headers = match (&message.skipped, &message.decision) {
-            (Some(reason), _) => connection
+            (Some(reason), _) => envelope
                 .client_ip
-                .map(|ip| skip_headers(config.milter.header_type, id, *reason, &transaction(ip))),
+                .map(|ip| skip_headers(header_type, id, *reason, envelope, ip, receiver)),
             (None, Some(decision)) => match (decision.header_outcome(), decision.ip) {
                 (Some(outcome), Some(ip)) => Some(spf_headers(
-                    config.milter.header_type,
+                    header_type,
                     id,
                     outcome,
-                    &transaction(ip),
+                    envelope,
+                    ip,
+                    receiver,
                 )),
                 _ => None,
             },
@@ -386,20 +351,28 @@ impl<L: Lookup> Session<L> {
             );
             edits.push(HeaderEdit::Prepend { name, value });
         }
+        self.envelope.end_message();
         edits
+    }
+
+    /// The current message is over: its state and its part of the
+    /// envelope are forgotten.
+    fn forget_message(&mut self) {
+        self.message = MessageData::default();
+        self.envelope.end_message();
     }
 
     /// The message ended without end of message (RSET, a reject, a
     /// dropped client): its state is forgotten.
     pub fn abort(&mut self) {
-        self.message = MessageData::default();
+        self.forget_message();
     }
 
     /// The daemon is stopping and will not wait for the check in progress
     /// at MAIL FROM: a temporary failure (RFC 3463 4.3.2, system not
     /// accepting network messages), so that the client tries again later.
-    pub fn interrupted(&mut self, macros: &Macros<'_>) -> Answer {
-        self.message = MessageData::default();
+    pub fn interrupted(&mut self, macros: &Macros<'_>) -> StageReply {
+        self.forget_message();
         self.shared.log(
             LogLevel::Errors,
             &format!(
@@ -407,7 +380,7 @@ impl<L: Lookup> Session<L> {
                 queue_id(macros)
             ),
         );
-        Answer::Tempfail(Reply {
+        StageReply::Tempfail(Reply {
             code: 451,
             enhanced: Some("4.3.2"),
             text: "SPF check interrupted by a restart, try again later".to_owned(),
@@ -417,8 +390,8 @@ impl<L: Lookup> Session<L> {
     /// Something went wrong inside the milter at `stage` (a panic, a
     /// header edit the library refused): logged, counted, the message
     /// forgotten, and answered as `on_internal_error` says.
-    pub fn internal_error(&mut self, stage: Stage, macros: &Macros<'_>, what: &str) -> Answer {
-        self.message = MessageData::default();
+    pub fn internal_error(&mut self, stage: Stage, macros: &Macros<'_>, what: &str) -> StageReply {
+        self.forget_message();
         let action = self.shared.config.milter.on_internal_error;
         self.metrics
             .message(MessageAction::InternalError, [], Duration::ZERO);
@@ -495,16 +468,16 @@ fn skip_label(reason: SkipReason) -> &'static str {
 }
 
 /// The answer of `on_internal_error`.
-fn internal_error_answer(action: InternalErrorAction) -> Answer {
+fn internal_error_answer(action: InternalErrorAction) -> StageReply {
     match action {
         // Accepted as if the milter were not there: no header.
-        InternalErrorAction::Accept => Answer::Accept,
-        InternalErrorAction::Tempfail => Answer::Tempfail(Reply {
+        InternalErrorAction::Accept => StageReply::Accept,
+        InternalErrorAction::Tempfail => StageReply::Tempfail(Reply {
             code: 451,
             enhanced: Some("4.3.0"),
             text: "Temporary internal error in the SPF check".to_owned(),
         }),
-        InternalErrorAction::Reject => Answer::Reject(Reply {
+        InternalErrorAction::Reject => StageReply::Reject(Reply {
             code: 550,
             enhanced: Some("5.7.1"),
             text: "Internal error in the SPF check".to_owned(),

@@ -27,8 +27,9 @@ use std::time::{Duration, Instant};
 use common::dns_server::{Fault, ServerOptions, TestDnsServer, closed_port};
 use common::milter::{
     Client, ConfigFile, Daemon, Endpoint, EomAction, MacroStage, Status, TestConnection, Transport,
-    Tx, Verdict, cstring, handshake, packet,
+    Tx, Verdict, cstring, handshake,
 };
+use milter_codec::packet;
 use spfmilter::dns::Zone;
 use spfmilter::dns::zone::Entry;
 

@@ -45,7 +45,7 @@ use clap::{Args, Parser, Subcommand};
 use serde_json::{Value, json};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
 
-use proto::{Negotiated, Stage, cstr, packet};
+use proto::{Negotiated, Stage, append_cstr, append_packet};
 
 #[derive(Parser)]
 #[command(
@@ -392,11 +392,11 @@ fn macros(
     if values.is_empty() {
         return;
     }
-    packet(buf, proto::C_MACRO, |b| {
+    append_packet(buf, proto::C_MACRO, |b| {
         b.push(stage.command());
         for (n, v) in &values {
-            cstr(b, n.as_bytes());
-            cstr(b, v.as_bytes());
+            append_cstr(b, n.as_bytes());
+            append_cstr(b, v.as_bytes());
         }
     });
 }
@@ -443,10 +443,10 @@ struct Conn<R, W> {
 impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Conn<R, W> {
     async fn send(&mut self) -> Result<(), String> {
         // The last command written, for error messages.
-        let mut i = 0;
-        while i + 5 <= self.buf.len() {
-            self.last = self.buf[i + 4];
-            i += 4 + u32::from_be_bytes(self.buf[i..i + 4].try_into().expect("4 bytes")) as usize;
+        let mut rest = &self.buf[..];
+        while let Ok(Some((packet, after))) = proto::split_packet(rest) {
+            self.last = packet.command;
+            rest = after;
         }
         let r = tokio::time::timeout(self.timeout, self.w.write_all(&self.buf)).await;
         self.buf.clear();
@@ -460,7 +460,7 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Conn<R, W> {
     async fn read(&mut self) -> Result<u8, String> {
         match tokio::time::timeout(
             self.timeout,
-            proto::read_packet(&mut self.r, &mut self.payload),
+            proto::read_async(&mut self.r, &mut self.payload),
         )
         .await
         {
@@ -589,7 +589,7 @@ async fn open<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
     c: &mut Conn<R, W>,
     client: &Client<'_>,
 ) -> Result<(Negotiated, Option<Outcome>), String> {
-    proto::optneg(&mut c.buf);
+    proto::append_optneg(&mut c.buf);
     c.send().await?;
     let cmd = c.read().await?;
     if cmd != proto::C_OPTNEG {
@@ -599,11 +599,11 @@ async fn open<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
     let s = client.s;
     if !neg.has(proto::P_NOCONNECT) {
         macros(&mut c.buf, &neg, Stage::Connect, client, None);
-        packet(&mut c.buf, proto::C_CONNECT, |b| {
-            cstr(b, s.client_name.as_bytes());
+        append_packet(&mut c.buf, proto::C_CONNECT, |b| {
+            append_cstr(b, s.client_name.as_bytes());
             b.push(if s.client_ip.is_ipv4() { b'4' } else { b'6' });
             b.extend_from_slice(&40_000u16.to_be_bytes());
-            cstr(b, s.client_ip.to_string().as_bytes());
+            append_cstr(b, s.client_ip.to_string().as_bytes());
         });
         c.send().await?;
         if !neg.has(proto::P_NR_CONN)
@@ -614,7 +614,9 @@ async fn open<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
     }
     if !neg.has(proto::P_NOHELO) {
         macros(&mut c.buf, &neg, Stage::Helo, client, None);
-        packet(&mut c.buf, proto::C_HELO, |b| cstr(b, s.helo.as_bytes()));
+        append_packet(&mut c.buf, proto::C_HELO, |b| {
+            append_cstr(b, s.helo.as_bytes())
+        });
         c.send().await?;
         if !neg.has(proto::P_NR_HELO)
             && let Some(o) = verdict(&c.reply().await?, Step::Helo)
@@ -644,21 +646,21 @@ async fn transaction<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
     }
     if !neg.has(proto::P_NOMAIL) {
         macros(&mut c.buf, neg, Stage::Mail, client, Some(msg));
-        packet(&mut c.buf, proto::C_MAIL, |b| {
-            cstr(b, format!("<{}>", msg.sender).as_bytes());
+        append_packet(&mut c.buf, proto::C_MAIL, |b| {
+            append_cstr(b, format!("<{}>", msg.sender).as_bytes());
         });
         step!(proto::P_NR_MAIL, Step::Mail);
     }
     if !neg.has(proto::P_NORCPT) {
         macros(&mut c.buf, neg, Stage::Rcpt, client, Some(msg));
-        packet(&mut c.buf, proto::C_RCPT, |b| {
-            cstr(b, format!("<{}>", msg.rcpt).as_bytes());
+        append_packet(&mut c.buf, proto::C_RCPT, |b| {
+            append_cstr(b, format!("<{}>", msg.rcpt).as_bytes());
         });
         step!(proto::P_NR_RCPT, Step::Rcpt);
     }
     if !neg.has(proto::P_NODATA) && neg.version >= 4 {
         macros(&mut c.buf, neg, Stage::Data, client, Some(msg));
-        packet(&mut c.buf, proto::C_DATA, |_| {});
+        append_packet(&mut c.buf, proto::C_DATA, |_| {});
         step!(proto::P_NR_DATA, Step::Data);
     }
     if !neg.has(proto::P_NOHDRS) {
@@ -668,21 +670,21 @@ async fn transaction<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
             ""
         };
         for (name, value) in headers(client, msg) {
-            packet(&mut c.buf, proto::C_HEADER, |b| {
-                cstr(b, name.as_bytes());
+            append_packet(&mut c.buf, proto::C_HEADER, |b| {
+                append_cstr(b, name.as_bytes());
                 b.extend_from_slice(lead.as_bytes());
-                cstr(b, value.as_bytes());
+                append_cstr(b, value.as_bytes());
             });
             step!(proto::P_NR_HDR, Step::Header);
         }
     }
     if !neg.has(proto::P_NOEOH) {
         macros(&mut c.buf, neg, Stage::Eoh, client, Some(msg));
-        packet(&mut c.buf, proto::C_EOH, |_| {});
+        append_packet(&mut c.buf, proto::C_EOH, |_| {});
         step!(proto::P_NR_EOH, Step::Eoh);
     }
     if !neg.has(proto::P_NOBODY) {
-        packet(&mut c.buf, proto::C_BODY, |b| b.extend_from_slice(BODY));
+        append_packet(&mut c.buf, proto::C_BODY, |b| b.extend_from_slice(BODY));
         c.send().await?;
         if !neg.has(proto::P_NR_BODY) {
             match c.reply().await? {
@@ -697,7 +699,7 @@ async fn transaction<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
         }
     }
     macros(&mut c.buf, neg, Stage::Eom, client, Some(msg));
-    packet(&mut c.buf, proto::C_EOM, |_| {});
+    append_packet(&mut c.buf, proto::C_EOM, |_| {});
     c.send().await?;
     let mut added = Vec::new();
     let reply = c.eom_reply(&mut added).await?;
@@ -894,7 +896,7 @@ async fn run_session<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
                 // A transaction that ended before its end: the client
                 // starts over (RSET), and Postfix aborts the milter's.
                 if ended.is_none() && step != Step::Eom {
-                    packet(&mut c.buf, proto::C_ABORT, |_| {});
+                    append_packet(&mut c.buf, proto::C_ABORT, |_| {});
                     if let Err(e) = c.send().await {
                         tally.errors += 1;
                         tally.note(format!("error: {e}"));
@@ -917,7 +919,7 @@ async fn run_session<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
             None
         };
     }
-    packet(&mut c.buf, proto::C_QUIT, |_| {});
+    append_packet(&mut c.buf, proto::C_QUIT, |_| {});
     let _ = c.send().await;
     let _ = c.w.shutdown().await;
 }
@@ -1182,7 +1184,7 @@ async fn idle(args: IdleArgs) -> Result<ExitCode, String> {
                     Ok(_) => {
                         let _ = ready.send(Ok(())).await;
                         let _ = hold.recv().await;
-                        packet(&mut c.buf, proto::C_QUIT, |_| {});
+                        append_packet(&mut c.buf, proto::C_QUIT, |_| {});
                         let _ = c.send().await;
                     }
                     Err(e) => {
@@ -1353,13 +1355,13 @@ mod tests {
     /// Reads one whole packet (length, command, payload) from the MTA side.
     async fn next<R: AsyncRead + Unpin>(r: &mut R) -> (u8, Vec<u8>) {
         let mut p = Vec::new();
-        let c = proto::read_packet(r, &mut p).await.unwrap();
+        let c = proto::read_async(r, &mut p).await.unwrap();
         (c, p)
     }
 
     async fn reply<W: AsyncWrite + Unpin>(w: &mut W, command: u8, payload: &[u8]) {
         let mut b = Vec::new();
-        packet(&mut b, command, |p| p.extend_from_slice(payload));
+        append_packet(&mut b, command, |p| p.extend_from_slice(payload));
         w.write_all(&b).await.unwrap();
     }
 

@@ -54,6 +54,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use libfuzzer_sys::fuzz_target;
+use milter_codec::{cstrings, optneg, packet, split_packet};
 use spfmilter::config::{Config, Datasets, Overrides, Source};
 use spfmilter::dns::Zone;
 use spfmilter::policy::headers::could_claim_authserv_id;
@@ -156,24 +157,6 @@ fn daemons() -> &'static Daemons {
     })
 }
 
-fn packet(command: u8, data: &[u8]) -> Vec<u8> {
-    let mut out = u32::try_from(data.len() + 1)
-        .unwrap()
-        .to_be_bytes()
-        .to_vec();
-    out.push(command);
-    out.extend_from_slice(data);
-    out
-}
-
-/// Postfix's SMFIC_OPTNEG: version 6, all actions, all protocol steps.
-fn optneg() -> Vec<u8> {
-    let mut data = 6u32.to_be_bytes().to_vec();
-    data.extend_from_slice(&0x1ffu32.to_be_bytes());
-    data.extend_from_slice(&0x1f_ffffu32.to_be_bytes());
-    packet(b'O', &data)
-}
-
 /// The input's packets, as bytes to send.
 fn packets(mut data: &[u8]) -> Vec<u8> {
     let mut out = optneg();
@@ -234,11 +217,6 @@ fn check_header_value(name: &[u8], value: &[u8]) {
     }
 }
 
-fn cstrings(data: &[u8]) -> Vec<&[u8]> {
-    let data = data.strip_suffix(b"\0").unwrap_or(data);
-    data.split(|b| *b == 0).collect()
-}
-
 /// What a session's replies asked for.
 #[derive(Default)]
 struct Edits {
@@ -253,11 +231,11 @@ fn check_replies(mut replies: &[u8]) -> Edits {
     let mut edits = Edits::default();
     let mut first = true;
     while !replies.is_empty() {
-        assert!(replies.len() >= 5, "a cut reply: {replies:?}");
-        let len = u32::from_be_bytes(replies[..4].try_into().unwrap()) as usize;
-        assert!(len >= 1 && replies.len() >= 4 + len, "a cut reply");
-        let code = replies[4];
-        let data = &replies[5..4 + len];
+        let (reply, rest) = match split_packet(replies) {
+            Ok(Some(split)) => split,
+            Ok(None) | Err(_) => panic!("a cut reply: {replies:?}"),
+        };
+        let (code, data) = (reply.command, reply.data);
         if first {
             assert_eq!(code, b'O', "the first reply answers the negotiation");
             first = false;
@@ -311,7 +289,7 @@ fn check_replies(mut replies: &[u8]) -> Edits {
             }
             other => panic!("unexpected reply code {other:#x}"),
         }
-        replies = &replies[4 + len..];
+        replies = rest;
     }
     edits
 }

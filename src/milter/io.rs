@@ -43,6 +43,8 @@ use tokio::io::{AsyncRead, AsyncWrite, BufReader, ReadBuf};
 use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
 use tokio::time::Sleep;
 
+use super::rate_limit::RateLimit;
+
 /// Milter protocol replies that never end a stage (sendmail's `SMFIR_*`
 /// modification actions): they are always followed by a final reply.
 const MODIFICATION_ACTIONS: &[u8] = b"him+2-beq";
@@ -414,30 +416,6 @@ pub struct AcceptHooks {
 /// that connections wait in the listen backlog rather than time out.
 pub const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
 
-/// At most one line a second of one kind; the others are counted, and the
-/// count goes into the next line.
-#[derive(Debug, Default)]
-struct RateLimit {
-    last: Option<Instant>,
-    left_out: u64,
-}
-
-impl RateLimit {
-    /// `Some(left out since the last line)` if a line may be written now.
-    fn line(&mut self, now: Instant) -> Option<u64> {
-        match self.last {
-            Some(last) if now.duration_since(last) < Duration::from_secs(1) => {
-                self.left_out += 1;
-                None
-            }
-            _ => {
-                self.last = Some(now);
-                Some(std::mem::take(&mut self.left_out))
-            }
-        }
-    }
-}
-
 /// What every listener does between the socket's `accept` and
 /// indymilter: the connection limit, refusals, and accept errors.
 ///
@@ -461,8 +439,8 @@ impl Gate {
         Self {
             limit,
             hooks,
-            refusals: RateLimit::default(),
-            errors: RateLimit::default(),
+            refusals: RateLimit::new(1),
+            errors: RateLimit::new(1),
             pause: None,
         }
     }
@@ -925,18 +903,6 @@ mod tests {
         assert!(granted.load(Ordering::SeqCst) > 0);
     }
 
-    #[test]
-    fn one_line_a_second_with_the_count_of_those_left_out() {
-        let mut rate = RateLimit::default();
-        let t0 = Instant::now();
-        assert_eq!(rate.line(t0), Some(0));
-        assert_eq!(rate.line(t0 + Duration::from_millis(10)), None);
-        assert_eq!(rate.line(t0 + Duration::from_millis(999)), None);
-        assert_eq!(rate.line(t0 + Duration::from_millis(1000)), Some(2));
-        assert_eq!(rate.line(t0 + Duration::from_millis(1500)), None);
-        assert_eq!(rate.line(t0 + Duration::from_millis(2500)), Some(1));
-    }
-
     #[tokio::test]
     async fn a_connection_over_the_limit_is_closed_at_once_and_logged() {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -1010,7 +976,7 @@ mod tests {
         let _b = UnixStream::connect(&path).await.unwrap();
         let accepting = tokio::time::timeout(Duration::from_millis(200), listener.accept()).await;
         assert!(accepting.is_err());
-        listener.gate.refusals.last = Some(Instant::now() - Duration::from_secs(1));
+        listener.gate.refusals.start = Some(Instant::now() - Duration::from_secs(1));
         let _c = UnixStream::connect(&path).await.unwrap();
         let accepting = tokio::time::timeout(Duration::from_millis(200), listener.accept()).await;
         assert!(accepting.is_err());

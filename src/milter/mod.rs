@@ -1,7 +1,7 @@
 //! The milter adapter: indymilter callbacks around [`crate::session`].
 //!
 //! Glue only: each callback turns what the MTA sent into one call of the
-//! connection's [`Session`] and its [`Answer`] (and, at end of message, its
+//! connection's [`Session`] and its [`StageReply`] (and, at end of message, its
 //! [`HeaderEdit`]s) back into the milter protocol. One panic guard covers
 //! every stage; a panic or a header edit the library refuses is answered as
 //! `on_internal_error` says.
@@ -21,11 +21,12 @@ use crate::dns::{CachingLookup, HickoryLookup, ResolverOptions, cache::CacheOpti
 use crate::log::Logger;
 use crate::metrics::{DnsStatsSource, Metrics};
 use crate::policy::decide::Reply;
-use crate::session::{Answer, HeaderEdit, Session, Stage};
+use crate::session::{HeaderEdit, Session, Stage, StageReply};
 use crate::spf::Evaluator;
 
 mod daemon;
 pub mod io;
+mod rate_limit;
 pub mod session_log;
 
 pub use daemon::run;
@@ -86,15 +87,15 @@ fn set_reply(reply: &mut indymilter::SmtpReply, r: &Reply) {
 }
 
 /// A session's answer in the milter protocol.
-fn status(reply: &mut indymilter::SmtpReply, answer: Answer) -> Status {
+fn status(reply: &mut indymilter::SmtpReply, answer: StageReply) -> Status {
     match answer {
-        Answer::Continue => Status::Continue,
-        Answer::Accept => Status::Accept,
-        Answer::Reject(r) => {
+        StageReply::Continue => Status::Continue,
+        StageReply::Accept => Status::Accept,
+        StageReply::Reject(r) => {
             set_reply(reply, &r);
             Status::Reject
         }
-        Answer::Tempfail(r) => {
+        StageReply::Tempfail(r) => {
             set_reply(reply, &r);
             Status::Tempfail
         }
@@ -277,7 +278,7 @@ fn callbacks(milter: Arc<Milter>) -> Callbacks<Connection> {
             Box::pin(async move {
                 stage!(cx, Stage::Helo, |session, _macros| {
                     session.helo(&lossy(&helo));
-                    Answer::Continue
+                    StageReply::Continue
                 })
             })
         })
@@ -303,7 +304,7 @@ fn callbacks(milter: Arc<Milter>) -> Callbacks<Connection> {
                     if let Some(recipient) = args.first() {
                         session.rcpt(&lossy(recipient));
                     }
-                    Answer::Continue
+                    StageReply::Continue
                 })
             })
         })
@@ -311,7 +312,7 @@ fn callbacks(milter: Arc<Milter>) -> Callbacks<Connection> {
             Box::pin(async move {
                 stage!(cx, Stage::Header, |session, _macros| {
                     session.header(name.to_bytes(), value.to_bytes());
-                    Answer::Continue
+                    StageReply::Continue
                 })
             })
         })
@@ -324,7 +325,7 @@ fn callbacks(milter: Arc<Milter>) -> Callbacks<Connection> {
                 let macros = &|name: &str| macro_value(macros, name);
                 let answer = match guarded(async { session.end_of_message(macros) }).await {
                     Ok(edits) => match apply(&cx.actions, &edits).await {
-                        Ok(()) => Answer::Continue,
+                        Ok(()) => StageReply::Continue,
                         Err(e) => session.internal_error(Stage::EndOfMessage, macros, &e),
                     },
                     Err(panic) => session.internal_error(Stage::EndOfMessage, macros, &panic),
@@ -336,7 +337,7 @@ fn callbacks(milter: Arc<Milter>) -> Callbacks<Connection> {
             Box::pin(async move {
                 stage!(cx, Stage::Abort, |session, _macros| {
                     session.abort();
-                    Answer::Continue
+                    StageReply::Continue
                 })
             })
         })

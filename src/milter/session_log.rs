@@ -11,12 +11,14 @@
 
 use std::fmt;
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use tracing::field::{Field, Visit};
 use tracing::span;
 use tracing::subscriber::Interest;
 use tracing::{Event, Level, Metadata, Subscriber};
+
+use super::rate_limit::RateLimit;
 
 /// At most this many lines a second.
 pub const LINES_PER_SECOND: u32 = 5;
@@ -33,46 +35,27 @@ pub fn install(sink: Sink) {
 /// The subscriber.
 pub struct SessionErrors {
     sink: Sink,
-    window: Mutex<Window>,
-}
-
-/// The current one-second window of the rate limit.
-struct Window {
-    start: Instant,
-    lines: u32,
-    suppressed: u64,
+    rate: Mutex<RateLimit>,
 }
 
 impl SessionErrors {
     pub fn new(sink: Sink) -> Self {
         Self {
             sink,
-            window: Mutex::new(Window {
-                start: Instant::now(),
-                lines: 0,
-                suppressed: 0,
-            }),
+            rate: Mutex::new(RateLimit::new(LINES_PER_SECOND)),
         }
     }
 
-    /// Logs `line` unless the window is full.
+    /// Logs `line` unless this second's lines are all written.
     fn emit(&self, line: &str) {
-        let mut window = self
-            .window
+        let allowed = self
+            .rate
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let now = Instant::now();
-        if now.duration_since(window.start) >= Duration::from_secs(1) {
-            window.start = now;
-            window.lines = 0;
-        }
-        if window.lines >= LINES_PER_SECOND {
-            window.suppressed += 1;
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .line(Instant::now());
+        let Some(suppressed) = allowed else {
             return;
-        }
-        window.lines += 1;
-        let suppressed = std::mem::take(&mut window.suppressed);
-        drop(window);
+        };
         if suppressed > 0 {
             (self.sink)(&format!("{line} ({suppressed} more such lines left out)"));
         } else {

@@ -68,31 +68,14 @@ use std::net::IpAddr;
 use crate::config::{Config, LogLevel, PolicyConfig, RejectPolicy};
 use crate::dns::Lookup;
 use crate::spf::record::is_spf1;
-use crate::spf::{
-    Evaluator, Identity, Mechanism, Qualifier, Record, Request, SpfOutcome, SpfResult,
-};
+use crate::spf::{Evaluator, Identity, Mechanism, Qualifier, Record, SpfOutcome, SpfResult};
 
+use super::envelope::Envelope;
 use super::headers::result_comment;
 use super::reply::sanitize_reply;
 
 /// What the receiver is called in `Reason_URL` at MAIL FROM time.
 pub const UNKNOWN_RECEIVER: &str = "<UNKNOWN>";
-
-/// The SMTP session facts the decision needs.
-#[derive(Debug, Clone, Copy)]
-pub struct Inputs<'a> {
-    /// The client's address; `None` when the MTA did not say (e.g. a UNIX
-    /// socket client) and no `Prospective` is configured: nothing is done.
-    pub client_ip: Option<IpAddr>,
-    /// The HELO/EHLO argument, possibly empty.
-    pub helo: &'a str,
-    /// MAIL FROM without angle brackets; empty for the null sender `<>`.
-    pub sender: &'a str,
-    /// When the whole decision must be done (the milter's
-    /// `decision_time_limit`): an evaluation still running then is
-    /// TempError. `None`: each evaluation has `Lookup_Time` only.
-    pub deadline: Option<tokio::time::Instant>,
-}
 
 /// One log line of a decision, with the `debugLevel` it belongs to.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -223,48 +206,42 @@ enum Verdict {
 
 /// Decides what to do with a message (docs/policyd-spf-compatibility.md §3, steps 1 and 3–7; the bypass
 /// chain of step 2 is the caller's, see the module doc).
+///
+/// `deadline`: when the whole decision must be done (the milter's
+/// `decision_time_limit`): an evaluation still running then is TempError.
+/// `None`: each evaluation has `Lookup_Time` only.
 pub async fn decide<L: Lookup>(
     config: &Config,
     evaluator: &Evaluator<L>,
-    inputs: &Inputs<'_>,
+    envelope: &Envelope,
+    deadline: Option<tokio::time::Instant>,
 ) -> Decision {
     let policy = &config.policy;
     let mut log = Vec::new();
 
     // Step 1: the address.
-    let Some(ip) = policy.prospective.or(inputs.client_ip) else {
+    let Some(ip) = policy.prospective.or(envelope.client_ip) else {
         log.push(LogLine::detail("no client address: SPF not checked"));
         return Decision::nothing(None, log);
     };
 
     // Step 3: the identities.
-    let sender = inputs.sender.trim();
-    let null_sender = sender.is_empty();
-    let given_helo = inputs.helo.trim();
-    if null_sender && given_helo.is_empty() {
+    let null_sender = envelope.is_null_sender();
+    if null_sender && envelope.helo.trim().is_empty() {
         log.push(LogLine::detail(
             "no sender and no HELO name: SPF not checked",
         ));
         return Decision::nothing(Some(ip), log);
     }
-    let helo: &str = if given_helo.is_empty() {
-        sender_domain(sender)
-    } else {
-        given_helo
-    };
-    let request = Request {
-        ip,
-        helo,
-        sender,
-        receiver: None,
-    };
+    let request = envelope.spf_request(ip);
+    let (helo, sender) = (request.helo, request.sender);
     let header_sender = if null_sender { "<>" } else { sender };
     let mut decision = Decision::nothing(Some(ip), log);
 
     // Step 4: HELO.
     if policy.helo_reject != RejectPolicy::NoCheck {
         let outcome = evaluator
-            .check_until(&request, Identity::Helo, inputs.deadline)
+            .check_until(&request, Identity::Helo, deadline)
             .await;
         decision.log.push(LogLine::detail(result_log(
             &outcome,
@@ -311,7 +288,7 @@ pub async fn decide<L: Lookup>(
     // stands).
     if !null_sender && policy.mail_from_reject != RejectPolicy::NoCheck {
         let outcome = evaluator
-            .check_until(&request, Identity::MailFrom, inputs.deadline)
+            .check_until(&request, Identity::MailFrom, deadline)
             .await;
         decision.log.push(LogLine::detail(result_log(
             &outcome,
@@ -387,12 +364,6 @@ fn finish_if_blocking(
         decision.header = None;
     }
     true
-}
-
-/// The domain of an address (after the last `@`); the whole text when it
-/// has no `@`.
-fn sender_domain(sender: &str) -> &str {
-    sender.rsplit_once('@').map_or(sender, |(_, d)| d)
 }
 
 /// `Reject_Not_Pass_Domains` names `domain` itself: a name below a listed

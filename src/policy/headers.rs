@@ -9,6 +9,8 @@ use std::net::IpAddr;
 use crate::config::{HeaderType, is_token_char};
 use crate::spf::{Identity, SpfOutcome, SpfResult};
 
+use super::decide::UNKNOWN_RECEIVER;
+use super::envelope::Envelope;
 use super::skip::{SkipReason, x_comment_value};
 
 /// The comment policyd-spf writes for each result (docs/policyd-spf-compatibility.md §4), used when the
@@ -36,16 +38,6 @@ pub fn result_comment(outcome: &SpfOutcome) -> Cow<'_, str> {
     }
 }
 
-/// The details of the SMTP transaction that go into the header.
-#[derive(Debug, Clone, Copy)]
-pub struct Transaction<'a> {
-    pub client_ip: IpAddr,
-    pub helo: &'a str,
-    /// MAIL FROM without brackets; empty for `<>`.
-    pub envelope_from: &'a str,
-    pub receiver: &'a str,
-}
-
 /// At most this many bytes of an envelope value (HELO name, sender,
 /// receiver, domain) go into a trace header. RFC 5321 §4.5.3.1 allows 255
 /// for a domain and 256 for a path, so only invalid values are cut; a
@@ -55,7 +47,7 @@ pub const MAX_TRACE_VALUE: usize = 256;
 
 /// `value`, cut to [`MAX_TRACE_VALUE`] bytes (at a character boundary)
 /// with `...` to show the cut.
-fn bounded(value: &str) -> std::borrow::Cow<'_, str> {
+fn truncated(value: &str) -> Cow<'_, str> {
     if value.len() <= MAX_TRACE_VALUE {
         return value.into();
     }
@@ -66,30 +58,25 @@ fn bounded(value: &str) -> std::borrow::Cow<'_, str> {
     format!("{}...", &value[..end]).into()
 }
 
-/// A [`Transaction`] with its envelope values [`bounded`].
-struct BoundedTransaction<'a> {
+/// What a trace header says of the transaction besides the result: the
+/// address evaluated (the client's, or `Prospective`), the envelope's HELO
+/// name and sender, and the receiver ([`header_receiver`]), each value
+/// [`truncated`].
+struct TraceFields<'a> {
     client_ip: IpAddr,
-    helo: std::borrow::Cow<'a, str>,
-    envelope_from: std::borrow::Cow<'a, str>,
-    receiver: std::borrow::Cow<'a, str>,
+    helo: Cow<'a, str>,
+    /// MAIL FROM without brackets; empty for `<>`.
+    envelope_from: Cow<'a, str>,
+    receiver: Cow<'a, str>,
 }
 
-impl<'a> BoundedTransaction<'a> {
-    fn of(tx: &Transaction<'a>) -> Self {
+impl<'a> TraceFields<'a> {
+    fn of(envelope: &'a Envelope, client_ip: IpAddr, receiver: &'a str) -> Self {
         Self {
-            client_ip: tx.client_ip,
-            helo: bounded(tx.helo),
-            envelope_from: bounded(tx.envelope_from),
-            receiver: bounded(tx.receiver),
-        }
-    }
-
-    fn transaction(&self) -> Transaction<'_> {
-        Transaction {
-            client_ip: self.client_ip,
-            helo: &self.helo,
-            envelope_from: &self.envelope_from,
-            receiver: &self.receiver,
+            client_ip,
+            helo: truncated(&envelope.helo),
+            envelope_from: truncated(&envelope.sender),
+            receiver: truncated(receiver),
         }
     }
 }
@@ -97,10 +84,15 @@ impl<'a> BoundedTransaction<'a> {
 /// The value of a Received-SPF header field (everything after
 /// `Received-SPF:`), unfolded:
 /// `pass (comment) identity=mailfrom; client-ip=…; helo=…; envelope-from=…;
-/// receiver=…; mechanism=…` (or `problem=…` for errors).
-pub fn received_spf_value(outcome: &SpfOutcome, tx: &Transaction<'_>) -> String {
-    let bounded_tx = BoundedTransaction::of(tx);
-    let tx = &bounded_tx.transaction();
+/// receiver=…; mechanism=…` (or `problem=…` for errors). `client_ip` is
+/// the address evaluated, `receiver` what [`header_receiver`] gives.
+pub fn received_spf_value(
+    outcome: &SpfOutcome,
+    envelope: &Envelope,
+    client_ip: IpAddr,
+    receiver: &str,
+) -> String {
+    let tx = &TraceFields::of(envelope, client_ip, receiver);
     let mut v = String::with_capacity(200);
     v.push_str(outcome.result.capitalized());
     v.push_str(" (");
@@ -110,15 +102,15 @@ pub fn received_spf_value(outcome: &SpfOutcome, tx: &Transaction<'_>) -> String 
     v.push_str("; client-ip=");
     push_ip(&mut v, tx.client_ip);
     v.push_str("; helo=");
-    push_value(&mut v, tx.helo);
+    push_value(&mut v, &tx.helo);
     v.push_str("; envelope-from=");
     if tx.envelope_from.is_empty() {
         v.push_str("<>");
     } else {
-        push_value(&mut v, tx.envelope_from);
+        push_value(&mut v, &tx.envelope_from);
     }
     v.push_str("; receiver=");
-    push_value(&mut v, tx.receiver);
+    push_value(&mut v, &tx.receiver);
     match (&outcome.problem, &outcome.mechanism) {
         (Some(problem), _) => {
             v.push_str("; problem=");
@@ -144,11 +136,12 @@ pub fn received_spf_value(outcome: &SpfOutcome, tx: &Transaction<'_>) -> String 
 pub fn authentication_results_value(
     authserv_id: &str,
     outcome: &SpfOutcome,
-    tx: &Transaction<'_>,
+    envelope: &Envelope,
+    client_ip: IpAddr,
+    receiver: &str,
 ) -> String {
-    let bounded_tx = BoundedTransaction::of(tx);
-    let tx = &bounded_tx.transaction();
-    let domain = bounded(&outcome.domain);
+    let tx = &TraceFields::of(envelope, client_ip, receiver);
+    let domain = truncated(&outcome.domain);
     let mut v = String::with_capacity(200);
     push_token_or_quoted(&mut v, authserv_id);
     v.push_str("; spf=");
@@ -170,16 +163,16 @@ pub fn authentication_results_value(
     let envelope_from = if tx.envelope_from.is_empty() {
         "<>"
     } else {
-        tx.envelope_from
+        &tx.envelope_from
     };
     // The reference's text; each value sanitized as a word.
     let _ = write!(
         v,
         "client-ip={}; helo={}; envelope-from={}; receiver={}",
         tx.client_ip,
-        sanitized::<WORD>(tx.helo),
+        sanitized::<WORD>(&tx.helo),
         sanitized::<WORD>(envelope_from),
-        sanitized::<WORD>(tx.receiver)
+        sanitized::<WORD>(&tx.receiver)
     );
     v.push(')');
     v
@@ -189,7 +182,7 @@ pub fn authentication_results_value(
 /// `<UNKNOWN>` (policyd-spf's word), else the first recipient's domain, or
 /// `<UNKNOWN>` when there is none.
 pub fn header_receiver(hide_receiver: bool, first_recipient: Option<&str>) -> &str {
-    const UNKNOWN: &str = "<UNKNOWN>";
+    const UNKNOWN: &str = UNKNOWN_RECEIVER;
     if hide_receiver {
         return UNKNOWN;
     }
@@ -203,20 +196,25 @@ pub fn header_receiver(hide_receiver: bool, first_recipient: Option<&str>) -> &s
 }
 
 /// The trace headers of an SPF result as `Header_Type` asks, top first,
-/// each value folded for the milter protocol (LF + TAB). `None`: no header.
+/// each value folded for the milter protocol (LF + TAB); none with
+/// `Header_Type = None`. `client_ip` and `receiver` as for
+/// [`received_spf_value`].
 pub fn spf_headers(
     header_type: HeaderType,
     authserv_id: &str,
     outcome: &SpfOutcome,
-    tx: &Transaction<'_>,
+    envelope: &Envelope,
+    client_ip: IpAddr,
+    receiver: &str,
 ) -> Vec<(&'static str, String)> {
     let mut headers = Vec::with_capacity(2);
     if header_type.received_spf() {
-        let value = received_spf_value(outcome, tx);
+        let value = received_spf_value(outcome, envelope, client_ip, receiver);
         headers.push(("Received-SPF", fold("Received-SPF", &value, 78)));
     }
     if header_type.authentication_results() {
-        let value = authentication_results_value(authserv_id, outcome, tx);
+        let value =
+            authentication_results_value(authserv_id, outcome, envelope, client_ip, receiver);
         headers.push((
             "Authentication-Results",
             fold("Authentication-Results", &value, 78),
@@ -228,19 +226,23 @@ pub fn spf_headers(
 /// The trace header of a session the bypass chain skipped (docs/policyd-spf-compatibility.md §4):
 /// `X-Comment: <comment> - client-ip=…` with `Received-SPF` headers, and
 /// `Authentication-Results: <id>; none (<comment> - client-ip=…)` with
-/// Authentication-Results.
+/// Authentication-Results. `client_ip` is the client's address,
+/// `receiver` what [`header_receiver`] gives.
 pub fn skip_headers(
     header_type: HeaderType,
     authserv_id: &str,
     reason: SkipReason,
-    tx: &Transaction<'_>,
+    envelope: &Envelope,
+    client_ip: IpAddr,
+    receiver: &str,
 ) -> Vec<(&'static str, String)> {
+    let tx = TraceFields::of(envelope, client_ip, receiver);
     let comment = x_comment_value(
         reason,
         tx.client_ip,
-        &bounded(tx.helo),
-        &bounded(tx.envelope_from),
-        &bounded(tx.receiver),
+        &tx.helo,
+        &tx.envelope_from,
+        &tx.receiver,
     );
     let mut headers = Vec::with_capacity(2);
     if header_type.received_spf() {
@@ -769,19 +771,30 @@ mod tests {
         }
     }
 
-    fn tx() -> Transaction<'static> {
-        Transaction {
-            client_ip: "192.0.2.1".parse().unwrap(),
-            helo: "mx.pass.test",
-            envelope_from: "a@pass.test",
-            receiver: "rcpt.example",
+    const CLIENT: &str = "192.0.2.1";
+    const RECEIVER: &str = "rcpt.example";
+
+    fn client() -> IpAddr {
+        CLIENT.parse().unwrap()
+    }
+
+    fn envelope(helo: &str, sender: &str) -> Envelope {
+        Envelope {
+            client_ip: Some(client()),
+            helo: helo.to_owned(),
+            sender: sender.to_owned(),
+            ..Envelope::default()
         }
+    }
+
+    fn tx() -> Envelope {
+        envelope("mx.pass.test", "a@pass.test")
     }
 
     #[test]
     fn received_spf_for_a_pass() {
         assert_eq!(
-            received_spf_value(&outcome(SpfResult::Pass), &tx()),
+            received_spf_value(&outcome(SpfResult::Pass), &tx(), client(), RECEIVER),
             "Pass (sender SPF authorized) identity=mailfrom; client-ip=192.0.2.1; \
              helo=mx.pass.test; envelope-from=a@pass.test; receiver=rcpt.example; \
              mechanism=\"+ip4:192.0.2.0/24\""
@@ -792,10 +805,8 @@ mod tests {
     fn errors_carry_a_quoted_problem_and_hostile_text_is_neutralised() {
         let mut o = outcome(SpfResult::PermError);
         o.problem = Some("bad \"record\"\r\nX-Injected: yes".into());
-        let mut t = tx();
-        t.envelope_from = "";
-        t.helo = "[192.0.2.1]";
-        let v = received_spf_value(&o, &t);
+        let t = envelope("[192.0.2.1]", "");
+        let v = received_spf_value(&o, &t, client(), RECEIVER);
         // Quotes, spaces, controls: one `?` each (SEPARATORS, REPLACEMENT).
         assert!(
             v.contains("problem=\"bad??record???X-Injected:?yes\""),
@@ -925,7 +936,7 @@ mod tests {
 
     #[test]
     fn folding_keeps_lines_within_width() {
-        let v = received_spf_value(&outcome(SpfResult::Pass), &tx());
+        let v = received_spf_value(&outcome(SpfResult::Pass), &tx(), client(), RECEIVER);
         let folded = fold("Received-SPF", &v, 78);
         let first = folded.lines().next().unwrap();
         assert!(first.len() + "Received-SPF: ".len() <= 78);
@@ -938,7 +949,13 @@ mod tests {
 
     #[test]
     fn authentication_results_carry_the_domain_only() {
-        let v = authentication_results_value("mx.example.net", &outcome(SpfResult::Pass), &tx());
+        let v = authentication_results_value(
+            "mx.example.net",
+            &outcome(SpfResult::Pass),
+            &tx(),
+            client(),
+            RECEIVER,
+        );
         assert_eq!(
             v,
             "mx.example.net; spf=pass (sender SPF authorized) smtp.mailfrom=pass.test \
@@ -947,9 +964,8 @@ mod tests {
         let mut helo = outcome(SpfResult::None);
         helo.identity = Identity::Helo;
         helo.domain = "mx.none.test".into();
-        let mut t = tx();
-        t.envelope_from = "";
-        let v = authentication_results_value("mx.example.net", &helo, &t);
+        let t = envelope("mx.pass.test", "");
+        let v = authentication_results_value("mx.example.net", &helo, &t, client(), RECEIVER);
         assert!(
             v.starts_with("mx.example.net; spf=none (no SPF record) smtp.helo=mx.none.test ("),
             "{v}"
@@ -993,7 +1009,7 @@ mod tests {
     fn header_type_selects_the_headers_top_first() {
         let o = outcome(SpfResult::Fail);
         let names = |t| -> Vec<&str> {
-            spf_headers(t, "mx.example.net", &o, &tx())
+            spf_headers(t, "mx.example.net", &o, &tx(), client(), RECEIVER)
                 .into_iter()
                 .map(|(n, _)| n)
                 .collect()
@@ -1005,7 +1021,14 @@ mod tests {
             ["Received-SPF", "Authentication-Results"]
         );
         assert!(names(HeaderType::None).is_empty());
-        let both = spf_headers(HeaderType::Both, "mx.example.net", &o, &tx());
+        let both = spf_headers(
+            HeaderType::Both,
+            "mx.example.net",
+            &o,
+            &tx(),
+            client(),
+            RECEIVER,
+        );
         for (name, value) in &both {
             assert!(!value.contains('\r'), "{name}: {value:?}");
             for line in value.split('\n').skip(1) {
@@ -1021,17 +1044,14 @@ mod tests {
 
     #[test]
     fn skipped_sessions_get_the_reference_comment() {
-        let t = Transaction {
-            client_ip: "127.0.0.1".parse().unwrap(),
-            helo: "localhost",
-            envelope_from: "a@example.com",
-            receiver: "<UNKNOWN>",
-        };
+        let t = envelope("localhost", "a@example.com");
         let h = skip_headers(
             HeaderType::Both,
             "mx.example.net",
             SkipReason::LocalConnection,
             &t,
+            "127.0.0.1".parse().unwrap(),
+            "<UNKNOWN>",
         );
         assert_eq!(h[0].0, "X-Comment");
         assert_eq!(
@@ -1078,10 +1098,10 @@ mod envelope_junk {
     #[test]
     fn over_long_values_are_cut_at_a_character_boundary() {
         let long = format!("{}ö{}", "a".repeat(MAX_TRACE_VALUE - 1), "b".repeat(500));
-        let cut = bounded(&long);
+        let cut = truncated(&long);
         // The 2-byte ö straddles the limit: cut before it.
         assert_eq!(cut, format!("{}...", "a".repeat(MAX_TRACE_VALUE - 1)));
-        assert_eq!(bounded("mx.example.com"), "mx.example.com");
+        assert_eq!(truncated("mx.example.com"), "mx.example.com");
     }
 }
 
@@ -1335,6 +1355,20 @@ mod lenient_readers {
         "ok.example",
     ];
 
+    fn client() -> IpAddr {
+        "192.0.2.1".parse().unwrap()
+    }
+
+    /// An envelope whose HELO name and sender are `text`.
+    fn hostile_envelope(text: &str) -> Envelope {
+        Envelope {
+            client_ip: Some(client()),
+            helo: text.to_owned(),
+            sender: text.to_owned(),
+            ..Envelope::default()
+        }
+    }
+
     fn hostile_outcome(result: SpfResult, identity: Identity, text: &str) -> SpfOutcome {
         SpfOutcome {
             identity,
@@ -1362,13 +1396,8 @@ mod lenient_readers {
                 (SpfResult::Pass, Identity::MailFrom),
             ] {
                 let o = hostile_outcome(result, identity, text);
-                let tx = Transaction {
-                    client_ip: "192.0.2.1".parse().unwrap(),
-                    helo: text,
-                    envelope_from: text,
-                    receiver: text,
-                };
-                let value = received_spf_value(&o, &tx);
+                let tx = hostile_envelope(text);
+                let value = received_spf_value(&o, &tx, client(), text);
                 let (word, pairs) = opendmarc_received_spf(&value);
                 assert_eq!(word, result.capitalized(), "{value}");
                 let identities: Vec<_> = pairs.iter().filter(|(k, _)| k == "identity").collect();
@@ -1417,13 +1446,8 @@ mod lenient_readers {
             for identity in [Identity::MailFrom, Identity::Helo] {
                 let mut o = hostile_outcome(SpfResult::Fail, identity, text);
                 o.domain = text.into();
-                let tx = Transaction {
-                    client_ip: "192.0.2.1".parse().unwrap(),
-                    helo: text,
-                    envelope_from: text,
-                    receiver: text,
-                };
-                let value = authentication_results_value(OURS, &o, &tx);
+                let tx = hostile_envelope(text);
+                let value = authentication_results_value(OURS, &o, &tx, client(), text);
                 assert_eq!(
                     opendmarc_authserv_id(&value).as_deref(),
                     Some(OURS),
@@ -1451,7 +1475,14 @@ mod lenient_readers {
                     ],
                     "{value}"
                 );
-                let skip = skip_headers(HeaderType::Ar, OURS, SkipReason::LocalConnection, &tx);
+                let skip = skip_headers(
+                    HeaderType::Ar,
+                    OURS,
+                    SkipReason::LocalConnection,
+                    &tx,
+                    client(),
+                    text,
+                );
                 let value = skip[0].1.replace("\n\t", " ");
                 let keys: Vec<&str> = value
                     .split([';', ' '])
@@ -1476,13 +1507,13 @@ mod lenient_readers {
             ),
             ("prvs=1234=user@example.com", "prvs?1234?user@example.com"),
         ] {
-            let tx = Transaction {
-                client_ip: "192.0.2.1".parse().unwrap(),
-                helo: "mx.fwd.example",
-                envelope_from: sender,
-                receiver: "rcpt.example",
+            let tx = Envelope {
+                client_ip: Some(client()),
+                helo: "mx.fwd.example".to_owned(),
+                sender: sender.to_owned(),
+                ..Envelope::default()
             };
-            let value = received_spf_value(&o, &tx);
+            let value = received_spf_value(&o, &tx, client(), "rcpt.example");
             assert!(
                 value.contains(&format!("envelope-from={written};")),
                 "{value}"

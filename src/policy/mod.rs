@@ -1,8 +1,10 @@
-//! Policy: what to do with SPF results (policyd-spf semantics): the
-//! decision ([`decide`]), the text of its replies ([`reply`]) and the
-//! header formatting ([`headers`]).
+//! Policy: what to do with SPF results (policyd-spf semantics). One
+//! [`envelope::Envelope`] per message feeds the bypass chain ([`skip`]),
+//! the decision ([`decide`]) and the header formatting ([`headers`]); the
+//! text of the replies is [`reply`]'s.
 
 pub mod decide;
+pub mod envelope;
 pub mod headers;
 pub mod reply;
 pub mod skip;

@@ -45,6 +45,7 @@
 //!   is bounded by `Whitelist_Lookup_Time`. A timeout, a DNS error or any
 //!   result but Pass means "not whitelisted": the session is checked.
 
+use std::convert::Infallible;
 use std::future::Future;
 use std::net::IpAddr;
 use std::time::Duration;
@@ -53,39 +54,15 @@ use crate::config::{Config, HostKind, HostPattern};
 use crate::dns::Lookup;
 use crate::spf::eval::is_same_or_subdomain;
 use crate::spf::identity::canonical_ip;
+use crate::spf::ptr::{self, has_address};
 use crate::spf::{Evaluator, SpfResult};
+
+use super::envelope::{Envelope, Macros};
 
 /// At most this many PTR names of a client are confirmed (RFC 7208 §5.5).
 pub const MAX_PTR_NAMES: usize = 10;
 
-/// The session facts the skips need.
-#[derive(Clone, Copy)]
-pub struct Session<'a> {
-    /// The client's address; `None` when the MTA did not say.
-    pub client_ip: Option<IpAddr>,
-    /// The HELO/EHLO argument, possibly empty.
-    pub helo: &'a str,
-    /// MAIL FROM without angle brackets; empty for `<>`.
-    pub sender: &'a str,
-    /// `{auth_authen}` was set at MAIL FROM.
-    pub authenticated: bool,
-    /// An MTA macro by name without braces (`daemon_name`, `j`), for
-    /// `MacroList`; `None` when the MTA did not send it.
-    pub macro_value: &'a (dyn Fn(&str) -> Option<String> + Sync),
-}
-
-impl std::fmt::Debug for Session<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Session")
-            .field("client_ip", &self.client_ip)
-            .field("helo", &self.helo)
-            .field("sender", &self.sender)
-            .field("authenticated", &self.authenticated)
-            .finish_non_exhaustive()
-    }
-}
-
-/// What to do with a session.
+/// What to do with a message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Skip {
     /// Not skipped: go on to `decide()`.
@@ -161,14 +138,16 @@ fn sanitize(value: &str) -> std::borrow::Cow<'_, str> {
     super::headers::sanitized_word(value)
 }
 
-/// Whether and how `session` skips the SPF check (see the module doc).
+/// Whether and how the message of `envelope` skips the SPF check (see the
+/// module doc); `macros` are the MTA's, for `MacroList`.
 pub async fn skip<L: Lookup>(
     config: &Config,
     evaluator: &Evaluator<L>,
-    session: &Session<'_>,
+    envelope: &Envelope,
+    macros: &Macros<'_>,
 ) -> Skip {
     let s = &config.skip;
-    let Some(ip) = config.policy.prospective.or(session.client_ip) else {
+    let Some(ip) = config.policy.prospective.or(envelope.client_ip) else {
         return Skip::Check;
     };
     let ip = canonical_ip(ip);
@@ -178,7 +157,7 @@ pub async fn skip<L: Lookup>(
     // once and only when an entry needs them.
     let mut client_names: Option<Vec<String>> = None;
 
-    if let Some(client) = session.client_ip.map(canonical_ip)
+    if let Some(client) = envelope.client_ip.map(canonical_ip)
         && is_internal(&s.internal_hosts, client, lookup, limit, &mut client_names).await
     {
         return Skip::Silent("client in InternalHosts");
@@ -187,11 +166,11 @@ pub async fn skip<L: Lookup>(
         && !s
             .macro_list
             .iter()
-            .any(|rule| rule.matches((session.macro_value)(&rule.name).as_deref()))
+            .any(|rule| rule.matches(macros(&rule.name).as_deref()))
     {
         return Skip::Silent("no MacroList rule matches");
     }
-    if s.skip_authenticated && session.authenticated {
+    if s.skip_authenticated && envelope.authenticated {
         return Skip::Silent("client authenticated with SMTP AUTH");
     }
 
@@ -202,18 +181,18 @@ pub async fn skip<L: Lookup>(
         return Skip::Traced(SkipReason::WhitelistedRelay);
     }
     for domain in &s.domain_whitelist {
-        let outcome = bounded(
+        let outcome = within(
             limit,
-            evaluator.check_domain(ip, domain.as_str(), session.helo),
+            evaluator.check_domain(ip, domain.as_str(), &envelope.helo),
         );
         if outcome.await.is_some_and(|o| o.result == SpfResult::Pass) {
             return Skip::Traced(SkipReason::WhitelistedDomain);
         }
     }
-    let helo = session.helo.strip_suffix('.').unwrap_or(session.helo);
+    let helo = envelope.helo.strip_suffix('.').unwrap_or(&envelope.helo);
     if !helo.is_empty()
         && s.helo_whitelist.iter().any(|d| d.is(helo))
-        && bounded(limit, has_address(lookup, helo, ip))
+        && within(limit, has_address(lookup, helo, ip))
             .await
             .unwrap_or(false)
     {
@@ -223,7 +202,7 @@ pub async fn skip<L: Lookup>(
         // The PTR names of the address evaluated (Prospective or client);
         // the cached names are the real client's.
         let prospective_names;
-        let names: &[String] = if Some(ip) == session.client_ip.map(canonical_ip) {
+        let names: &[String] = if Some(ip) == envelope.client_ip.map(canonical_ip) {
             names_of(&mut client_names, lookup, ip, limit).await
         } else {
             prospective_names = confirmed_names(lookup, ip, limit).await;
@@ -305,34 +284,18 @@ async fn names_of<'n, L: Lookup>(
     cache.as_deref().unwrap_or_default()
 }
 
-/// The PTR names of `ip` whose A/AAAA records contain `ip`, within `limit`
-/// (nothing on a timeout or DNS error).
+/// The forward-confirmed PTR names of `ip` ([`ptr::confirmed_names`]),
+/// within `limit` (nothing on a timeout or DNS error).
 async fn confirmed_names<L: Lookup>(lookup: &L, ip: IpAddr, limit: Duration) -> Vec<String> {
-    let confirm = async {
-        let Ok(ptrs) = lookup.ptr(ip).await else {
-            return Vec::new();
-        };
-        let mut confirmed = Vec::new();
-        for name in ptrs.iter().take(MAX_PTR_NAMES) {
-            if has_address(lookup, name, ip).await {
-                confirmed.push(name.clone());
-            }
-        }
-        confirmed
-    };
-    bounded(limit, confirm).await.unwrap_or_default()
-}
-
-/// Whether `ip` is among the A (IPv4) or AAAA (IPv6) records of `name`.
-async fn has_address<L: Lookup>(lookup: &L, name: &str, ip: IpAddr) -> bool {
-    match ip {
-        IpAddr::V4(v4) => lookup.a(name).await.is_ok_and(|a| a.contains(&v4)),
-        IpAddr::V6(v6) => lookup.aaaa(name).await.is_ok_and(|a| a.contains(&v6)),
+    let confirm = ptr::confirmed_names(lookup, ip, MAX_PTR_NAMES, |_| Ok::<(), Infallible>(()));
+    match within(limit, confirm).await {
+        Some(Ok(names)) => names,
+        None => Vec::new(),
     }
 }
 
 /// `future` within `limit`; `None` when it took longer.
-async fn bounded<T>(limit: Duration, future: impl Future<Output = T>) -> Option<T> {
+async fn within<T>(limit: Duration, future: impl Future<Output = T>) -> Option<T> {
     tokio::time::timeout(limit, future).await.ok()
 }
 
@@ -378,18 +341,27 @@ mod tests {
         None
     }
 
-    fn session(client: &str, helo: &'static str) -> Session<'static> {
-        Session {
+    fn session(client: &str, helo: &'static str) -> Envelope {
+        Envelope {
             client_ip: Some(ip(client)),
-            helo,
-            sender: "a@sender.test",
+            helo: helo.to_owned(),
+            sender: "a@sender.test".to_owned(),
+            first_recipient: None,
             authenticated: false,
-            macro_value: &no_macros,
         }
     }
 
-    async fn run<L: Lookup>(config: &Config, lookup: L, s: &Session<'_>) -> Skip {
-        skip(config, &Evaluator::new(lookup), s).await
+    async fn run<L: Lookup>(config: &Config, lookup: L, s: &Envelope) -> Skip {
+        run_with_macros(config, lookup, s, &no_macros).await
+    }
+
+    async fn run_with_macros<L: Lookup>(
+        config: &Config,
+        lookup: L,
+        s: &Envelope,
+        macros: &Macros<'_>,
+    ) -> Skip {
+        skip(config, &Evaluator::new(lookup), s, macros).await
     }
 
     #[tokio::test]
@@ -615,20 +587,21 @@ mod tests {
         let inbound = |m: &str| (m == "daemon_name").then(|| "mx-in".to_owned());
         let submission = |m: &str| (m == "daemon_name").then(|| "submission".to_owned());
         let flagged = |m: &str| (m == "x_check").then(|| "1".to_owned());
-        let mut s = session("192.0.2.1", "h.test");
+        let s = session("192.0.2.1", "h.test");
         for f in [
             &inbound as &(dyn Fn(&str) -> Option<String> + Sync),
             &flagged,
         ] {
-            s.macro_value = f;
-            assert_eq!(run(&c, Zone::new(), &s).await, Skip::Check);
+            assert_eq!(run_with_macros(&c, Zone::new(), &s, f).await, Skip::Check);
         }
         for f in [
             &submission as &(dyn Fn(&str) -> Option<String> + Sync),
             &no_macros,
         ] {
-            s.macro_value = f;
-            assert!(matches!(run(&c, Zone::new(), &s).await, Skip::Silent(_)));
+            assert!(matches!(
+                run_with_macros(&c, Zone::new(), &s, f).await,
+                Skip::Silent(_)
+            ));
         }
     }
 

@@ -69,7 +69,10 @@ fn deleted(edits: &[HeaderEdit]) -> Vec<(&'static str, i32)> {
 async fn a_pass_continues_and_gets_its_received_spf_on_top() {
     let mut s = session();
     s.helo("mx.pass.test");
-    assert_eq!(s.mail("<a@pass.test>", &no_macros).await, Answer::Continue);
+    assert_eq!(
+        s.mail("<a@pass.test>", &no_macros).await,
+        StageReply::Continue
+    );
     s.rcpt("<user@rcpt.example>");
     s.header(b"Subject", b"hi");
     let edits = s.end_of_message(&queued);
@@ -111,14 +114,17 @@ async fn a_fail_is_rejected_at_mail_from_with_the_reference_reply() {
     // (docs/policyd-spf-compatibility.md §4, §5); RFC 7372 §3.2's 5.7.23.
     assert_eq!(
         answer,
-        Answer::Reject(Reply {
+        StageReply::Reject(Reply {
             code: 550,
             enhanced: Some("5.7.23"),
             text: "Message rejected due to: SPF fail - not authorized.".to_owned(),
         })
     );
     // The next message of the connection starts afresh.
-    assert_eq!(s.mail("<b@pass.test>", &no_macros).await, Answer::Continue);
+    assert_eq!(
+        s.mail("<b@pass.test>", &no_macros).await,
+        StageReply::Continue
+    );
     assert_eq!(prepended(&s.end_of_message(&queued)).len(), 1);
 }
 
@@ -130,7 +136,10 @@ async fn a_skipped_client_gets_the_skip_comment() {
     config.milter.header_type = HeaderType::Ar;
     let mut s = session_with(config, "127.0.0.2");
     s.helo("localhost");
-    assert_eq!(s.mail("<a@fail.test>", &no_macros).await, Answer::Continue);
+    assert_eq!(
+        s.mail("<a@fail.test>", &no_macros).await,
+        StageReply::Continue
+    );
     let headers = prepended(&s.end_of_message(&queued));
     assert_eq!(headers.len(), 1);
     assert_eq!(headers[0].0, "Authentication-Results");
@@ -149,7 +158,10 @@ async fn forged_trace_headers_are_deleted_last_first_whatever_their_case() {
     config.log.level = LogLevel::Actions;
     let mut s = session_with(config, CLIENT);
     s.helo("mx.pass.test");
-    assert_eq!(s.mail("<a@pass.test>", &no_macros).await, Answer::Continue);
+    assert_eq!(
+        s.mail("<a@pass.test>", &no_macros).await,
+        StageReply::Continue
+    );
     s.header(b"received-spf", b"Pass (forged) identity=mailfrom");
     s.header(b"X-Other", b"1");
     s.header(
@@ -191,7 +203,10 @@ async fn forged_trace_headers_are_deleted_last_first_whatever_their_case() {
 #[tokio::test]
 async fn white_space_before_the_colon_is_counted_as_the_mta_counts_it() {
     let mut s = session();
-    assert_eq!(s.mail("<a@pass.test>", &no_macros).await, Answer::Continue);
+    assert_eq!(
+        s.mail("<a@pass.test>", &no_macros).await,
+        StageReply::Continue
+    );
     s.header(
         b"Authentication-Results \t",
         b"other.example; spf=none smtp.mailfrom=pass.test",
@@ -212,7 +227,10 @@ async fn nothing_is_deleted_when_the_option_is_off() {
     let mut config = Config::default();
     config.milter.remove_forged_headers = false;
     let mut s = session_with(config, CLIENT);
-    assert_eq!(s.mail("<a@pass.test>", &no_macros).await, Answer::Continue);
+    assert_eq!(
+        s.mail("<a@pass.test>", &no_macros).await,
+        StageReply::Continue
+    );
     s.header(b"Received-SPF", b"Pass (forged) identity=mailfrom");
     assert!(deleted(&s.end_of_message(&queued)).is_empty());
 }
@@ -221,7 +239,10 @@ async fn nothing_is_deleted_when_the_option_is_off() {
 async fn an_abort_forgets_the_message() {
     let mut s = session();
     s.helo("mx.pass.test");
-    assert_eq!(s.mail("<a@pass.test>", &no_macros).await, Answer::Continue);
+    assert_eq!(
+        s.mail("<a@pass.test>", &no_macros).await,
+        StageReply::Continue
+    );
     s.header(b"Received-SPF", b"Pass (forged) identity=mailfrom");
     s.abort();
     // An end of message without a MAIL FROM of its own: nothing to add,
@@ -257,7 +278,7 @@ async fn internal_errors_answer_as_configured_and_forget_the_message() {
     for (action, want) in [
         (
             InternalErrorAction::Tempfail,
-            Answer::Tempfail(Reply {
+            StageReply::Tempfail(Reply {
                 code: 451,
                 enhanced: Some("4.3.0"),
                 text: "Temporary internal error in the SPF check".to_owned(),
@@ -265,18 +286,21 @@ async fn internal_errors_answer_as_configured_and_forget_the_message() {
         ),
         (
             InternalErrorAction::Reject,
-            Answer::Reject(Reply {
+            StageReply::Reject(Reply {
                 code: 550,
                 enhanced: Some("5.7.1"),
                 text: "Internal error in the SPF check".to_owned(),
             }),
         ),
-        (InternalErrorAction::Accept, Answer::Accept),
+        (InternalErrorAction::Accept, StageReply::Accept),
     ] {
         let mut config = Config::default();
         config.milter.on_internal_error = action;
         let mut s = session_with(config, CLIENT);
-        assert_eq!(s.mail("<a@pass.test>", &no_macros).await, Answer::Continue);
+        assert_eq!(
+            s.mail("<a@pass.test>", &no_macros).await,
+            StageReply::Continue
+        );
         s.header(b"Received-SPF", b"Pass (forged) identity=mailfrom");
         let answer = s.internal_error(Stage::EndOfMessage, &queued, "cannot prepend");
         assert_eq!(answer, want);
@@ -294,13 +318,16 @@ async fn internal_errors_answer_as_configured_and_forget_the_message() {
 #[tokio::test]
 async fn a_check_interrupted_by_the_stop_is_a_temporary_failure() {
     let mut s = session();
-    assert_eq!(s.mail("<a@pass.test>", &no_macros).await, Answer::Continue);
+    assert_eq!(
+        s.mail("<a@pass.test>", &no_macros).await,
+        StageReply::Continue
+    );
     s.header(b"Received-SPF", b"Pass (forged) identity=mailfrom");
     let answer = s.interrupted(&no_macros);
     // RFC 3463 §3.5: X.3.2, system not accepting network messages.
     assert_eq!(
         answer,
-        Answer::Tempfail(Reply {
+        StageReply::Tempfail(Reply {
             code: 451,
             enhanced: Some("4.3.2"),
             text: "SPF check interrupted by a restart, try again later".to_owned(),

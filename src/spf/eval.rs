@@ -1,7 +1,6 @@
 //! check_host() (RFC 7208 §4–§6) with the processing limits of §4.6.4.
 
 use std::borrow::Cow;
-use std::fmt;
 use std::future::Future;
 use std::net::IpAddr;
 use std::pin::Pin;
@@ -12,12 +11,16 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use compact_str::CompactString;
 
 use crate::dns::cache::heap_cost;
-use crate::dns::{Answer, DnsError, Lookup, Txt};
+use crate::dns::{DnsError, Lookup, Txt};
 
 use super::identity::{self, SenderParts};
 use super::macros::{MacroContext, MacroLetter, MacroString, MacroSyntax};
 use super::outcome::{Identity, SpfOutcome, SpfResult};
-use super::record::{DomainSpec, DualCidr, Mechanism, Qualifier, Record, SyntaxError, is_spf1};
+use super::record::{DomainSpec, Qualifier, Record, SyntaxError, is_spf1};
+
+mod mechanisms;
+
+pub use mechanisms::is_same_or_subdomain;
 
 /// Processing limits. The defaults are the RFC's.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -197,7 +200,7 @@ impl<L: Lookup> Evaluator<L> {
             }
             Ok(domain)
         });
-        let verdict = match valid {
+        let host_result = match valid {
             Ok(domain) => {
                 // The time limit is polled here rather than by a wrapping
                 // future, so the evaluation's large future is not moved
@@ -211,8 +214,8 @@ impl<L: Lookup> Evaluator<L> {
                 // Whether the caller's deadline, not our limit, ends it.
                 let mut cut_by_deadline = false;
                 let finished = std::future::poll_fn(|cx| {
-                    if let Poll::Ready(verdict) = evaluation.as_mut().poll(cx) {
-                        return Poll::Ready(Some(verdict));
+                    if let Poll::Ready(host_result) = evaluation.as_mut().poll(cx) {
+                        return Poll::Ready(Some(host_result));
                     }
                     let timer = timer.get_or_insert_with(|| {
                         let own = tokio::time::Instant::now() + limit;
@@ -242,20 +245,20 @@ impl<L: Lookup> Evaluator<L> {
             }
             Err(why) => {
                 state.note(|| format!("no check: {why}"));
-                Ok(Verdict::none())
+                Ok(HostResult::none())
             }
         };
 
-        let (result, mechanism, problem, explanation) = match verdict {
-            Ok(verdict) => {
-                let explanation = match verdict.explanation {
-                    None if verdict.result == SpfResult::Fail => {
+        let (result, mechanism, problem, explanation) = match host_result {
+            Ok(host_result) => {
+                let explanation = match host_result.explanation {
+                    None if host_result.result == SpfResult::Fail => {
                         Some(Arc::clone(&self.default_explanation))
                     }
                     explanation => explanation,
                 };
-                let mechanism = verdict.matched;
-                (verdict.result, mechanism, None, explanation)
+                let mechanism = host_result.matched;
+                (host_result.result, mechanism, None, explanation)
             }
             Err(Fault::Perm(problem)) => (SpfResult::PermError, None, Some(problem), None),
             Err(Fault::Temp(problem)) => (SpfResult::TempError, None, Some(problem), None),
@@ -295,18 +298,18 @@ fn memo_weight(parsed: &Parsed) -> usize {
 
 /// A domain's parsed SPF record: kept in the memo of the cached TXT answer
 /// (checked to be there when this is made), or owned.
-enum Policy {
+enum RecordRef {
     Cached(Arc<[Txt]>, usize),
     Owned(Box<Record>),
 }
 
-impl Policy {
+impl RecordRef {
     fn record(&self) -> &Record {
         match self {
-            Policy::Owned(record) => record,
-            Policy::Cached(txts, index) => match txts[*index].memo_get::<Parsed>() {
+            RecordRef::Owned(record) => record,
+            RecordRef::Cached(txts, index) => match txts[*index].memo_get::<Parsed>() {
                 Some(Ok(record)) => record,
-                // Not reached: a Cached policy is only made once its memo
+                // Not reached: a Cached record is only made once its memo
                 // holds a parsed record. An empty record would give neutral.
                 _ => &EMPTY_RECORD,
             },
@@ -329,14 +332,14 @@ enum Fault {
 
 /// The result of check_host() for one domain when it did not fault.
 #[derive(Debug, Clone)]
-struct Verdict {
+struct HostResult {
     /// pass, fail, softfail, neutral or none.
     result: SpfResult,
     matched: Option<CompactString>,
     explanation: Option<Arc<str>>,
 }
 
-impl Verdict {
+impl HostResult {
     fn none() -> Self {
         Self {
             result: SpfResult::None,
@@ -381,22 +384,22 @@ impl<'a, L: Lookup> Eval<'a, L> {
         &'s mut self,
         domain: &'s str,
         decisive: bool,
-    ) -> BoxFuture<'s, Result<Verdict, Fault>>
+    ) -> BoxFuture<'s, Result<HostResult, Fault>>
     where
         'a: 's,
     {
         Box::pin(self.check_host(domain, decisive))
     }
 
-    /// check_host() of §4 for `domain`. `decisive`: this level's verdict is
+    /// check_host() of §4 for `domain`. `decisive`: this level's result is
     /// the evaluation's (the top level, or a redirect from it), so its
     /// explanation (§6.2) and matched directive are worth building; an
-    /// include's verdict only says match or no match (§5.2).
-    async fn check_host(&mut self, domain: &str, decisive: bool) -> Result<Verdict, Fault> {
-        let Some(policy) = self.fetch_record(domain).await? else {
-            return Ok(Verdict::none());
+    /// include's result only says match or no match (§5.2).
+    async fn check_host(&mut self, domain: &str, decisive: bool) -> Result<HostResult, Fault> {
+        let Some(fetched) = self.fetch_record(domain).await? else {
+            return Ok(HostResult::none());
         };
-        let record = policy.record();
+        let record = fetched.record();
         for directive in &record.directives {
             if directive.mechanism.queries_dns() {
                 self.count_lookup(directive.text())?;
@@ -423,7 +426,7 @@ impl<'a, L: Lookup> Eval<'a, L> {
                 Qualifier::Neutral => SpfResult::Neutral,
             };
             // Only the deciding level's details matter: an include's
-            // verdict is reduced to match / no match (§5.2).
+            // result is reduced to match / no match (§5.2).
             let explanation = match &record.exp {
                 // Boxed, like the other rare paths below: their futures
                 // are large, and every evaluation would otherwise move
@@ -434,7 +437,7 @@ impl<'a, L: Lookup> Eval<'a, L> {
                 }
                 _ => None,
             };
-            return Ok(Verdict {
+            return Ok(HostResult {
                 result,
                 // Received-SPF's `mechanism=` (qualifier always written),
                 // prepared at parse time.
@@ -456,20 +459,20 @@ impl<'a, L: Lookup> Eval<'a, L> {
             };
             self.depth += 1;
             // §6.2: the exp= of the redirect target applies, not ours.
-            let verdict = self.check_host_boxed(&target, decisive).await;
+            let host_result = self.check_host_boxed(&target, decisive).await;
             self.depth -= 1;
-            let verdict = verdict?;
-            if verdict.result == SpfResult::None {
+            let host_result = host_result?;
+            if host_result.result == SpfResult::None {
                 // §6.1: a redirect to a domain without a record is permerror.
                 return Err(Fault::Perm(format!(
                     "redirect target {target} (from {domain}) has no SPF record"
                 )));
             }
-            return Ok(verdict);
+            return Ok(host_result);
         }
 
         // §4.7: no match and no redirect: neutral.
-        Ok(Verdict {
+        Ok(HostResult {
             result: SpfResult::Neutral,
             matched: Some(CompactString::const_new("default")),
             explanation: None,
@@ -477,7 +480,7 @@ impl<'a, L: Lookup> Eval<'a, L> {
     }
 
     /// §4.4 and §4.5: the one SPF record of `domain`, or `None`.
-    async fn fetch_record(&mut self, domain: &str) -> Result<Option<Policy>, Fault> {
+    async fn fetch_record(&mut self, domain: &str) -> Result<Option<RecordRef>, Fault> {
         let answer = self.evaluator.lookup.txt(domain).await;
         let txts = match answer {
             Ok(txts) => txts,
@@ -507,24 +510,24 @@ impl<'a, L: Lookup> Eval<'a, L> {
         // Parsed once per cached DNS answer (the memo). The record is then
         // lent out of the answer: no reference count is taken for it.
         if let Some(Ok(_)) = txts[index].memo_get::<Parsed>() {
-            return Ok(Some(Policy::Cached(txts, index)));
+            return Ok(Some(RecordRef::Cached(txts, index)));
         }
-        self.parse_policy(domain, txts, index)
+        self.parse_record(domain, txts, index)
             .map(Some)
             .map_err(|e| Fault::Perm(format!("syntax error in the SPF record of {domain}: {e}")))
     }
 
-    /// The policy of `txts[index]` when its memo holds no parsed record:
+    /// The record of `txts[index]` when its memo holds no parsed record:
     /// parses it into the memo (and reports the memo's weight to the
     /// lookup, whose cache counts it), or finds the syntax error there.
     /// Out of line: the warm path above stays small.
     #[inline(never)]
-    fn parse_policy(
+    fn parse_record(
         &self,
         domain: &str,
         txts: Arc<[Txt]>,
         index: usize,
-    ) -> Result<Policy, SyntaxError> {
+    ) -> Result<RecordRef, SyntaxError> {
         let mut made = None;
         let memo = txts[index].memo(|bytes| {
             let parsed: Parsed = Record::parse(bytes);
@@ -536,10 +539,10 @@ impl<'a, L: Lookup> Eval<'a, L> {
             self.evaluator.lookup.memo_made(domain, &txts, bytes);
         }
         match memo {
-            Some(Ok(())) => Ok(Policy::Cached(txts, index)),
+            Some(Ok(())) => Ok(RecordRef::Cached(txts, index)),
             Some(Err(e)) => Err(e),
             // The memo holds something else: parse for this evaluation.
-            None => Record::parse(&txts[index]).map(|r| Policy::Owned(Box::new(r))),
+            None => Record::parse(&txts[index]).map(|r| RecordRef::Owned(Box::new(r))),
         }
     }
 
@@ -570,200 +573,6 @@ impl<'a, L: Lookup> Eval<'a, L> {
             )));
         }
         Ok(())
-    }
-
-    /// Does `name` have an address (in the client's family) within `cidr`
-    /// of the client? RFC 7208 §5 error handling: NXDOMAIN or no records is
-    /// a void lookup (counted when `count_void`), a DNS failure temperror.
-    async fn address_matches(
-        &mut self,
-        name: &str,
-        cidr: DualCidr,
-        count_void: bool,
-    ) -> Result<bool, Fault> {
-        let tracing = self.trace.is_some();
-        let (kind, answer) = match self.ip {
-            IpAddr::V4(client) => (
-                "A",
-                scan_addresses(self.evaluator.lookup.a(name).await, tracing, |a| {
-                    prefix_match_v4(client, *a, cidr.v4)
-                }),
-            ),
-            IpAddr::V6(client) => (
-                "AAAA",
-                scan_addresses(self.evaluator.lookup.aaaa(name).await, tracing, |a| {
-                    prefix_match_v6(client, *a, cidr.v6)
-                }),
-            ),
-        };
-        match answer {
-            Ok(Some((found, listing))) => {
-                if let Some(listing) = listing {
-                    self.note(|| format!("{kind} {name}: {listing}"));
-                }
-                Ok(found)
-            }
-            Ok(None) | Err(DnsError::NxDomain) => {
-                self.note(|| format!("{kind} {name}: no records"));
-                if count_void {
-                    self.count_void(|| format!("{kind} {name}"))?;
-                }
-                Ok(false)
-            }
-            Err(DnsError::Temporary(why)) => Err(Fault::Temp(format!(
-                "DNS error looking up {kind} {name}: {why}"
-            ))),
-        }
-    }
-
-    /// The mechanisms decided without DNS: `all` (§5.1), `ip4` and `ip6`
-    /// (§5.6). `None` for the others.
-    fn match_local(&self, mechanism: &Mechanism) -> Option<bool> {
-        match mechanism {
-            Mechanism::All => Some(true),
-            Mechanism::Ip4(net) => Some(matches!(self.ip, IpAddr::V4(ip)
-                if prefix_match_v4(net.addr(), ip, net.prefix_len()))),
-            Mechanism::Ip6(net) => Some(matches!(self.ip, IpAddr::V6(ip)
-                if prefix_match_v6(net.addr(), ip, net.prefix_len()))),
-            _ => None,
-        }
-    }
-
-    async fn matches(&mut self, mechanism: &Mechanism, domain: &str) -> Result<bool, Fault> {
-        match mechanism {
-            Mechanism::All | Mechanism::Ip4(_) | Mechanism::Ip6(_) => {
-                Ok(self.match_local(mechanism).unwrap_or(false))
-            }
-            Mechanism::Include(spec) => {
-                let Some(target) = self.expand_domain(spec, domain).await? else {
-                    return Err(Fault::Perm(format!(
-                        "include:{spec} in {domain} is not a valid domain name"
-                    )));
-                };
-                self.depth += 1;
-                let verdict = self.check_host_boxed(&target, false).await;
-                self.depth -= 1;
-                match verdict?.result {
-                    // §5.2: the include table.
-                    SpfResult::Pass => Ok(true),
-                    SpfResult::Fail | SpfResult::SoftFail | SpfResult::Neutral => Ok(false),
-                    _ => Err(Fault::Perm(format!(
-                        "include:{target} (from {domain}) has no SPF record"
-                    ))),
-                }
-            }
-            Mechanism::A(spec, cidr) => {
-                let Some(target) = self.target(spec.as_ref(), domain).await? else {
-                    return Ok(false);
-                };
-                self.address_matches(&target, *cidr, true).await
-            }
-            Mechanism::Mx(spec, cidr) => {
-                let Some(target) = self.target(spec.as_ref(), domain).await? else {
-                    return Ok(false);
-                };
-                Box::pin(self.mx_matches(&target, *cidr)).await
-            }
-            Mechanism::Ptr(spec) => {
-                let Some(target) = self.target(spec.as_ref(), domain).await? else {
-                    return Ok(false);
-                };
-                let names = Box::pin(self.validated_names(true)).await?;
-                Ok(names.iter().any(|n| is_same_or_subdomain(n, &target)))
-            }
-            Mechanism::Exists(spec) => {
-                let Some(target) = self.expand_domain(spec, domain).await? else {
-                    return Ok(false);
-                };
-                // §5.7: always an A query, whatever the client's family.
-                match self.evaluator.lookup.a(&target).await {
-                    Ok(addrs) if !addrs.is_empty() => {
-                        self.note(|| format!("A {target}: {:?}", &*addrs));
-                        Ok(true)
-                    }
-                    Ok(_) | Err(DnsError::NxDomain) => {
-                        self.note(|| format!("A {target}: no records"));
-                        self.count_void(|| format!("exists:{target}"))?;
-                        Ok(false)
-                    }
-                    Err(DnsError::Temporary(why)) => Err(Fault::Temp(format!(
-                        "DNS error looking up A {target}: {why}"
-                    ))),
-                }
-            }
-        }
-    }
-
-    /// §5.4: `mx`.
-    async fn mx_matches(&mut self, target: &str, cidr: DualCidr) -> Result<bool, Fault> {
-        let exchanges = match self.evaluator.lookup.mx(target).await {
-            Ok(mx) => mx,
-            Err(DnsError::NxDomain) => Default::default(),
-            Err(DnsError::Temporary(why)) => {
-                return Err(Fault::Temp(format!(
-                    "DNS error looking up MX {target}: {why}"
-                )));
-            }
-        };
-        self.note(|| {
-            format!(
-                "MX {target}: {:?}",
-                exchanges
-                    .iter()
-                    .map(|m| m.exchange.as_str())
-                    .collect::<Vec<_>>()
-            )
-        });
-        if exchanges.is_empty() {
-            self.count_void(|| format!("MX {target}"))?;
-            return Ok(false);
-        }
-        let limit = self.evaluator.limits.mx_names;
-        if exchanges.len() > limit {
-            // §4.6.4: more than 10 MX records is permerror.
-            return Err(Fault::Perm(format!(
-                "{target} has {} MX records, more than the limit of {limit}",
-                exchanges.len()
-            )));
-        }
-        for mx in exchanges.iter() {
-            if self.address_matches(&mx.exchange, cidr, false).await? {
-                return Ok(true);
-            }
-        }
-        Ok(false)
-    }
-
-    /// §5.5: the client's validated names: PTR names (at most 10) whose
-    /// addresses include the client. DNS errors on the address lookups skip
-    /// that name; an error on the PTR lookup itself means no names.
-    async fn validated_names(&mut self, count_void: bool) -> Result<Vec<String>, Fault> {
-        let ip = self.ip;
-        let names = match self.evaluator.lookup.ptr(ip).await {
-            Ok(names) => names,
-            Err(why) => {
-                self.note(|| format!("PTR {ip}: {why}"));
-                if why == DnsError::NxDomain && count_void {
-                    self.count_void(|| format!("PTR {ip}"))?;
-                }
-                return Ok(Vec::new());
-            }
-        };
-        self.note(|| format!("PTR {ip}: {:?}", &*names));
-        if names.is_empty() && count_void {
-            self.count_void(|| format!("PTR {ip}"))?;
-        }
-        let mut validated = Vec::new();
-        // The client's own address, full length: "is it among the names' addresses".
-        let exact = DualCidr::default();
-        // §4.6.4: "all records other than the first 10 MUST be ignored".
-        for name in names.iter().take(self.evaluator.limits.ptr_names) {
-            if let Ok(true) = self.address_matches(name, exact, false).await {
-                validated.push(name.clone());
-            }
-        }
-        self.note(|| format!("validated names: {validated:?}"));
-        Ok(validated)
     }
 
     /// The target-name of a/mx/ptr: the domain-spec expanded, or <domain>.
@@ -855,22 +664,6 @@ impl<'a, L: Lookup> Eval<'a, L> {
     }
 }
 
-/// An A or AAAA answer reduced to what `address_matches` needs: `None`
-/// when there is no record, else whether one satisfies `hit`, and (when
-/// tracing) the addresses as text.
-fn scan_addresses<T: fmt::Debug>(
-    answer: Answer<T>,
-    tracing: bool,
-    hit: impl Fn(&T) -> bool,
-) -> Result<Option<(bool, Option<String>)>, DnsError> {
-    let addrs = answer?;
-    if addrs.is_empty() {
-        return Ok(None);
-    }
-    let listing = tracing.then(|| format!("{:?}", &*addrs));
-    Ok(Some((addrs.iter().any(hit), listing)))
-}
-
 /// §7.3 `%{p}`: a validated name equal to the domain, else one below it,
 /// else any.
 fn preferred_ptr(names: &[String], domain: &str) -> Option<String> {
@@ -882,72 +675,9 @@ fn preferred_ptr(names: &[String], domain: &str) -> Option<String> {
         .cloned()
 }
 
-/// `name` is `target` or ends with `.target` (case-insensitive, label
-/// boundary; trailing dots ignored).
-pub fn is_same_or_subdomain(name: &str, target: &str) -> bool {
-    let name = name.strip_suffix('.').unwrap_or(name);
-    let target = target.strip_suffix('.').unwrap_or(target);
-    if name.len() < target.len() {
-        return false;
-    }
-    // Bytes, not str: a name from the envelope may hold non-ASCII, and the
-    // cut may fall inside a character (which then cannot match an ASCII
-    // label boundary anyway).
-    let (head, tail) = name.as_bytes().split_at(name.len() - target.len());
-    tail.eq_ignore_ascii_case(target.as_bytes()) && (head.is_empty() || head.ends_with(b"."))
-}
-
-#[cfg(test)]
-mod subdomain_tests {
-    use super::is_same_or_subdomain;
-
-    #[test]
-    fn label_boundaries_and_non_ascii_names() {
-        assert!(is_same_or_subdomain("a.Pass.test.", "pass.test"));
-        assert!(is_same_or_subdomain("pass.test", "pass.test"));
-        assert!(!is_same_or_subdomain("xpass.test", "pass.test"));
-        // The cut lands inside U+FFFD (a lossy-decoded byte): no panic.
-        assert!(!is_same_or_subdomain("re\u{FFFD}ay.test", "pass.test"));
-        assert!(!is_same_or_subdomain("\u{FFFD}.test", "a.test"));
-    }
-}
-
-fn prefix_match_v4(a: std::net::Ipv4Addr, b: std::net::Ipv4Addr, len: u8) -> bool {
-    // checked_shl: a /0 prefix must not shift by 32 (overflow).
-    let mask = u32::MAX.checked_shl(32 - u32::from(len)).unwrap_or(0);
-    (u32::from(a) & mask) == (u32::from(b) & mask)
-}
-
-fn prefix_match_v6(a: std::net::Ipv6Addr, b: std::net::Ipv6Addr, len: u8) -> bool {
-    let mask = u128::MAX.checked_shl(128 - u32::from(len)).unwrap_or(0);
-    (u128::from(a) & mask) == (u128::from(b) & mask)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn subdomain_matching_respects_label_boundaries() {
-        assert!(is_same_or_subdomain("mail.example.com", "example.com"));
-        assert!(is_same_or_subdomain("Example.COM.", "example.com"));
-        assert!(!is_same_or_subdomain("badexample.com", "example.com"));
-        assert!(!is_same_or_subdomain("com", "example.com"));
-    }
-
-    #[test]
-    fn prefix_matching_handles_zero_and_full_lengths() {
-        let a = "192.0.2.1".parse().unwrap();
-        let b = "198.51.100.7".parse().unwrap();
-        assert!(prefix_match_v4(a, b, 0));
-        assert!(!prefix_match_v4(a, b, 32));
-        assert!(prefix_match_v4(a, a, 32));
-        let c = "2001:db8::1".parse().unwrap();
-        let d = "2001:db8::2".parse().unwrap();
-        assert!(prefix_match_v6(c, d, 0));
-        assert!(prefix_match_v6(c, d, 126));
-        assert!(!prefix_match_v6(c, d, 127));
-    }
 
     #[test]
     fn ptr_preference() {

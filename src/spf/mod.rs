@@ -8,6 +8,7 @@ pub mod flatten;
 pub mod identity;
 pub mod macros;
 pub mod outcome;
+pub mod ptr;
 pub mod record;
 
 pub use eval::{DEFAULT_EXPLANATION, Evaluator, Limits, Request, TraceStep};

@@ -365,29 +365,12 @@ pub fn collect_stderr(child: &mut Child) -> Arc<Mutex<String>> {
     text
 }
 
-/// A milter packet: length (of command and data, 4 octets, network
-/// order), command octet, data.
-pub fn packet(command: u8, data: &[u8]) -> Vec<u8> {
-    let len = u32::try_from(data.len() + 1).expect("a packet under 4 GiB");
-    let mut out = len.to_be_bytes().to_vec();
-    out.push(command);
-    out.extend_from_slice(data);
-    out
-}
-
 /// Postfix's SMFIC_OPTNEG (version 6, all actions, all protocol steps
 /// offered) on a plain stream; returns the actions the milter asks for.
 pub fn handshake(stream: &mut (impl std::io::Read + std::io::Write)) -> std::io::Result<u32> {
-    let mut data = 6u32.to_be_bytes().to_vec();
-    data.extend_from_slice(&0x1ffu32.to_be_bytes());
-    data.extend_from_slice(&0x1f_ffffu32.to_be_bytes());
-    stream.write_all(&packet(b'O', &data))?;
-    let mut head = [0u8; 5];
-    stream.read_exact(&mut head)?;
-    let len = u32::from_be_bytes(head[..4].try_into().unwrap()) as usize;
-    let mut body = vec![0u8; len.saturating_sub(1)];
-    stream.read_exact(&mut body)?;
-    assert_eq!(head[4], b'O', "an SMFIC_OPTNEG reply");
+    stream.write_all(&milter_codec::optneg())?;
+    let (command, body) = milter_codec::read_packet(stream)?;
+    assert_eq!(command, b'O', "an SMFIC_OPTNEG reply");
     assert!(body.len() >= 12, "a short OPTNEG reply: {body:?}");
     assert_eq!(u32::from_be_bytes(body[..4].try_into().unwrap()), 6);
     Ok(u32::from_be_bytes(body[4..8].try_into().unwrap()))

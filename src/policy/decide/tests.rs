@@ -10,6 +10,7 @@ use super::*;
 use crate::config::{Config, DomainName, RejectPolicy};
 use crate::dns::Zone;
 use crate::dns::zone::Entry;
+use crate::policy::envelope::Envelope;
 use crate::spf::{Evaluator, Limits, SpfResult};
 
 const CLIENT: &str = "192.0.2.1";
@@ -46,13 +47,16 @@ fn ip(s: &str) -> IpAddr {
 }
 
 async fn run_with(config: &Config, ev: &Evaluator<Zone>, helo: &str, sender: &str) -> Decision {
-    let inputs = Inputs {
-        client_ip: Some(ip(CLIENT)),
-        helo,
-        sender,
-        deadline: None,
-    };
-    decide(config, ev, &inputs).await
+    decide(config, ev, &envelope(Some(ip(CLIENT)), helo, sender), None).await
+}
+
+fn envelope(client_ip: Option<IpAddr>, helo: &str, sender: &str) -> Envelope {
+    Envelope {
+        client_ip,
+        helo: helo.to_owned(),
+        sender: sender.to_owned(),
+        ..Envelope::default()
+    }
 }
 
 async fn run(config: &Config, helo: &str, sender: &str) -> Decision {
@@ -495,13 +499,8 @@ async fn helo_temperror_defers_before_mail_from() {
 #[tokio::test]
 async fn no_address_is_nothing() {
     let c = Config::default();
-    let inputs = Inputs {
-        client_ip: None,
-        helo: "fail.test",
-        sender: "a@fail.test",
-        deadline: None,
-    };
-    let d = decide(&c, &evaluator(), &inputs).await;
+    let env = envelope(None, "fail.test", "a@fail.test");
+    let d = decide(&c, &evaluator(), &env, None).await;
     check(&d, Want::Nothing, "no IP");
     assert_eq!(d.ip, None);
 }
@@ -646,32 +645,17 @@ async fn prospective() {
     let mut c = config(RejectPolicy::Fail, RejectPolicy::Fail);
     c.policy.prospective = Some(ip("192.0.2.1"));
     // The client's own address does not matter, nor its absence.
-    let inputs = Inputs {
-        client_ip: Some(ip("198.51.100.7")),
-        helo: "pass.test",
-        sender: "a@pass.test",
-        deadline: None,
-    };
-    let d = decide(&c, &evaluator(), &inputs).await;
+    let env = envelope(Some(ip("198.51.100.7")), "pass.test", "a@pass.test");
+    let d = decide(&c, &evaluator(), &env, None).await;
     assert_eq!(d.action, Action::Accept);
     assert_eq!(d.ip, Some(ip("192.0.2.1")));
     assert_eq!(d.mail_from.as_ref().unwrap().result, SpfResult::Pass);
     assert_eq!(d.header, None, "passing mail gets no header");
-    let inputs = Inputs {
-        client_ip: None,
-        helo: "pass.test",
-        sender: "a@none.test",
-        deadline: None,
-    };
-    let d = decide(&c, &evaluator(), &inputs).await;
+    let env = envelope(None, "pass.test", "a@none.test");
+    let d = decide(&c, &evaluator(), &env, None).await;
     check(&d, Want::HdrMf(SpfResult::None), "Prospective, none");
-    let inputs = Inputs {
-        client_ip: None,
-        helo: "pass.test",
-        sender: "a@fail.test",
-        deadline: None,
-    };
-    let d = decide(&c, &evaluator(), &inputs).await;
+    let env = envelope(None, "pass.test", "a@fail.test");
+    let d = decide(&c, &evaluator(), &env, None).await;
     check(&d, Want::Reject(Identity::MailFrom), "Prospective, fail");
     assert!(reply(&d).text.contains("ip=192.0.2.1;"));
 }
@@ -833,13 +817,8 @@ async fn the_deadline_bounds_helo_and_mail_from_together() {
         ..Limits::default()
     });
     let start = tokio::time::Instant::now();
-    let inputs = Inputs {
-        client_ip: Some(ip(CLIENT)),
-        helo: "pass.test",
-        sender: "a@pass.test",
-        deadline: Some(start + Duration::from_secs(25)),
-    };
-    let d = decide(&c, &evaluator, &inputs).await;
+    let env = envelope(Some(ip(CLIENT)), "pass.test", "a@pass.test");
+    let d = decide(&c, &evaluator, &env, Some(start + Duration::from_secs(25))).await;
     // HELO: its own 20 s limit, then the defer.
     assert_eq!(start.elapsed(), Duration::from_secs(20));
     let helo = d.helo.as_ref().expect("HELO checked");
@@ -857,11 +836,7 @@ async fn the_deadline_bounds_helo_and_mail_from_together() {
 
     c.policy.temperror_defer = false;
     let start = tokio::time::Instant::now();
-    let inputs = Inputs {
-        deadline: Some(start + Duration::from_secs(25)),
-        ..inputs
-    };
-    let d = decide(&c, &evaluator, &inputs).await;
+    let d = decide(&c, &evaluator, &env, Some(start + Duration::from_secs(25))).await;
     // HELO: 20 s; MAIL FROM: the 5 s left, not another 20.
     assert_eq!(start.elapsed(), Duration::from_secs(25));
     let mail_from = d.mail_from.as_ref().expect("MAIL FROM checked");
