@@ -1203,6 +1203,17 @@ fn config_convert_output_loads_back_equal() {
         stderr.contains(":1: error: Per_User is not supported"),
         "{stderr}"
     );
+    // The summary is a line of its own, the last, ended by a newline, so
+    // that nothing written after it (a shell prompt, the next command's
+    // output) joins it.
+    let summary = format!("{}: not converted: 1 error\n", bad.display());
+    assert!(stderr.ends_with(&summary), "{stderr:?}");
+    assert!(
+        stderr
+            .lines()
+            .all(|l| l.starts_with(&*bad.to_string_lossy())),
+        "{stderr:?}"
+    );
 }
 
 /// Runs spfmilter, which must end within 5 s (a FIFO opened for reading
