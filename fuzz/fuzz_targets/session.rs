@@ -38,7 +38,7 @@ use spfmilter::dns::Zone;
 use spfmilter::log::Logger;
 use spfmilter::metrics::Metrics;
 use spfmilter::policy::headers::could_claim_authserv_id;
-use spfmilter::session::{Answer, HeaderEdit, Session, Shared, Stage};
+use spfmilter::session::{HeaderEdit, Session, Shared, Stage, StageReply};
 use spfmilter::spf::Evaluator;
 
 const ID: &str = "fuzz.example";
@@ -122,10 +122,10 @@ fn is_named(name: &[u8], label: &str) -> bool {
     name.trim_ascii_end().eq_ignore_ascii_case(label.as_bytes())
 }
 
-fn check_answer(answer: &Answer) {
+fn check_answer(answer: &StageReply) {
     match answer {
-        Answer::Continue | Answer::Accept => {}
-        Answer::Reject(r) | Answer::Tempfail(r) => {
+        StageReply::Continue | StageReply::Accept => {}
+        StageReply::Reject(r) | StageReply::Tempfail(r) => {
             assert!((400..600).contains(&r.code), "reply code {}", r.code);
             assert!(
                 !r.text.contains(['\r', '\n']),
