@@ -12,5 +12,6 @@ pub mod log;
 pub mod metrics;
 pub mod milter;
 pub mod policy;
+pub mod rescue;
 pub mod session;
 pub mod spf;
