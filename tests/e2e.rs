@@ -25,6 +25,7 @@
 //! | DNS forwarder (resolv.conf's `nameserver 127.0.0.1`) | 127.0.0.1:53 |
 //! | NSD, the test zones of `e2e/zones.rs` | 127.0.0.1:5300 |
 //! | the SPF milter under test | inet 127.0.0.1:8891 |
+//! | OpenDKIM (the tests of forwarded, signed mail) | inet 127.0.0.1:8892 |
 //! | OpenDMARC | inet 127.0.0.1:8893 |
 //! | Postfix smtpd, `myhostname = mx.test.example` | 127.0.0.1:25 |
 //!
@@ -41,6 +42,7 @@
 mod harness;
 
 use harness::differential;
+use harness::forwarding;
 use harness::milter::MilterUnderTest;
 use harness::namespace::{isolated, isolated_for};
 use harness::scenarios;
@@ -110,6 +112,7 @@ scenario_tests! {
     spfmilter_forged_headers => scenarios::forged_headers;
     spfmilter_forged_lenient_authserv_ids => scenarios::forged_lenient_authserv_ids;
     spfmilter_identity_injection => scenarios::identity_injection;
+    spfmilter_forwarded_header_mode => forwarding::forwarded_header_mode;
 }
 
 /// `[milter] max_connections` through Postfix: over the limit, Postfix's

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use super::dns::{Dns, DnsPorts, QueryLog, Zone};
 use super::milter::{MilterUnderTest, PolicydConf, RunningMilter, SpfHeader, spf_header};
+use super::opendkim::{OpenDkim, OpenDkimConfig};
 use super::opendmarc::{OpenDmarc, OpenDmarcConfig};
 use super::postfix::{MYHOSTNAME, Postfix, PostfixConfig};
 use super::process::{TempDir, other_processes, read_lossy, signal, wait_until};
@@ -32,6 +33,9 @@ pub struct LabConfig {
     /// Per-milter settings appended to the SPF milter's `smtpd_milters`
     /// entry, e.g. `default_action=accept`.
     pub milter_settings: Vec<String>,
+    /// OpenDKIM (verify mode), listed after the SPF milter and before
+    /// OpenDMARC (see `e2e/opendkim.rs` for why not before the SPF milter).
+    pub opendkim: Option<OpenDkimConfig>,
     /// OpenDMARC, listed after the SPF milter.
     pub opendmarc: Option<OpenDmarcConfig>,
     /// Postfix; `milters` is filled from the two above if left empty.
@@ -48,6 +52,7 @@ impl LabConfig {
             milter: Some((milter.clone(), conf)),
             milter_port: MILTER_PORT,
             milter_settings: Vec::new(),
+            opendkim: None,
             opendmarc: Some(OpenDmarcConfig::default()),
             postfix: PostfixConfig::default(),
         }
@@ -67,6 +72,7 @@ pub struct Lab {
     pub policyd_conf: Option<PolicydConf>,
     milter_port: u16,
     pub milter: Option<RunningMilter>,
+    pub opendkim: Option<OpenDkim>,
     pub opendmarc: Option<OpenDmarc>,
     pub postfix: Option<Postfix>,
     sent: usize,
@@ -84,6 +90,7 @@ impl Lab {
             policyd_conf: config.milter.as_ref().map(|(_, c)| c.clone()),
             milter_port: config.milter_port,
             milter: None,
+            opendkim: None,
             opendmarc: None,
             postfix: None,
             sent: 0,
@@ -101,6 +108,10 @@ impl Lab {
             lab.milter = Some(milter.start(&root.join("milter"), config.milter_port, conf)?);
             eprintln!("e2e: {} up after {:?}", milter.name, t.elapsed());
         }
+        if let Some(dkim) = &config.opendkim {
+            lab.opendkim = Some(OpenDkim::start(&root.join("opendkim"), dkim)?);
+            eprintln!("e2e: opendkim up after {:?}", t.elapsed());
+        }
         if let Some(dmarc) = &config.opendmarc {
             lab.opendmarc = Some(OpenDmarc::start(&root.join("opendmarc"), dmarc)?);
             eprintln!("e2e: opendmarc up after {:?}", t.elapsed());
@@ -116,6 +127,12 @@ impl Lab {
                     } else {
                         format!("{{ {socket}, {} }}", config.milter_settings.join(", "))
                     });
+            }
+            if let Some(dkim) = &config.opendkim {
+                config
+                    .postfix
+                    .milters
+                    .push(format!("inet:127.0.0.1:{}", dkim.port));
             }
             if let Some(dmarc) = &config.opendmarc {
                 config
@@ -238,6 +255,8 @@ impl Lab {
         if let Some(m) = &self.milter {
             s += &format!("----- {} stderr\n{}", m.log.display(), read_lossy(&m.log));
         }
+        let dkim_log = self.dir.path().join("opendkim/opendkim.stderr");
+        s += &format!("----- opendkim stderr\n{}", read_lossy(&dkim_log));
         let dmarc_log = self.dir.path().join("opendmarc/opendmarc.stderr");
         s += &format!("----- opendmarc stderr\n{}", read_lossy(&dmarc_log));
         if let Some(d) = &self.dns {
@@ -279,11 +298,19 @@ impl Lab {
         if let Some(m) = &mut self.milter {
             m.daemon.begin_stop();
         }
+        if let Some(d) = &mut self.opendkim {
+            d.daemon().begin_stop();
+        }
         if let Some(d) = &mut self.opendmarc {
             d.daemon().begin_stop();
         }
         if let Some(mut m) = self.milter.take()
             && let Err(e) = m.daemon.stop()
+        {
+            errors.push(e);
+        }
+        if let Some(mut d) = self.opendkim.take()
+            && let Err(e) = d.daemon().stop()
         {
             errors.push(e);
         }

@@ -9,10 +9,12 @@
 //! | `syslog` | the `/dev/log` receiver (milters and OpenDMARC log to syslog) |
 //! | `dns`, `zones` | NSD with zones written from Rust data, a query-logging forwarder that can time out |
 //! | `postfix` | the Postfix instance (`postfix -c DIR`), maillog, `postcat` |
+//! | `opendkim` | OpenDKIM (verify mode) before the SPF milter; test-time DKIM keys and signatures with dkimpy |
 //! | `opendmarc` | OpenDMARC as the second milter |
 //! | `milter` | the SPF milter under test (pyspf-milter today, `spfmilter run` later), its `policyd-spf.conf`, reading its header |
 //! | `smtp` | swaks, transcripts, replies, stored messages |
 //! | `lab` | all of it together |
+//! | `forwarding` | forwarded, DKIM-signed mail through OpenDKIM, the SPF milter and OpenDMARC |
 //! | `scenarios` | the checks, for any milter under test |
 //! | `soak` | thousands of messages through Postfix, spfmilter restarted twice, every message accounted for |
 //! | `differential` | the same mail through pyspf-milter and spfmilter: one table of expected outcomes and departures |
@@ -22,9 +24,11 @@
 
 pub mod differential;
 pub mod dns;
+pub mod forwarding;
 pub mod lab;
 pub mod milter;
 pub mod namespace;
+pub mod opendkim;
 pub mod opendmarc;
 pub mod postfix;
 pub mod process;

@@ -28,6 +28,10 @@ pub struct Mail {
     /// `From: <envelope sender>`.
     pub headers: Vec<(String, String)>,
     pub body: String,
+    /// The whole message (header and body), sent as it is instead of
+    /// swaks's generated one: for messages signed before sending.
+    /// `headers` and `body` are then not used.
+    pub data: Option<String>,
     /// SMTP AUTH PLAIN as `(user, password)` after XCLIENT and EHLO, so
     /// Postfix passes `{auth_authen}` to the milters at MAIL FROM.
     pub auth: Option<(String, String)>,
@@ -45,6 +49,7 @@ impl Mail {
             to: vec![format!("user@{RCPT_DOMAIN}")],
             headers: Vec::new(),
             body: "e2e test message".to_string(),
+            data: None,
             auth: None,
         }
     }
@@ -68,6 +73,11 @@ impl Mail {
     /// The null reverse-path `<>`.
     pub fn null_sender() -> Self {
         Self::from("")
+    }
+    /// Sends `message` (header and body) as it is.
+    pub fn data(mut self, message: &str) -> Self {
+        self.data = Some(message.to_string());
+        self
     }
     pub fn header(mut self, name: &str, value: &str) -> Self {
         self.headers.push((name.to_string(), value.to_string()));
@@ -97,10 +107,17 @@ impl Mail {
                     &self.from
                 },
             ])
-            .args(["--to", &self.to.join(",")])
-            .args(["--body", &self.body]);
-        for (name, value) in &self.headers {
-            cmd.args(["--header", &format!("{name}: {value}")]);
+            .args(["--to", &self.to.join(",")]);
+        if let Some(data) = &self.data {
+            // `@FILE`: swaks reads the message from the file as it is.
+            let file = transcript_file.with_extension("eml");
+            std::fs::write(&file, data).unwrap_or_else(|e| panic!("write {}: {e}", file.display()));
+            cmd.arg("--data").arg(format!("@{}", file.display()));
+        } else {
+            cmd.args(["--body", &self.body]);
+            for (name, value) in &self.headers {
+                cmd.args(["--header", &format!("{name}: {value}")]);
+            }
         }
         if let Some((user, password)) = &self.auth {
             cmd.args(["--auth", "PLAIN"])

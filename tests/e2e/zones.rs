@@ -208,3 +208,20 @@ pub fn standard_zones() -> Vec<Zone> {
     )));
     zones
 }
+
+/// Adds `zone` (a child of `test.`) to `zones` and delegates it from the
+/// parent zone `test.`; its name server is NSD itself, at 127.0.0.1. For
+/// zones a test builds at run time, such as one holding a DKIM key made by
+/// the test.
+pub fn delegate(zones: &mut Vec<Zone>, zone: Zone) {
+    let label = zone.origin.trim_end_matches(".test").to_string();
+    if let Some(parent) = zones.iter_mut().find(|z| z.origin == "test") {
+        parent
+            .records
+            .push(Record::ns(&label, &format!("ns.{}.", zone.origin)));
+        parent
+            .records
+            .push(Record::a(&format!("ns.{label}"), "127.0.0.1"));
+    }
+    zones.push(zone);
+}

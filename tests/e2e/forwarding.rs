@@ -1,0 +1,107 @@
+//! Forwarded mail: a message signed with DKIM by its author's domain,
+//! relayed unchanged by a forwarder whose address the author's SPF record
+//! does not list. SPF fails; OpenDKIM (after the SPF milter) verifies the
+//! signature; OpenDMARC (last) passes the message through DKIM alignment. The SPF milter must still say `fail` (DMARC reads it), and
+//! OpenDMARC must still pass the message.
+//!
+//! signed.test is the author's domain, built at run time: its SPF record
+//! lists only 203.0.113.0/24 (not [`CLIENT_IP`], the forwarder), its DMARC
+//! policy is `p=reject`, and `sel._domainkey.signed.test` holds a key made
+//! by the test.
+
+use std::path::Path;
+
+use super::dns::{Record, Zone};
+use super::lab::{Lab, LabConfig};
+use super::milter::{MilterUnderTest, PolicydConf};
+use super::opendkim::{DkimKey, OpenDkimConfig};
+use super::postfix::{MYHOSTNAME, RCPT_DOMAIN};
+use super::scenarios::{assert_dmarc, assert_reply, assert_spf, finish, start};
+use super::smtp::{Mail, Message};
+use super::zones::{DMARC_RECORD, delegate, standard_zones};
+
+/// The author's domain.
+pub const SIGNED_DOMAIN: &str = "signed.test";
+/// The DKIM selector of its key.
+pub const SELECTOR: &str = "sel";
+
+/// The standard zones plus signed.test with `key` published.
+pub fn zones_with_signer(key: &DkimKey) -> Vec<Zone> {
+    let mut zones = standard_zones();
+    delegate(
+        &mut zones,
+        Zone::new(SIGNED_DOMAIN)
+            .with(Record::txt("@", "v=spf1 ip4:203.0.113.0/24 -all"))
+            .with(Record::txt("_dmarc", DMARC_RECORD))
+            .with(Record::txt(&format!("{SELECTOR}._domainkey"), &key.record)),
+    );
+    zones
+}
+
+/// A message from alice@signed.test, CRLF line ends, with `body`.
+pub fn author_message(subject: &str, body: &str) -> String {
+    format!(
+        "From: Alice <alice@{SIGNED_DOMAIN}>\r\n\
+         To: user@{RCPT_DOMAIN}\r\n\
+         Subject: {subject}\r\n\
+         Date: Wed, 02 Dec 2026 06:00:00 +0000\r\n\
+         Message-ID: <{subject}@{SIGNED_DOMAIN}>\r\n\
+         MIME-Version: 1.0\r\n\
+         Content-Type: text/plain; charset=us-ascii\r\n\
+         \r\n\
+         {body}\r\n"
+    )
+}
+
+/// The DKIM result OpenDKIM wrote (`pass`, `fail`, `none`...).
+pub fn dkim_result(message: &Message) -> Option<String> {
+    message.auth_result(MYHOSTNAME, "dkim")
+}
+
+/// Makes the key and starts a lab with OpenDKIM between the SPF milter and
+/// OpenDMARC.
+pub fn start_lab(scratch: &Path, milter: &MilterUnderTest, conf: PolicydConf) -> (Lab, DkimKey) {
+    let key = DkimKey::generate(&scratch.join("keys"), "signed")
+        .unwrap_or_else(|e| panic!("DKIM key: {e}"));
+    let mut config = LabConfig::new(milter, conf);
+    config.zones = zones_with_signer(&key);
+    config.opendkim = Some(OpenDkimConfig::default());
+    (start(scratch, config), key)
+}
+
+/// Header-only mode: the signed forward is delivered with SPF `fail`,
+/// OpenDKIM's `dkim=pass` and OpenDMARC's `dmarc=pass`; the same message
+/// changed after signing gets `dkim=fail` and `dmarc=fail`.
+pub fn forwarded_header_mode(scratch: &Path, milter: &MilterUnderTest) {
+    let (mut lab, key) = start_lab(scratch, milter, PolicydConf::header_only());
+    let message = author_message("forwarded", "Hello from the author.");
+    let signed = key
+        .sign(SELECTOR, SIGNED_DOMAIN, &message)
+        .unwrap_or_else(|e| panic!("sign: {e}"));
+
+    let mail = Mail::from(&format!("alice@{SIGNED_DOMAIN}")).data(&signed);
+    let (transcript, stored) = lab.deliver(&mail);
+    assert_reply(&transcript, "MAIL FROM", 250, Some("2.1.0"));
+    assert_spf(&lab, &stored, "fail", "mailfrom");
+    assert_eq!(
+        dkim_result(&stored).as_deref(),
+        Some("pass"),
+        "OpenDKIM's result in:\n{}",
+        stored.header_text()
+    );
+    assert_dmarc(&lab, &stored, "pass");
+
+    // Changed on the way: the body no longer matches the signature.
+    let tampered = signed.replace("Hello from the author.", "Send the money.");
+    assert_ne!(tampered, signed);
+    let (_, stored) = lab.deliver(&Mail::from(&format!("alice@{SIGNED_DOMAIN}")).data(&tampered));
+    assert_spf(&lab, &stored, "fail", "mailfrom");
+    assert_eq!(
+        dkim_result(&stored).as_deref(),
+        Some("fail"),
+        "OpenDKIM's result in:\n{}",
+        stored.header_text()
+    );
+    assert_dmarc(&lab, &stored, "fail");
+    finish(lab);
+}
