@@ -5,7 +5,8 @@
 //! `trusted_arc_sealers`, and that set's ARC-Authentication-Results says
 //! the message passed in a way that speaks for its author:
 //!
-//! * `dkim=pass` with `header.d` aligned with the From domain;
+//! * `dkim=pass` with `header.d` (or, without it, the domain of
+//!   `header.i`) aligned with the From domain;
 //! * `dmarc=pass` with `header.from` aligned with the From domain;
 //! * `spf=pass` with the domain of `smtp.mailfrom` aligned with the From
 //!   domain or with the MAIL FROM domain this server saw (the sealer saw the
@@ -113,6 +114,13 @@ pub fn plan(
     })
 }
 
+/// The first of `names` the result has, with its value.
+fn first_of<'r>(r: &'r ResInfo, names: &[&'static str]) -> Option<(&'static str, &'r str)> {
+    names
+        .iter()
+        .find_map(|&name| r.property(name).map(|value| (name, value)))
+}
+
 fn ids_from(ids: &Identities<'_>) -> String {
     match ids.from {
         Ok(from) => format!("From {from}"),
@@ -128,20 +136,26 @@ fn speaks_for_author(r: &ResInfo, ids: &Identities<'_>) -> Option<String> {
     }
     let from = ids.from.ok();
     let from_aligned = |d: &str| from.is_some_and(|f| aligned(d, f));
-    let (property, domain) = match r.method.as_str() {
-        "dkim" => ("header.d", r.property("header.d")?),
-        "dmarc" => ("header.from", r.property("header.from")?),
-        "spf" => ("smtp.mailfrom", r.property("smtp.mailfrom")?),
+    // header.i (the signature's AUID, RFC 6376 §3.5: d= or a subdomain of
+    // it) where a sealer writes it instead of header.d, as many do;
+    // smtp.mfrom as RFC 8617's own example writes smtp.mailfrom.
+    let (property, value) = match r.method.as_str() {
+        "dkim" => first_of(r, &["header.d", "header.i"])?,
+        "dmarc" => first_of(r, &["header.from"])?,
+        "spf" => first_of(r, &["smtp.mailfrom", "smtp.mfrom"])?,
         _ => return None,
     };
-    let ok = match r.method.as_str() {
-        "spf" => {
-            let d = domain.rsplit_once('@').map_or(domain, |(_, d)| d);
-            from_aligned(d) || ids.mail_from.is_some_and(|mf| aligned(d, mf))
+    let domain = match property {
+        "header.i" | "smtp.mailfrom" | "smtp.mfrom" => {
+            value.rsplit_once('@').map_or(value, |(_, d)| d)
         }
+        _ => value,
+    };
+    let ok = match r.method.as_str() {
+        "spf" => from_aligned(domain) || ids.mail_from.is_some_and(|mf| aligned(domain, mf)),
         _ => from_aligned(domain),
     };
-    ok.then(|| format!("{}=pass {property}={}", r.method, shown(domain)))
+    ok.then(|| format!("{}=pass {property}={}", r.method, shown(value)))
 }
 
 /// Reads mail-auth's verdict on the chain.
@@ -179,6 +193,89 @@ pub fn evaluate(
                 None => findings.not(format!("arc chain broken: {}", describe(err))),
             }
             None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What the newest ARC-Authentication-Results `aar` says for a message
+    /// from example.org with MAIL FROM `mail_from`.
+    fn rescue(aar: &str, mail_from: Option<&str>) -> Option<String> {
+        let ids = Identities {
+            from: Ok("example.org"),
+            mail_from,
+        };
+        aar::parse(aar.as_bytes())?
+            .results
+            .iter()
+            .find_map(|r| speaks_for_author(r, &ids))
+    }
+
+    #[test]
+    fn passes_that_speak_for_the_author() {
+        assert_eq!(
+            rescue("i=1; mx.example; dkim=pass header.d=mail.example.org", None).as_deref(),
+            Some("dkim=pass header.d=mail.example.org")
+        );
+        // The shape large mailbox providers seal: header.i, no header.d.
+        assert_eq!(
+            rescue(
+                "i=1; mx.google.example; dkim=pass header.i=@example.org header.s=s header.b=Ab12",
+                None
+            )
+            .as_deref(),
+            Some("dkim=pass header.i=@example.org")
+        );
+        assert_eq!(
+            rescue(
+                "i=1; mx.example; dmarc=pass (p=reject) header.from=example.org",
+                None
+            )
+            .as_deref(),
+            Some("dmarc=pass header.from=example.org")
+        );
+        // The sealer saw this envelope pass: forwarded with its MAIL FROM.
+        assert_eq!(
+            rescue(
+                "i=1; mx.example; spf=pass smtp.mailfrom=\"bounce@news.example.net\"",
+                Some("example.net")
+            )
+            .as_deref(),
+            Some("spf=pass smtp.mailfrom=bounce@news.example.net")
+        );
+    }
+
+    #[test]
+    fn passes_that_do_not() {
+        for (aar, mail_from) in [
+            ("i=1; mx.example; dkim=pass header.d=esp.example", None),
+            ("i=1; mx.example; dkim=fail header.d=example.org", None),
+            ("i=1; mx.example; dkim=pass header.s=sel", None),
+            (
+                "i=1; mx.example; dkim=pass header.d=evil.test@example.org",
+                None,
+            ),
+            ("i=1; mx.example; dmarc=pass header.from=example.net", None),
+            ("i=1; mx.example; dmarc=pass", None),
+            // spf=pass for another envelope says nothing about this one.
+            (
+                "i=1; mx.example; spf=pass smtp.mailfrom=x@spammer.example",
+                Some("example.net"),
+            ),
+            (
+                "i=1; mx.example; spf=softfail smtp.mailfrom=x@example.net",
+                Some("example.net"),
+            ),
+            (
+                "i=1; mx.example; arc=pass; iprev=pass policy.iprev=192.0.2.1",
+                None,
+            ),
+            ("i=1; mx.example; none", None),
+        ] {
+            assert_eq!(rescue(aar, mail_from), None, "{aar}");
         }
     }
 }
