@@ -13,7 +13,7 @@ use std::hash::Hash;
 use futures_util::future::join_all;
 use mail_auth::common::parse::TxtRecordParser;
 use mail_auth::common::verify::DomainKey;
-use mail_auth::hickory_resolver::config::{ResolverConfig, ResolverOpts};
+use mail_auth::hickory_resolver::config::{ResolveHosts, ResolverConfig, ResolverOpts};
 use mail_auth::hickory_resolver::proto::op::ResponseCode;
 use mail_auth::{
     DnsError as AuthDnsError, Error as AuthError, MessageAuthenticator, ResolverCache,
@@ -128,10 +128,31 @@ impl ResolverCache<Box<str>, mail_auth::Txt> for Keys {
 /// (a third-party ATPS record, RFC 6541; a DKIM report record, RFC 6651)
 /// fails at once without a packet sent.
 pub fn authenticator() -> Result<MessageAuthenticator, String> {
+    let (config, options) = offline_resolver();
+    MessageAuthenticator::new(config, options)
+        .map_err(|e| format!("cannot set up the DKIM verifier: {e}"))
+}
+
+/// The configuration of [`authenticator`]'s resolver: no name server, no
+/// search domain, no hosts file, no retry, no cache.
+fn offline_resolver() -> (ResolverConfig, ResolverOpts) {
     let mut options = ResolverOpts::default();
     options.attempts = 0;
     options.cache_size = 0;
-    options.use_hosts_file = mail_auth::hickory_resolver::config::ResolveHosts::Never;
-    MessageAuthenticator::new(ResolverConfig::from_parts(None, vec![], vec![]), options)
-        .map_err(|e| format!("cannot set up the DKIM verifier: {e}"))
+    options.use_hosts_file = ResolveHosts::Never;
+    (ResolverConfig::from_parts(None, vec![], vec![]), options)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mail_auths_resolver_has_nowhere_to_send_a_query() {
+        let (config, options) = offline_resolver();
+        assert!(config.name_servers().is_empty());
+        assert!(config.search().is_empty());
+        assert_eq!(config.domain(), None);
+        assert_eq!(options.use_hosts_file, ResolveHosts::Never);
+    }
 }

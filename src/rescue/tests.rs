@@ -193,24 +193,37 @@ async fn a_body_length_signature_is_never_accepted() {
 }
 
 #[tokio::test]
-async fn a_report_request_needs_no_other_lookup() {
-    // r=y (RFC 6651) makes mail-auth look for _report._domainkey.<d>; that
-    // name is not in the keys handed over, and its resolver has no server:
-    // the verdict still comes, without the network.
+async fn a_lookup_outside_the_fetched_keys_fails_at_once() {
+    // A failing signature with r=y (RFC 6651) makes mail-auth look up
+    // _report._domainkey.<d>, a name spfmilter did not fetch: mail-auth's
+    // own resolver has no name server, so the lookup fails at once (no
+    // packet, no wait) and the verdict still comes.
     let key = TestKey::ed25519("example.org", "sel1");
     let options = SignOptions {
         reporting: true,
         ..SignOptions::default()
     };
     let signed = key.sign_with(&author_message(), &options);
+    assert!(String::from_utf8_lossy(&signed).contains("r=y"));
+    let changed = String::from_utf8(signed.clone())
+        .unwrap()
+        .replace("Subject: forwarded", "Subject: changed");
     let zone = zone_of(&[&key]);
-    let verdict = tokio::time::timeout(
-        Duration::from_secs(60),
-        verify(&zone, &both(&[]), &signed, None),
-    )
-    .await
-    .expect("the verification does not hang on a lookup outside spfmilter's DNS");
+    let guard = Duration::from_secs(60);
+    let verdict = tokio::time::timeout(guard, verify(&zone, &both(&[]), changed.as_bytes(), None))
+        .await
+        .expect("no wait on a lookup outside spfmilter's DNS");
+    assert_not_rescued(&verdict, "dkim d=example.org: signature does not verify");
+    let verdict = tokio::time::timeout(guard, verify(&zone, &both(&[]), &signed, None))
+        .await
+        .expect("no wait on a lookup outside spfmilter's DNS");
     assert_rescued(&verdict, "dkim d=example.org aligned with From");
+
+    let authenticator = super::keys::authenticator().unwrap();
+    let direct = tokio::time::timeout(guard, authenticator.txt_raw_lookup("example.org."))
+        .await
+        .expect("no wait");
+    assert!(direct.is_err(), "{direct:?}");
 }
 
 #[tokio::test]
@@ -547,4 +560,40 @@ mod prop {
             prop_assert!(!matches!(verdict, Verdict::Rescued(_)), "{:?}", verdict);
         }
     }
+}
+
+#[tokio::test]
+async fn a_two_set_chain_is_judged_by_its_newest_set() {
+    let author = TestKey::ed25519("example.org", "sel1");
+    let first = TestKey::ed25519("relay.example", "arc");
+    let second = TestKey::ed25519("fwd.example", "arc");
+    let signed = author.sign(&author_message());
+    let once = first
+        .arc_seal(&signed, &signed, "relay.example", &[&author])
+        .await;
+    let twice = second
+        .arc_seal(&once, &once, "fwd.example", &[&author, &first])
+        .await;
+    assert!(String::from_utf8_lossy(&twice).contains("cv=pass"));
+    let arc_only = settings(&[Method::Arc], &["fwd.example"]);
+    let zone = zone_of(&[&author, &first, &second]);
+    let verdict = verify(&zone, &arc_only, &twice, None).await;
+    assert_rescued(
+        &verdict,
+        "arc sealed by fwd.example (i=2) with dkim=pass header.d=example.org",
+    );
+    // Trusting only the first sealer is not enough: the newest set counts.
+    let verdict = verify(
+        &zone,
+        &settings(&[Method::Arc], &["relay.example"]),
+        &twice,
+        None,
+    )
+    .await;
+    assert_not_rescued(&verdict, "arc sealer fwd.example not trusted");
+    // The older seal must verify too (RFC 8617 §5.2: every ARC-Seal).
+    let impostor = TestKey::ed25519("relay.example", "arc");
+    let zone = zone_of(&[&author, &impostor, &second]);
+    let verdict = verify(&zone, &arc_only, &twice, None).await;
+    assert_not_rescued(&verdict, "arc chain broken: signature does not verify");
 }

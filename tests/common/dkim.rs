@@ -4,6 +4,16 @@
 //! integration tests, so it uses mail-auth only, never spfmilter's types:
 //! a key gives its DNS name and TXT record, and the caller puts them into
 //! whatever DNS the test runs (`Zone::with_txt`, the test DNS server).
+//!
+//! ```ignore
+//! let author = TestKey::ed25519("example.org", "sel1");
+//! let zone = Zone::new().with_txt(&author.dns_name(), &author.dns_txt());
+//! let signed = author.sign(&message("alice@example.org", "bob@example.net", "hi", "Hello\n"));
+//! // A list that changed the message and sealed it after verifying it:
+//! let list = TestKey::ed25519("lists.example", "arc");
+//! let changed = [&signed[..], b"-- \r\nfooter\r\n"].concat();
+//! let sealed = list.arc_seal(&changed, &signed, "lists.example", &[&author]).await;
+//! ```
 #![allow(dead_code)]
 
 use std::borrow::Borrow;
