@@ -2,6 +2,7 @@
 //! of them.
 #![allow(dead_code)]
 
+pub mod dkim;
 pub mod dns_server;
 pub mod lenient;
 pub mod milter;
