@@ -19,6 +19,7 @@ use crate::config::{AuthservId, Config, InternalErrorAction, LogLevel};
 use crate::dns::Lookup;
 use crate::log::Logger;
 use crate::metrics::{MessageAction, Metrics};
+use crate::policy::block;
 use crate::policy::decide::{Action, Decision, Reply, decide};
 use crate::policy::envelope::Envelope;
 use crate::policy::headers::{header_receiver, is_forged_trace_header, skip_headers, spf_headers};
@@ -38,6 +39,9 @@ pub struct Shared<L> {
 
 impl<L> Shared<L> {
     pub fn with_evaluator(config: Arc<Config>, evaluator: Evaluator<L>, logger: Logger) -> Self {
+        // The block rule `includes` reads the include/redirect targets of
+        // each evaluation; without it they are not recorded.
+        let evaluator = evaluator.with_via(!config.block.includes.is_empty());
         Self {
             config,
             evaluator,
@@ -242,13 +246,40 @@ impl<L: Lookup> Session<L> {
             }
         }
         let decision = decide(config, &shared.evaluator, envelope, Some(deadline)).await;
+        // [block] (src/policy/block.rs): its reject replaces the decision's.
+        let blocked = if block::configured(config) {
+            block::check(
+                config,
+                &shared.evaluator,
+                envelope,
+                &decision,
+                Some(deadline),
+            )
+            .await
+        } else {
+            block::Verdict::default()
+        };
+        let superseded = blocked.block.is_some();
         for line in &decision.log {
+            if !(superseded && line.level == LogLevel::Actions) {
+                shared.log(line.level, &format!("{queue_id}: {line}"));
+            }
+        }
+        for line in &blocked.log {
             shared.log(line.level, &format!("{queue_id}: {line}"));
         }
-        let (action, answer) = match &decision.action {
-            Action::Accept => (MessageAction::Accept, StageReply::Continue),
-            Action::Reject(reply) => (MessageAction::Reject, StageReply::Reject(reply.clone())),
-            Action::Defer(reply) => (MessageAction::Defer, StageReply::Tempfail(reply.clone())),
+        for hit in &blocked.hits {
+            self.metrics.blocked(hit.rule.as_str(), hit.test);
+        }
+        let (action, answer) = match (&blocked.block, &decision.action) {
+            (Some((_, reply)), _) => (MessageAction::Reject, StageReply::Reject(reply.clone())),
+            (None, Action::Accept) => (MessageAction::Accept, StageReply::Continue),
+            (None, Action::Reject(reply)) => {
+                (MessageAction::Reject, StageReply::Reject(reply.clone()))
+            }
+            (None, Action::Defer(reply)) => {
+                (MessageAction::Defer, StageReply::Tempfail(reply.clone()))
+            }
         };
         let checks = [&decision.helo, &decision.mail_from]
             .into_iter()

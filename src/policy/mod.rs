@@ -3,6 +3,7 @@
 //! the decision ([`decide`]) and the header formatting ([`headers`]); the
 //! text of the replies is [`reply`]'s.
 
+pub mod block;
 pub mod decide;
 pub mod envelope;
 pub mod headers;
