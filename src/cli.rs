@@ -92,11 +92,11 @@ struct CheckArgs {
     #[arg(long, value_name = "FILE")]
     config: Option<std::path::PathBuf>,
     /// A domain of the block rule authorized_by (repeatable; added to
-    /// those of --config).
+    /// those of the --config file).
     #[arg(long = "block-authorized-by", value_name = "DOMAIN")]
     block_authorized_by: Vec<String>,
     /// A domain of the block rule includes (repeatable; added to those of
-    /// --config).
+    /// the --config file).
     #[arg(long = "block-includes", value_name = "DOMAIN")]
     block_includes: Vec<String>,
     #[command(flatten)]
