@@ -6,8 +6,9 @@
 //! into the protocol; nothing here knows a socket or a milter type, so the
 //! whole session runs in unit tests and under the fuzzer.
 //!
-//! At MAIL FROM the session hands the envelope to [`skip`] and [`decide`]; a
-//! reject or defer is answered there. Accepted mail gets its trace headers
+//! At MAIL FROM the session hands the envelope to [`skip`] and [`decide`],
+//! then, when `[block]` lists anything, to [`block`]; a reject or defer is
+//! answered there. Accepted mail gets its trace headers
 //! at end of message, inserted at index 0 (above the MTA's own
 //! `Received:`), after forged ones are deleted.
 

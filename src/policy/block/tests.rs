@@ -50,6 +50,11 @@ fn zone() -> Zone {
             "sibling.test",
             "v=spf1 include:spf-mkt.burn-oxygen.test -all",
         )
+        // A HELO host of the operator's.
+        .with_txt(
+            "mx.newspam.test",
+            "v=spf1 include:spf-stx.burn-oxygen.test -all",
+        )
         // A legitimate sender, and one whose first include decides before
         // the listed one is reached.
         .with_txt("legit.test", "v=spf1 ip4:192.0.2.0/24 -all")
@@ -189,6 +194,27 @@ async fn includes_follows_redirect_and_macro_built_names() {
         let (answer, log) = mail(config(&[], &[LISTED]), OPERATOR_V4, sender).await;
         assert_eq!(answer, block_reply(LISTED), "{sender}: {log:?}");
     }
+}
+
+#[tokio::test]
+async fn includes_looks_at_the_helo_evaluation_too() {
+    // A legitimate sender domain, but the HELO host's record enters the
+    // operator's include (and fails from here: the decision would reject
+    // with 5.7.23; the block's reply replaces it).
+    let (mut s, shared, _) = session(config(&[], &[LISTED]), LEGIT);
+    s.helo("mx.newspam.test");
+    let answer = s.mail("<a@legit.test>", &no_macros).await;
+    let log = shared.logger().lines();
+    assert_eq!(answer, block_reply(LISTED), "{log:?}");
+    assert!(
+        has(
+            &log,
+            &format!(
+                "blocked (includes {LISTED}): helo evaluation of mx.newspam.test entered {LISTED}"
+            )
+        ),
+        "{log:?}"
+    );
 }
 
 #[tokio::test]
