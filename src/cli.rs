@@ -12,9 +12,12 @@ use std::time::Duration;
 use clap::{Parser, Subcommand, ValueEnum};
 use serde::Serialize;
 
+use spfmilter::config::{Config, DomainName};
 use spfmilter::dns::cache::CacheOptions;
 use spfmilter::dns::hickory::parse_nameserver;
 use spfmilter::dns::{CachingLookup, HickoryLookup, Lookup, ResolverOptions};
+use spfmilter::policy::block;
+use spfmilter::policy::envelope::Envelope;
 use spfmilter::spf::flatten::{Flattened, flatten};
 use spfmilter::spf::{Evaluator, Identity, Limits, Request, SpfOutcome, TraceStep};
 
@@ -84,6 +87,18 @@ struct CheckArgs {
     /// Time limit for one evaluation, in seconds (policyd-spf Lookup_Time).
     #[arg(long, value_name = "SECONDS", default_value_t = 20.0)]
     lookup_time: f64,
+    /// Show which rule of this spfmilter.toml's [block] table would refuse
+    /// the message (its other tables are not used).
+    #[arg(long, value_name = "FILE")]
+    config: Option<std::path::PathBuf>,
+    /// A domain of the block rule authorized_by (repeatable; added to
+    /// those of the --config file).
+    #[arg(long = "block-authorized-by", value_name = "DOMAIN")]
+    block_authorized_by: Vec<String>,
+    /// A domain of the block rule includes (repeatable; added to those of
+    /// the --config file).
+    #[arg(long = "block-includes", value_name = "DOMAIN")]
+    block_includes: Vec<String>,
     #[command(flatten)]
     dns: DnsArgs,
 }
@@ -201,7 +216,10 @@ async fn check(args: CheckArgs) -> Result<(), String> {
         time: Duration::from_secs_f64(args.lookup_time),
         ..Limits::default()
     };
-    let evaluator = Evaluator::new(resolver(&args.dns)?).with_limits(limits);
+    let blocks = block_config(&args)?;
+    let evaluator = Evaluator::new(resolver(&args.dns)?)
+        .with_limits(limits)
+        .with_via(!blocks.block.includes.is_empty());
     let request = Request {
         ip: args.ip,
         helo: &args.helo,
@@ -209,6 +227,7 @@ async fn check(args: CheckArgs) -> Result<(), String> {
         receiver: args.receiver.as_deref(),
     };
     let mut stdout = std::io::stdout().lock();
+    let mut outcomes = Vec::new();
     for &identity in identities {
         let (outcome, trace) = evaluate(&evaluator, &request, identity, args.trace).await;
         let written = match args.format {
@@ -226,8 +245,194 @@ async fn check(args: CheckArgs) -> Result<(), String> {
             }
         };
         written?;
+        outcomes.push(outcome);
+    }
+    if block::configured(&blocks) {
+        let report = block_report(&blocks, &evaluator, &args, &outcomes).await;
+        let written = match args.format {
+            CheckFormat::Json => serde_json::to_string(&JsonBlock { block: &report })
+                .map_err(|e| e.to_string())
+                .and_then(|json| writeln!(stdout, "{json}").map_err(|e| e.to_string())),
+            CheckFormat::Text => write_block(&mut stdout, &report).map_err(|e| e.to_string()),
+        };
+        written?;
     }
     Ok(())
+}
+
+/// The `[block]` rules `check` applies: those of `--config`, and the
+/// `--block-*` domains.
+fn block_config(args: &CheckArgs) -> Result<Config, String> {
+    let mut config = match &args.config {
+        Some(path) => {
+            let loaded = Config::load_toml(path).map_err(|e| e.to_string())?;
+            print_diagnostics(&loaded.warnings);
+            (*loaded.config).clone()
+        }
+        None => Config::default(),
+    };
+    for (flag, names, list) in [
+        (
+            "--block-authorized-by",
+            &args.block_authorized_by,
+            &mut config.block.authorized_by,
+        ),
+        (
+            "--block-includes",
+            &args.block_includes,
+            &mut config.block.includes,
+        ),
+    ] {
+        for name in names {
+            list.push(DomainName::parse(name).map_err(|e| format!("{flag}: {e}"))?);
+        }
+    }
+    Ok(config)
+}
+
+/// What `check` says of the block rules: each rule's finding, and the
+/// reply the milter would give.
+#[derive(Serialize)]
+struct BlockReport {
+    /// One entry per rule looked at, in the milter's order.
+    rules: Vec<RuleReport>,
+    /// The reply of the first enforced match (`550 5.7.1 …`); `None`: the
+    /// block rules refuse nothing.
+    reply: Option<String>,
+    #[serde(skip)]
+    traces: Vec<(String, Vec<TraceStep>)>,
+}
+
+#[derive(Serialize)]
+struct RuleReport {
+    rule: &'static str,
+    /// The listed name (`authorized_by`) or the names entered (`includes`).
+    name: String,
+    fires: bool,
+    /// Only logged ("would block") in the milter: the rule's test switch.
+    test: bool,
+    why: String,
+}
+
+async fn block_report<L: Lookup>(
+    config: &Config,
+    evaluator: &Evaluator<L>,
+    args: &CheckArgs,
+    outcomes: &[SpfOutcome],
+) -> BlockReport {
+    let mut report = BlockReport {
+        rules: Vec::new(),
+        reply: None,
+        traces: Vec::new(),
+    };
+    let mut first_enforced: Option<block::Hit> = None;
+    if !config.block.includes.is_empty() {
+        match block::includes_hit(config, outcomes) {
+            Some(hit) => {
+                report.rules.push(RuleReport {
+                    rule: "includes",
+                    name: hit.name.clone(),
+                    fires: true,
+                    test: hit.test,
+                    why: hit.why.clone(),
+                });
+                if !hit.test {
+                    first_enforced = Some(hit);
+                }
+            }
+            None => {
+                let entered: Vec<String> = outcomes
+                    .iter()
+                    .map(|o| format!("{} entered [{}]", o.identity, o.via.join(", ")))
+                    .collect();
+                report.rules.push(RuleReport {
+                    rule: "includes",
+                    name: String::new(),
+                    fires: false,
+                    test: config.block.includes_test || config.policy.test_mode,
+                    why: format!("no listed name entered ({})", entered.join("; ")),
+                });
+            }
+        }
+    }
+    let envelope = Envelope {
+        client_ip: Some(args.ip),
+        helo: args.helo.clone(),
+        sender: args.sender.clone().unwrap_or_default(),
+        ..Envelope::default()
+    };
+    let helo = envelope.spf_request(args.ip).helo;
+    for domain in &config.block.authorized_by {
+        let sender = block::postmaster(domain);
+        let request = block::authorized_by_request(args.ip, helo, &sender);
+        let (outcome, trace) = evaluate(evaluator, &request, Identity::MailFrom, args.trace).await;
+        if let Some(trace) = trace {
+            report
+                .traces
+                .push((format!("authorized_by {domain}"), trace));
+        }
+        let mut errors = Vec::new();
+        let hit = block::authorized_by_verdict(config, args.ip, domain, &outcome, &mut errors);
+        let why = match (&hit, errors.first()) {
+            (Some(hit), _) => hit.why.clone(),
+            (None, Some(line)) => line.text.clone(),
+            (None, None) => format!("check_host({}, {domain}) = {}", args.ip, outcome.result),
+        };
+        report.rules.push(RuleReport {
+            rule: "authorized_by",
+            name: domain.to_string(),
+            fires: hit.is_some(),
+            test: config.block.authorized_by_test || config.policy.test_mode,
+            why,
+        });
+        if let Some(hit) = hit
+            && !hit.test
+            && first_enforced.is_none()
+        {
+            first_enforced = Some(hit);
+        }
+    }
+    report.reply = first_enforced.map(|hit| {
+        let reply = block::reply(config, &hit);
+        match reply.enhanced {
+            Some(e) => format!("{} {e} {}", reply.code, reply.text),
+            None => format!("{} {}", reply.code, reply.text),
+        }
+    });
+    report
+}
+
+/// The line of `check --format json` for the block rules.
+#[derive(Serialize)]
+struct JsonBlock<'a> {
+    block: &'a BlockReport,
+}
+
+fn write_block(out: &mut impl Write, report: &BlockReport) -> std::io::Result<()> {
+    for (name, trace) in &report.traces {
+        writeln!(out, "# block {name} trace")?;
+        for step in trace {
+            writeln!(out, "  {}", trace_line(step))?;
+        }
+    }
+    for rule in &report.rules {
+        let verdict = match (rule.fires, rule.test) {
+            (true, false) => "fires",
+            (true, true) => "fires (test mode: would block)",
+            (false, _) => "does not fire",
+        };
+        let name = if rule.name.is_empty() {
+            String::new()
+        } else {
+            format!(" {}", rule.name)
+        };
+        writeln!(out, "block {}{name}: {verdict}", rule.rule)?;
+        writeln!(out, "  {}", rule.why)?;
+    }
+    match &report.reply {
+        Some(reply) => writeln!(out, "block: the milter answers {reply}"),
+        None => writeln!(out, "block: no rule refuses the message"),
+    }
 }
 
 async fn evaluate<L: Lookup>(
@@ -273,6 +478,9 @@ fn write_text(
     }
     if let Some(explanation) = &outcome.explanation {
         writeln!(out, "  explanation: {explanation}")?;
+    }
+    if !outcome.via.is_empty() {
+        writeln!(out, "  entered: {}", outcome.via.join(", "))?;
     }
     writeln!(
         out,

@@ -7,6 +7,7 @@
 //! | `spfmilter_messages_total` | counter | `action`: accept, reject, defer, skipped, unchecked, internal_error |
 //! | `spfmilter_checks_total` | counter | `identity` (helo, mailfrom), `result`, `action` of the message |
 //! | `spfmilter_skipped_total` | counter | `reason` (local, whitelist, domain_whitelist, helo_whitelist, ptr_whitelist) |
+//! | `spfmilter_blocked_total` | counter | `rule` (authorized_by, includes), `mode` (enforce, test: logged "would block") |
 //! | `spfmilter_decision_seconds` | histogram | — (bypass checks and SPF evaluations at MAIL FROM) |
 //! | `spfmilter_connections_open` | gauge | — (from accept to close, as the listener counts them) |
 //! | `spfmilter_connections_refused_total` | counter | — (closed at once over `max_connections`) |
@@ -45,6 +46,12 @@ struct CheckLabels {
     identity: &'static str,
     result: &'static str,
     action: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BlockLabels {
+    rule: &'static str,
+    mode: &'static str,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -90,6 +97,7 @@ pub struct Metrics {
     messages: Family<ActionLabels, Counter>,
     checks: Family<CheckLabels, Counter>,
     skipped: Family<ReasonLabels, Counter>,
+    blocked: Family<BlockLabels, Counter>,
     decision_seconds: Histogram,
     /// How many MTA connections are open, read when scraped (set once by
     /// the daemon: the listener counts them, from accept to close).
@@ -127,6 +135,12 @@ impl Metrics {
             "Messages not checked because of a bypass with a trace header",
             skipped.clone(),
         );
+        let blocked = Family::<BlockLabels, Counter>::default();
+        registry.register(
+            "spfmilter_blocked",
+            "Messages matched by a [block] rule, refused (mode enforce) or only logged (mode test)",
+            blocked.clone(),
+        );
         // 0.5 ms to ~33 s: a cache hit to a decision that ran into the
         // time limit.
         let decision_seconds = Histogram::new(exponential_buckets(0.0005, 2.0, 17));
@@ -150,6 +164,7 @@ impl Metrics {
             messages,
             checks,
             skipped,
+            blocked,
             decision_seconds,
             connections,
             refused,
@@ -184,6 +199,16 @@ impl Metrics {
     pub fn skipped(&self, reason: &'static str, took: Duration) {
         self.skipped.get_or_create(&ReasonLabels { reason }).inc();
         self.message(MessageAction::Skipped, [], took);
+    }
+
+    /// A `[block]` rule matched (`test`: only logged, "would block").
+    pub fn blocked(&self, rule: &'static str, test: bool) {
+        self.blocked
+            .get_or_create(&BlockLabels {
+                rule,
+                mode: if test { "test" } else { "enforce" },
+            })
+            .inc();
     }
 
     /// Where `spfmilter_connections_open` comes from (the first call

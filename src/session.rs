@@ -6,8 +6,9 @@
 //! into the protocol; nothing here knows a socket or a milter type, so the
 //! whole session runs in unit tests and under the fuzzer.
 //!
-//! At MAIL FROM the session hands the envelope to [`skip`] and [`decide`]; a
-//! reject or defer is answered there. Accepted mail gets its trace headers
+//! At MAIL FROM the session hands the envelope to [`skip`] and [`decide`],
+//! then, when `[block]` lists anything, to [`block`]; a reject or defer is
+//! answered there. Accepted mail gets its trace headers
 //! at end of message, inserted at index 0 (above the MTA's own
 //! `Received:`), after forged ones are deleted.
 
@@ -19,6 +20,7 @@ use crate::config::{AuthservId, Config, InternalErrorAction, LogLevel};
 use crate::dns::Lookup;
 use crate::log::Logger;
 use crate::metrics::{MessageAction, Metrics};
+use crate::policy::block;
 use crate::policy::decide::{Action, Decision, Reply, decide};
 use crate::policy::envelope::Envelope;
 use crate::policy::headers::{header_receiver, is_forged_trace_header, skip_headers, spf_headers};
@@ -38,6 +40,9 @@ pub struct Shared<L> {
 
 impl<L> Shared<L> {
     pub fn with_evaluator(config: Arc<Config>, evaluator: Evaluator<L>, logger: Logger) -> Self {
+        // The block rule `includes` reads the include/redirect targets of
+        // each evaluation; without it they are not recorded.
+        let evaluator = evaluator.with_via(!config.block.includes.is_empty());
         Self {
             config,
             evaluator,
@@ -242,13 +247,40 @@ impl<L: Lookup> Session<L> {
             }
         }
         let decision = decide(config, &shared.evaluator, envelope, Some(deadline)).await;
+        // [block] (src/policy/block.rs): its reject replaces the decision's.
+        let blocked = if block::configured(config) {
+            block::check(
+                config,
+                &shared.evaluator,
+                envelope,
+                &decision,
+                Some(deadline),
+            )
+            .await
+        } else {
+            block::Verdict::default()
+        };
+        let superseded = blocked.block.is_some();
         for line in &decision.log {
+            if !(superseded && line.level == LogLevel::Actions) {
+                shared.log(line.level, &format!("{queue_id}: {line}"));
+            }
+        }
+        for line in &blocked.log {
             shared.log(line.level, &format!("{queue_id}: {line}"));
         }
-        let (action, answer) = match &decision.action {
-            Action::Accept => (MessageAction::Accept, StageReply::Continue),
-            Action::Reject(reply) => (MessageAction::Reject, StageReply::Reject(reply.clone())),
-            Action::Defer(reply) => (MessageAction::Defer, StageReply::Tempfail(reply.clone())),
+        for hit in &blocked.hits {
+            self.metrics.blocked(hit.rule.as_str(), hit.test);
+        }
+        let (action, answer) = match (&blocked.block, &decision.action) {
+            (Some((_, reply)), _) => (MessageAction::Reject, StageReply::Reject(reply.clone())),
+            (None, Action::Accept) => (MessageAction::Accept, StageReply::Continue),
+            (None, Action::Reject(reply)) => {
+                (MessageAction::Reject, StageReply::Reject(reply.clone()))
+            }
+            (None, Action::Defer(reply)) => {
+                (MessageAction::Defer, StageReply::Tempfail(reply.clone()))
+            }
         };
         let checks = [&decision.helo, &decision.mail_from]
             .into_iter()

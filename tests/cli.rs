@@ -256,3 +256,148 @@ fn expand_prints_a_postfix_cidr_table_for_an_include_chain() {
         "45.120.196.0/22\n2001:db8:bad::/48\n"
     );
 }
+
+// ------------------------------------------------- README: blocking an operator
+
+/// The operator of the README's worked example: its existing domain
+/// `toramaki.test` and a new one, `kazeno.test`, both delegating to the
+/// operator's include, which lists its networks (documentation ranges,
+/// RFC 5737 and RFC 3849); and a legitimate sender.
+fn operator_zone() -> Zone {
+    Zone::new()
+        .with_txt(
+            "toramaki.test",
+            "v=spf1 include:spf-stx.burn-oxygen.test -all",
+        )
+        .with_txt(
+            "spf-stx.burn-oxygen.test",
+            "v=spf1 ip4:198.51.100.0/24 ip4:203.0.113.0/25 ip6:2001:db8:5a::/48 -all",
+        )
+        .with_txt(
+            "kazeno.test",
+            "v=spf1 include:spf-stx.burn-oxygen.test ~all",
+        )
+        .with_txt("example.test", "v=spf1 ip4:192.0.2.0/24 -all")
+}
+
+/// The `console` blocks of README.md between the block-example markers:
+/// each `$ spfmilter …` command with the output shown under it.
+fn readme_commands() -> Vec<(Vec<String>, String)> {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md"))
+        .expect("README.md");
+    let (_, rest) = readme
+        .split_once("<!-- block-example -->")
+        .expect("README.md has the block example");
+    let (example, _) = rest
+        .split_once("<!-- /block-example -->")
+        .expect("the block example ends");
+    let mut commands: Vec<(Vec<String>, String)> = Vec::new();
+    let mut in_console = false;
+    for line in example.lines() {
+        if line.starts_with("```console") {
+            in_console = true;
+        } else if line.starts_with("```") {
+            in_console = false;
+        } else if in_console {
+            if let Some(command) = line.strip_prefix("$ spfmilter ") {
+                let words = command.split_whitespace().map(str::to_owned).collect();
+                commands.push((words, String::new()));
+            } else if let Some((_, output)) = commands.last_mut() {
+                output.push_str(line);
+                output.push('\n');
+            }
+        }
+    }
+    commands
+}
+
+#[test]
+fn readme_block_example_reproduces() {
+    let server = TestDnsServer::start(Arc::new(operator_zone()));
+    let ns = server.addr().to_string();
+    let commands = readme_commands();
+    assert!(commands.len() >= 3, "{commands:?}");
+    for (words, shown) in commands {
+        let mut args: Vec<&str> = words.iter().map(String::as_str).collect();
+        args.extend(["--nameserver", &ns]);
+        let out = spfmilter(&args);
+        assert!(out.status.success(), "{words:?}: {out:?}");
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            shown,
+            "README.md shows another output for spfmilter {}",
+            words.join(" ")
+        );
+    }
+}
+
+#[test]
+fn check_reads_the_block_rules_of_the_readme_config_and_traces_them() {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md"))
+        .expect("README.md");
+    let (_, example) = readme
+        .split_once("<!-- block-example -->")
+        .expect("the block example");
+    let (_, toml) = example.split_once("```toml\n").expect("a toml block");
+    let (toml, _) = toml.split_once("```").expect("the toml block ends");
+    let dir = std::env::temp_dir().join(format!("spfmilter-cli-block-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("a directory");
+    let path = dir.join("spfmilter.toml");
+    std::fs::write(&path, toml).expect("write the config");
+    let server = TestDnsServer::start(Arc::new(operator_zone()));
+    let ns = server.addr().to_string();
+    let config = path.to_string_lossy().into_owned();
+    let run = |ip: &str, extra: &[&str]| {
+        let mut args = vec![
+            "check",
+            "--ip",
+            ip,
+            "--sender",
+            "news@kazeno.test",
+            "--identity",
+            "mailfrom",
+            "--config",
+            &config,
+            "--nameserver",
+            &ns,
+        ];
+        args.extend_from_slice(extra);
+        spfmilter(&args)
+    };
+    // includes_test = true: includes only watches; authorized_by refuses.
+    let out = run("198.51.100.20", &["--trace"]);
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("block includes spf-stx.burn-oxygen.test: fires (test mode: would block)"),
+        "{text}"
+    );
+    assert!(
+        text.contains("block authorized_by spf-stx.burn-oxygen.test: fires\n"),
+        "{text}"
+    );
+    // --trace: the authorized_by evaluation, step by step.
+    assert!(
+        text.contains("# block authorized_by spf-stx.burn-oxygen.test trace\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("identity mailfrom: <sender>=postmaster@spf-stx.burn-oxygen.test"),
+        "{text}"
+    );
+    // From outside the operator's networks: the include was still entered
+    // before ~all (a watched match), authorized_by does not fire.
+    let out = run("192.0.2.25", &["--format", "json"]);
+    let lines = json_lines(&out);
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    assert_eq!(lines[0]["result"], "softfail");
+    assert_eq!(lines[0]["via"][0], "spf-stx.burn-oxygen.test");
+    let rules = &lines[1]["block"]["rules"];
+    assert_eq!(rules[0]["rule"], "includes");
+    assert_eq!(rules[0]["fires"], true);
+    assert_eq!(rules[0]["test"], true);
+    assert_eq!(rules[1]["rule"], "authorized_by");
+    assert_eq!(rules[1]["fires"], false);
+    assert_eq!(lines[1]["block"]["reply"], Value::Null);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -545,6 +545,59 @@ fn cases() -> Vec<Case> {
             bad_toml: "\"x\"",
         },
         Case {
+            toml_key: "block.authorized_by",
+            legacy_key: None,
+            legacy_value: "",
+            toml_value: "[\"spf-stx.burn-oxygen.test\", \"OP.example.\"]",
+            check: |c| {
+                c.block.authorized_by.len() == 2
+                    && c.block.authorized_by[1].as_str() == "op.example"
+            },
+            bad_legacy: "",
+            bad_toml: "[\"a..b\"]",
+        },
+        Case {
+            toml_key: "block.includes",
+            legacy_key: None,
+            legacy_value: "",
+            toml_value: "[\"spf-stx.burn-oxygen.test\"]",
+            check: |c| {
+                c.block
+                    .includes
+                    .first()
+                    .is_some_and(|d| d.as_str() == "spf-stx.burn-oxygen.test")
+            },
+            bad_legacy: "",
+            bad_toml: "[\"spf stx\"]",
+        },
+        Case {
+            toml_key: "block.authorized_by_test",
+            legacy_key: None,
+            legacy_value: "",
+            toml_value: "true",
+            check: |c| c.block.authorized_by_test,
+            bad_legacy: "",
+            bad_toml: "\"maybe\"",
+        },
+        Case {
+            toml_key: "block.includes_test",
+            legacy_key: None,
+            legacy_value: "",
+            toml_value: "true",
+            check: |c| c.block.includes_test,
+            bad_legacy: "",
+            bad_toml: "2",
+        },
+        Case {
+            toml_key: "block.reply",
+            legacy_key: None,
+            legacy_value: "",
+            toml_value: "\"blocked: {name} ({rule})\"",
+            check: |c| c.block.reply.render("op.test", "includes") == "blocked: op.test (includes)",
+            bad_legacy: "",
+            bad_toml: "\"{spf}\"",
+        },
+        Case {
             toml_key: "spf.lookup_limit",
             legacy_key: None,
             legacy_value: "",

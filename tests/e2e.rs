@@ -122,6 +122,14 @@ fn spfmilter_connection_limit() {
     isolated("spfmilter_connection_limit", scenarios::connection_limit);
 }
 
+/// `[block]` through Postfix: the operator's new domain is refused with
+/// 550 5.7.1 at MAIL FROM and never queued; a legitimate sender is
+/// delivered.
+#[test]
+fn spfmilter_block_operator() {
+    isolated("spfmilter_block_operator", scenarios::block_operator);
+}
+
 // ---- the differential test: the reference and spfmilter side by side -------
 
 /// The same mail and the same `policyd-spf.conf` (reject mode) through

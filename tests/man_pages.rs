@@ -91,7 +91,9 @@ fn toml5_describes_every_option_in_file_order_with_its_legacy_name() {
 #[test]
 fn toml5_has_a_section_per_table() {
     let text = page("spfmilter.toml.5");
-    for table in ["milter", "policy", "skip", "spf", "dns", "log", "metrics"] {
+    for table in [
+        "milter", "policy", "skip", "block", "spf", "dns", "log", "metrics",
+    ] {
         assert!(
             text.lines()
                 .any(|l| l.starts_with(&format!(".SH \"[{table}]: "))),

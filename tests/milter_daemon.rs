@@ -116,7 +116,25 @@ fn zone() -> Zone {
         )
         .with_ip("x;identity=mailfrom;.evilhelo.test", "127.0.0.2")
         .with_txt("plain.evilhelo.test", "v=spf1 +all")
+        // [block]: an operator's include listing its networks, its
+        // existing domain, and a new one two levels above it.
+        .with_txt(
+            OPERATOR,
+            "v=spf1 ip4:198.51.100.128/25 ip6:2001:db8:5a::/48 -all",
+        )
+        .with_txt(
+            "toramaki.test",
+            "v=spf1 include:spf-stx.burn-oxygen.test -all",
+        )
+        .with_txt("kazeno.test", "v=spf1 include:_spf.kazeno.test ~all")
+        .with_txt(
+            "_spf.kazeno.test",
+            "v=spf1 include:spf-stx.burn-oxygen.test -all",
+        )
 }
+
+/// The operator's include of the `[block]` tests.
+const OPERATOR: &str = "spf-stx.burn-oxygen.test";
 
 /// A HELO argument of the security report: no host name, but a
 /// well-formed domain to a lenient check, whose DNS answers `+all`.
@@ -2191,6 +2209,170 @@ async fn sighup_applies_the_new_configuration_to_new_connections() {
     let headers = inserted(&eom, "old connection");
     assert_eq!(headers.len(), 1, "{headers:?}");
     old.close().await;
+}
+
+/// SIGHUP picks up changed `[block]` rules: a new domain of the operator
+/// passes SPF until `includes` lists the operator's include.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_applies_changed_block_rules() {
+    let dns = dns();
+    let d = daemon(
+        Transport::Unix,
+        &toml(
+            "[block]
+includes = []
+",
+        ),
+        &dns,
+    );
+    let newcomer = Tx {
+        ip: ip("198.51.100.130"),
+        helo: Some("none.test"),
+        sender: "<news@kazeno.test>",
+        ..Tx::default()
+    };
+    expect(
+        &d,
+        &newcomer,
+        Want::Hdr(Id::MailFrom, "Pass"),
+        "before the reload",
+    )
+    .await;
+    d.rewrite_config(&format!("[block]\nincludes = [\"{OPERATOR}\"]\n"));
+    d.hangup();
+    let start = Instant::now();
+    loop {
+        match newcomer.run(&d).await {
+            Verdict::Reject(text) => {
+                assert_eq!(text, block_reply(OPERATOR));
+                break;
+            }
+            Verdict::Accept(_) => {}
+            other => panic!("{other:?}"),
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "the new [block] rules did not apply: {}",
+            d.stderr()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+// ------------------------------------------------------------------ block
+
+/// The reply of a blocked message (`[block] reply` by default; RFC 3463
+/// §3.8 X.7.1: delivery not authorized).
+fn block_reply(name: &str) -> String {
+    format!("550 5.7.1 Mail from the SPF infrastructure of a blocked operator ({name}) is refused")
+}
+
+/// `[block]` over the milter protocol: the operator's clients and new
+/// domains are refused at MAIL FROM with the block's reply and a log line
+/// carrying the queue ID, rule and name; a legitimate client on the same
+/// daemon is accepted with its header; a whitelisted relay is not
+/// touched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn block_rules_refuse_at_mail_from() {
+    let dns = dns();
+    let d = daemon(
+        Transport::Tcp,
+        &toml(&format!(
+            "[skip]\nwhitelist = [\"198.51.100.200/32\"]\n[block]\nauthorized_by = [\"{OPERATOR}\"]\nincludes = [\"{OPERATOR}\"]\n"
+        )),
+        &dns,
+    );
+    let queued = [("i", "4QX7blk001")];
+    // The operator's network, its known domain (SPF pass), IPv4.
+    let known = Tx {
+        ip: ip("198.51.100.130"),
+        helo: Some("none.test"),
+        sender: "<a@toramaki.test>",
+        mail_macros: &queued,
+        ..Tx::default()
+    };
+    match known.run(&d).await {
+        Verdict::Reject(text) => assert_eq!(text, block_reply(OPERATOR)),
+        other => panic!("{other:?}"),
+    }
+    let log = d
+        .wait_for_log(&format!("4QX7blk001: blocked (includes {OPERATOR}): "))
+        .await;
+    assert!(
+        !log.contains("4QX7blk001: blocked (authorized_by"),
+        "one rule refuses, the first: {log}"
+    );
+    // A new domain two includes up, IPv6.
+    let newcomer = Tx {
+        ip: ip("2001:db8:5a::9"),
+        helo: Some("none.test"),
+        sender: "<news@kazeno.test>",
+        ..Tx::default()
+    };
+    match newcomer.run(&d).await {
+        Verdict::Reject(text) => assert_eq!(text, block_reply(OPERATOR)),
+        other => panic!("{other:?}"),
+    }
+    // Any sender from the operator's network: authorized_by.
+    let other = Tx {
+        ip: ip("198.51.100.131"),
+        helo: Some("none.test"),
+        sender: "<a@none.test>",
+        mail_macros: &[("i", "4QX7blk002")],
+        ..Tx::default()
+    };
+    match other.run(&d).await {
+        Verdict::Reject(text) => assert_eq!(text, block_reply(OPERATOR)),
+        other => panic!("{other:?}"),
+    }
+    d.wait_for_log(&format!(
+        "4QX7blk002: blocked (authorized_by {OPERATOR}): check_host(198.51.100.131, {OPERATOR}) = pass"
+    ))
+    .await;
+    // A legitimate sender on the same daemon, and a whitelisted relay in
+    // the operator's network.
+    expect(
+        &d,
+        &tx("pass.test", "<a@pass.test>"),
+        Want::Hdr(Id::MailFrom, "Pass"),
+        "legitimate",
+    )
+    .await;
+    let relay = Tx {
+        ip: ip("198.51.100.200"),
+        sender: "<a@toramaki.test>",
+        ..Tx::default()
+    };
+    match relay.run(&d).await {
+        Verdict::Accept(eom) => assert_eq!(eom.status, Status::Continue),
+        other => panic!("whitelisted relay: {other:?}"),
+    }
+}
+
+/// Per-rule test mode over the protocol: logged "would block", and the
+/// message goes on with its SPF header.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn block_test_mode_only_logs() {
+    let dns = dns();
+    let d = daemon(
+        Transport::Unix,
+        &toml(&format!(
+            "[block]\nincludes = [\"{OPERATOR}\"]\nincludes_test = true\n"
+        )),
+        &dns,
+    );
+    let newcomer = Tx {
+        ip: ip("198.51.100.130"),
+        helo: Some("none.test"),
+        sender: "<news@kazeno.test>",
+        mail_macros: &[("i", "4QX7blk003")],
+        ..Tx::default()
+    };
+    expect(&d, &newcomer, Want::Hdr(Id::MailFrom, "Pass"), "test mode").await;
+    d.wait_for_log(&format!(
+        "4QX7blk003: would block (includes {OPERATOR}): mailfrom evaluation of kazeno.test entered {OPERATOR} (via _spf.kazeno.test, {OPERATOR}); result pass; 550 5.7.1 "
+    ))
+    .await;
 }
 
 // ------------------------------------------------------- session shapes

@@ -50,7 +50,8 @@ pub use names::{
     normalise_net,
 };
 pub use options::{
-    DnsConfig, LogConfig, MetricsConfig, MilterConfig, OPTIONS, PolicyConfig, SkipConfig, SpfConfig,
+    BlockConfig, DnsConfig, LogConfig, MetricsConfig, MilterConfig, OPTIONS, PolicyConfig,
+    SkipConfig, SpfConfig,
 };
 pub use socket::{Family, Mode, SocketSpec, UserSpec};
 
@@ -65,6 +66,7 @@ pub struct Config {
     pub milter: MilterConfig,
     pub policy: PolicyConfig,
     pub skip: SkipConfig,
+    pub block: BlockConfig,
     pub spf: SpfConfig,
     pub dns: DnsConfig,
     pub log: LogConfig,

@@ -28,7 +28,7 @@ use super::names::{
 use super::render::{array, quote};
 use super::socket::{Mode, SocketSpec, UserSpec};
 use super::units::{duration_to_toml, size_to_toml};
-use crate::policy::reply::{ReasonMessage, ReasonUrl};
+use crate::policy::reply::{BlockReply, ReasonMessage, ReasonUrl};
 
 declare_options! {
     /// `[milter]`: the socket, the process, and the headers written.
@@ -284,6 +284,41 @@ declare_options! {
             parse |raw, cx| flag(raw, "true", "false", cx),
             render |v| Some(v.to_string()),
             meaning "Sessions authenticated with SMTP AUTH ({auth_authen} set at MAIL FROM) are not checked and get no header, as with pyspf-milter.";
+    }
+
+    /// `[block]`: refusing mail by a listed operator's SPF (src/policy/block.rs).
+    [block] BlockConfig, "Refusing mail by the SPF infrastructure of listed operators (no policyd-spf equivalent)." {
+        /// Operators whose SPF authorizes the client: check_host(client IP,
+        /// D, postmaster@D) is Pass for a listed D.
+        authorized_by: Vec<DomainName> = Vec::new(),
+            default "`[]`",
+            parse domain_list,
+            render |v| Some(array(v.iter().map(ToString::to_string))),
+            meaning "Refuse the message at MAIL FROM when check_host(client IP, D, postmaster@D) is Pass for a listed domain D: the client is in the networks D's SPF authorizes (ip4, ip6, a, mx, include, as D publishes them now). Costs one evaluation per listed domain per message (cached DNS), within decision_time_limit and the [spf] limits. A TempError or PermError of D never refuses (logged). Runs after the bypass chain: a skipped session is never refused.";
+        /// Operators whose records the sender's SPF goes through.
+        includes: Vec<DomainName> = Vec::new(),
+            default "`[]`",
+            parse domain_list,
+            render |v| Some(array(v.iter().map(ToString::to_string))),
+            meaning "Refuse the message at MAIL FROM when the HELO or MAIL FROM evaluation entered a listed name through include: or redirect=, at any depth (a macro-built name as expanded), before it reached its result; TempError and PermError results never refuse. Catches a new domain of an operator that delegates to its own include the first time it is seen. Each entry is one name, not the names below it.";
+        /// `authorized_by` only logs (`would block`).
+        authorized_by_test: bool = false,
+            default "`false`",
+            parse |raw, cx| flag(raw, "true", "false", cx),
+            render |v| Some(v.to_string()),
+            meaning "true: a match of authorized_by is logged (\"would block\") and counted, and the message goes on to the normal SPF decision. [policy] test_mode does the same for both rules.";
+        /// `includes` only logs (`would block`).
+        includes_test: bool = false,
+            default "`false`",
+            parse |raw, cx| flag(raw, "true", "false", cx),
+            render |v| Some(v.to_string()),
+            meaning "true: a match of includes is logged (\"would block\") and counted, and the message goes on as the SPF decision says.";
+        /// The text of a block's reply (550 5.7.1).
+        reply: BlockReply = BlockReply::default(),
+            default "`Mail from the SPF infrastructure of a blocked operator ({name}) is refused`",
+            parse |raw, cx| parsed(raw, cx, |t| t.parse::<BlockReply>()),
+            render |v| Some(quote(&v.to_string())),
+            meaning "Text of the 550 5.7.1 reply to a blocked message (plain 550 with enhanced_status_codes = false): {name} is the listed name that matched, {rule} authorized_by or includes; {{ and }} are literal braces.";
     }
 
     /// `[spf]`: limits of one evaluation.

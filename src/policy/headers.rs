@@ -768,6 +768,7 @@ mod tests {
             sender: "a@pass.test".into(),
             dns_lookups: 0,
             void_lookups: 0,
+            via: Vec::new(),
         }
     }
 
@@ -1380,6 +1381,7 @@ mod lenient_readers {
             sender: "postmaster@evilhelo.test".into(),
             dns_lookups: 0,
             void_lookups: 0,
+            via: Vec::new(),
         }
     }
 
@@ -1538,6 +1540,7 @@ mod lenient_readers {
             sender: "x@fwd.example".into(),
             dns_lookups: 0,
             void_lookups: 0,
+            via: Vec::new(),
         }
     }
 }

@@ -216,6 +216,91 @@ impl fmt::Display for ReasonMessage {
     }
 }
 
+/// The default text of a block's reply (`[block] reply`).
+pub const DEFAULT_BLOCK_REPLY: &str =
+    "Mail from the SPF infrastructure of a blocked operator ({name}) is refused";
+
+/// The part of `[block] reply` that is filled in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum BlockField {
+    /// `{name}`: the listed name that matched.
+    Name,
+    /// `{rule}`: `authorized_by` or `includes`.
+    Rule,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum BlockPart {
+    Text(String),
+    Field(BlockField),
+}
+
+/// `[block] reply`, parsed at load: `{name}` and `{rule}`, with the
+/// template syntax of `Reason_Message` (`{{` and `}}` for braces).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct BlockReply {
+    pub parts: Vec<BlockPart>,
+}
+
+impl Default for BlockReply {
+    fn default() -> Self {
+        // The default parses (tested); were it not to, no text at all.
+        DEFAULT_BLOCK_REPLY
+            .parse()
+            .unwrap_or(BlockReply { parts: Vec::new() })
+    }
+}
+
+impl FromStr for BlockReply {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        check_text(s)?;
+        let parts = split_template(s)?
+            .into_iter()
+            .map(|p| match p {
+                Piece::Text(t) => Ok(BlockPart::Text(t)),
+                Piece::Field(name) => match name.as_str() {
+                    "name" => Ok(BlockPart::Field(BlockField::Name)),
+                    "rule" => Ok(BlockPart::Field(BlockField::Rule)),
+                    _ => Err(format!(
+                        "unknown placeholder {{{name}}}: the block reply knows {{name}} and {{rule}}"
+                    )),
+                },
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(BlockReply { parts })
+    }
+}
+
+impl BlockReply {
+    /// The text, not yet made safe ([`sanitize_reply`]).
+    pub fn render(&self, name: &str, rule: &str) -> String {
+        let mut out = String::new();
+        for part in &self.parts {
+            match part {
+                BlockPart::Text(t) => out.push_str(t),
+                BlockPart::Field(BlockField::Name) => out.push_str(name),
+                BlockPart::Field(BlockField::Rule) => out.push_str(rule),
+            }
+        }
+        out
+    }
+}
+
+impl fmt::Display for BlockReply {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for part in &self.parts {
+            match part {
+                BlockPart::Text(t) => escape_braces(f, t)?,
+                BlockPart::Field(BlockField::Name) => f.write_str("{name}")?,
+                BlockPart::Field(BlockField::Rule) => f.write_str("{rule}")?,
+            }
+        }
+        Ok(())
+    }
+}
+
 /// The argument of `Reason_URL` that is filled in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum UrlField {
@@ -369,6 +454,25 @@ mod tests {
         assert_eq!(auto.to_string(), "x{0}y{1}");
         for bad in ["{4}", "{}{0}", "{}{}{}{}{}", "{rejectdefer}"] {
             assert!(bad.parse::<ReasonUrl>().is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn block_reply_template() {
+        let d = BlockReply::default();
+        assert_eq!(d.to_string(), DEFAULT_BLOCK_REPLY);
+        assert_eq!(
+            d.render("spf-stx.burn-oxygen.test", "includes"),
+            "Mail from the SPF infrastructure of a blocked operator (spf-stx.burn-oxygen.test) is refused"
+        );
+        let own: BlockReply = "{{{rule}}} {name}".parse().unwrap();
+        assert_eq!(
+            own.render("x.test", "authorized_by"),
+            "{authorized_by} x.test"
+        );
+        assert_eq!(own.to_string(), "{{{rule}}} {name}");
+        for bad in ["{spf}", "{name", "}", "a\rb", "{0}"] {
+            assert!(bad.parse::<BlockReply>().is_err(), "{bad:?}");
         }
     }
 

@@ -88,6 +88,19 @@ pub struct Evaluator<L> {
     limits: Limits,
     /// Shared, so a fail's outcome takes a reference, not a copy.
     default_explanation: Arc<str>,
+    /// Whether outcomes list the include/redirect targets entered
+    /// ([`SpfOutcome::via`]); off, an evaluation records nothing.
+    track_via: bool,
+}
+
+impl<L> Evaluator<L> {
+    /// Whether outcomes list every `include:` and `redirect=` target the
+    /// evaluation entered, at any depth ([`SpfOutcome::via`]). Off by
+    /// default: the block rule `includes` turns it on.
+    pub fn with_via(mut self, track: bool) -> Self {
+        self.track_via = track;
+        self
+    }
 }
 
 impl<L: Lookup> Evaluator<L> {
@@ -96,6 +109,7 @@ impl<L: Lookup> Evaluator<L> {
             lookup,
             limits: Limits::default(),
             default_explanation: Arc::from(DEFAULT_EXPLANATION),
+            track_via: false,
         }
     }
 
@@ -187,6 +201,7 @@ impl<L: Lookup> Evaluator<L> {
             void_lookups: 0,
             depth: 0,
             trace,
+            via: Vec::new(),
         };
         state.note(|| format!("identity {identity}: <sender>={} <ip>={ip}", parts.sender()));
 
@@ -268,6 +283,7 @@ impl<L: Lookup> Evaluator<L> {
             None => format!("result {result}"),
         });
         let (dns_lookups, void_lookups) = (state.dns_lookups, state.void_lookups);
+        let via = state.via;
         let domain = CompactString::from(parts.domain());
         SpfOutcome {
             identity,
@@ -279,6 +295,7 @@ impl<L: Lookup> Evaluator<L> {
             sender: parts.into_sender(),
             dns_lookups,
             void_lookups,
+            via,
         }
     }
 }
@@ -363,6 +380,9 @@ struct Eval<'a, L> {
     void_lookups: u32,
     depth: usize,
     trace: Option<&'a mut Vec<TraceStep>>,
+    /// The include/redirect targets entered, when the evaluator tracks
+    /// them (see [`Evaluator::with_via`]).
+    via: Vec<CompactString>,
 }
 
 impl<'a, L: Lookup> Eval<'a, L> {
@@ -374,6 +394,15 @@ impl<'a, L: Lookup> Eval<'a, L> {
                 depth: self.depth,
                 text: text(),
             });
+        }
+    }
+
+    /// Remembers that the evaluation enters `target` through an include
+    /// or redirect (only when the evaluator tracks it).
+    #[inline]
+    fn enter(&mut self, target: &str) {
+        if self.evaluator.track_via {
+            self.via.push(CompactString::from(target));
         }
     }
 
@@ -457,6 +486,7 @@ impl<'a, L: Lookup> Eval<'a, L> {
                     "redirect={redirect} in {domain} is not a valid domain name"
                 )));
             };
+            self.enter(&target);
             self.depth += 1;
             // §6.2: the exp= of the redirect target applies, not ours.
             let host_result = self.check_host_boxed(&target, decisive).await;

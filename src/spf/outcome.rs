@@ -124,4 +124,11 @@ pub struct SpfOutcome {
     pub dns_lookups: u32,
     /// Lookups that returned no answer or NXDOMAIN (§4.6.4).
     pub void_lookups: u32,
+    /// Every `include:` and `redirect=` target the evaluation entered, at
+    /// any depth, in order (macro-expanded names as queried), when the
+    /// evaluator tracks them (`Evaluator::with_via`); empty otherwise.
+    /// The evaluation stops at the first match (§4.6.2), so these are the
+    /// targets evaluated on the way to the result.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub via: Vec<CompactString>,
 }

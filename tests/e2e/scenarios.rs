@@ -12,7 +12,7 @@ use super::lab::{Lab, LabConfig};
 use super::milter::{MilterUnderTest, PolicydConf, TraceHeader};
 use super::postfix::MYHOSTNAME;
 use super::smtp::{Mail, Message, Transcript};
-use super::zones::{CLIENT_IP, EVIL_HELO};
+use super::zones::{CLIENT_IP, EVIL_HELO, OPERATOR_INCLUDE, OPERATOR_IP};
 
 /// Starts a lab or panics with the reason.
 pub fn start(scratch: &Path, config: LabConfig) -> Lab {
@@ -419,6 +419,56 @@ pub fn connection_limit(scratch: &Path) {
     })
     .expect("served again below the limit");
     let message = delivered.expect("the delivered message");
+    assert_spf(&lab, &message, "pass", "mailfrom");
+    finish(lab);
+}
+
+/// `[block] includes` through Postfix: a new domain of a spam operation
+/// (kazeno.test, whose record includes the operator's
+/// spf-stx.burn-oxygen.test), sending from the operator's network, passes
+/// SPF but is refused with 550 5.7.1 at MAIL FROM and never queued; a
+/// legitimate sender in the same lab is delivered with its SPF pass.
+/// spfmilter only (a native setting).
+pub fn block_operator(scratch: &Path) {
+    let milter = MilterUnderTest::spfmilter().with_native_config(&format!(
+        "[block]\nincludes = [\"{OPERATOR_INCLUDE}\"]\nauthorized_by = [\"{OPERATOR_INCLUDE}\"]\n\n[log]\nlevel = 2\n"
+    ));
+    let mut lab = start(scratch, LabConfig::new(&milter, PolicydConf::base()));
+
+    let spam = Mail::from("news@kazeno.test")
+        .helo("mail.kazeno.test")
+        .client_ip(OPERATOR_IP);
+    let transcript = lab.send(&spam);
+    assert_reply(&transcript, "MAIL FROM", 550, Some("5.7.1"));
+    let reply = transcript.reply_to("MAIL FROM").expect("reply");
+    assert!(
+        reply
+            .text()
+            .contains(&format!("blocked operator ({OPERATOR_INCLUDE})")),
+        "reject text: {reply}"
+    );
+    assert!(transcript.queue_id().is_none(), "blocked mail was queued");
+    lab.postfix()
+        .wait_log(
+            "milter-reject: MAIL from mail.kazeno.test[198.51.100.40]: 550 5.7.1",
+            Duration::from_secs(5),
+        )
+        .expect("Postfix logs the milter's reject");
+    // The SPF result itself was a pass; the block line names rule and name.
+    lab.wait_milter_log(
+        "Pass; identity=mailfrom; client-ip=198.51.100.40; helo=mail.kazeno.test; \
+         envelope-from=news@kazeno.test",
+        Duration::from_secs(5),
+    )
+    .expect("the milter's result line");
+    lab.wait_milter_log(
+        &format!("blocked (includes {OPERATOR_INCLUDE}): mailfrom evaluation of kazeno.test"),
+        Duration::from_secs(5),
+    )
+    .expect("the milter's block line");
+
+    let (transcript, message) = lab.deliver(&Mail::from("alice@pass.test"));
+    assert_reply(&transcript, "MAIL FROM", 250, Some("2.1.0"));
     assert_spf(&lab, &message, "pass", "mailfrom");
     finish(lab);
 }

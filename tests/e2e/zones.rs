@@ -39,6 +39,12 @@
 //! "sends no mail" in capitals), and `exp.relay.test` and `pct.relay.test`
 //! (`-all` with an `exp=` explanation, the second with a literal `%`).
 //!
+//! A spam operation for `[block]`: `burn-oxygen.test` holds the operator's
+//! include `spf-stx.burn-oxygen.test` (`v=spf1 ip4:198.51.100.32/28
+//! -all`, [`OPERATOR_IP`] inside); `toramaki.test`, its known domain, and
+//! `kazeno.test`, a new one, both publish `v=spf1
+//! include:spf-stx.burn-oxygen.test -all`.
+//!
 //! HELO hosts: `mx.pass.test` (A [`CLIENT_IP`], SPF `v=spf1 a -all`:
 //! pass), `mx.fail.test` (`v=spf1 -all`: fail), `mx.softfail.test`
 //! (`~all`), `mx.neutral.test` (`?all`), `mx.none.test` (no SPF),
@@ -71,6 +77,12 @@ pub const PTR_SUFFIX_IP: &str = "198.51.100.97";
 /// PTR host.wl.test, whose A record is [`PTR_WHITELISTED_IP`]: not
 /// forward-confirmed.
 pub const PTR_UNCONFIRMED_IP: &str = "198.51.100.98";
+
+/// In the networks of the spam operation's include
+/// (`spf-stx.burn-oxygen.test`, 198.51.100.32/28).
+pub const OPERATOR_IP: &str = "198.51.100.40";
+/// The operator's include, what `[block]` lists.
+pub const OPERATOR_INCLUDE: &str = "spf-stx.burn-oxygen.test";
 
 /// A HELO argument that is no host name, in evilhelo.test, whose DNS
 /// answers `v=spf1 +all` (and an A record, for `mx.evilhelo.test`'s
@@ -145,7 +157,15 @@ pub fn standard_zones() -> Vec<Zone> {
         zones.push(zone);
     }
     // The relays of the whitelist steps.
-    for domain in ["relay.test", "wl.test", "notwl.test", "evilhelo.test"] {
+    for domain in [
+        "relay.test",
+        "wl.test",
+        "notwl.test",
+        "evilhelo.test",
+        "burn-oxygen.test",
+        "toramaki.test",
+        "kazeno.test",
+    ] {
         let label = domain.trim_end_matches(".test");
         parent = parent
             .with(Record::ns(label, &format!("ns.{domain}.")))
@@ -179,6 +199,21 @@ pub fn standard_zones() -> Vec<Zone> {
                 "v=spf1 exists:x;identity=mailfrom;.evilhelo.test -all",
             )),
     );
+    // The spam operation of `[block]`.
+    zones.push(
+        Zone::new("burn-oxygen.test")
+            .with(Record::txt("spf-stx", "v=spf1 ip4:198.51.100.32/28 -all")),
+    );
+    for domain in ["toramaki.test", "kazeno.test"] {
+        zones.push(
+            Zone::new(domain)
+                .with(Record::txt(
+                    "@",
+                    "v=spf1 include:spf-stx.burn-oxygen.test -all",
+                ))
+                .with(Record::a("mail", OPERATOR_IP)),
+        );
+    }
     zones.push(Zone::new("wl.test").with(Record::a("host", PTR_WHITELISTED_IP)));
     zones.push(Zone::new("notwl.test").with(Record::a("host", PTR_SUFFIX_IP)));
     zones.push(

@@ -86,6 +86,7 @@ impl<L: Lookup> Eval<'_, L> {
                         "include:{spec} in {domain} is not a valid domain name"
                     )));
                 };
+                self.enter(&target);
                 self.depth += 1;
                 let host_result = self.check_host_boxed(&target, false).await;
                 self.depth -= 1;
