@@ -59,6 +59,8 @@ pub enum MessageAction {
     Accept,
     Reject,
     Defer,
+    /// A reject held to end of message for the rescue (`[rescue]`).
+    Held,
     /// A bypass with a trace header (`skip_addresses`, whitelists).
     Skipped,
     /// Not checked and no header (internal hosts, MacroList, SMTP AUTH,
@@ -74,6 +76,7 @@ impl MessageAction {
             MessageAction::Accept => "accept",
             MessageAction::Reject => "reject",
             MessageAction::Defer => "defer",
+            MessageAction::Held => "held",
             MessageAction::Skipped => "skipped",
             MessageAction::Unchecked => "unchecked",
             MessageAction::InternalError => "internal_error",
