@@ -629,7 +629,7 @@ fn held_answer<L>(shared: &Shared<L>, queue_id: &str, held: &Held, verdict: Verd
         let would = match answer {
             StageReply::Reject(_) => "reject",
             StageReply::Tempfail(_) => "defer",
-            _ => "accept",
+            _ => "rescue",
         };
         log(format!("TestOnly: would {would}: {line}"));
         StageReply::Continue

@@ -595,6 +595,17 @@ mod tests {
         assert!(!skip && !leading);
     }
 
+    /// `rescue.max_held_bytes` bounds the daemon, not one configuration:
+    /// the sessions of the old configuration and of the new one count in
+    /// the same total.
+    #[test]
+    fn a_reload_keeps_counting_held_bytes_in_the_same_total() {
+        let milter = Milter::new(Shared::for_tests());
+        let before = Arc::clone(milter.current().held_budget());
+        milter.replace(Shared::for_tests());
+        assert!(Arc::ptr_eq(&before, milter.current().held_budget()));
+    }
+
     #[test]
     fn reply_text_percent_signs_are_doubled_for_postfix() {
         assert_eq!(protocol_text("100% sure, 5%s"), "100%% sure, 5%%s");

@@ -684,7 +684,7 @@ async fn test_mode_logs_what_the_rescue_would_do_and_accepts() {
     for (verdict, line) in [
         (
             Verdict::Rescued("dkim d=fail.test aligned with From".into()),
-            "4QX7abcDEF: TestOnly: would accept: rescued by dkim d=fail.test aligned with From",
+            "4QX7abcDEF: TestOnly: would rescue: rescued by dkim d=fail.test aligned with From",
         ),
         (
             Verdict::NotRescued("no signature".into()),
