@@ -120,10 +120,15 @@ impl Held {
 
     /// One header field as the milter protocol gives it: `name`, and
     /// `value` after the colon, with its leading white space when
-    /// `leading_space` (SMFIP_HDR_LEADSPC) was negotiated, else without
-    /// (one space is put back). Lines of a folded value come separated by
-    /// a bare LF (Postfix) or CRLF; each becomes CRLF, as the message had
-    /// it on the wire (RFC 5322 §2.2.3).
+    /// `leading_space` (SMFIP_HDR_LEADSPC) was negotiated; without it the
+    /// MTA eats one space after the colon (Postfix's milter8.c, as
+    /// Sendmail does), and one is put back. Lines of a folded value come
+    /// separated by a bare LF (Postfix) or CRLF; each becomes CRLF, as the
+    /// message had it on the wire (RFC 5322 §2.2.3). What cannot be
+    /// restored: white space before the colon (obsolete syntax, RFC 5322
+    /// §4.5.3), which Postfix drops from the name; a DKIM signature with
+    /// simple header canonicalization over such a field fails (relaxed
+    /// removes it anyway, RFC 6376 §3.4.2).
     pub fn header(&mut self, name: &[u8], value: &[u8], leading_space: bool) {
         if self.kept != Kept::Whole || self.in_body {
             return;
@@ -139,7 +144,9 @@ impl Held {
         self.push(&field);
     }
 
-    /// A chunk of the body (CRLF line ends, as the MTA sends them).
+    /// A chunk of the body, kept as it comes: Postfix ends every body
+    /// line in CRLF, never sends the empty line after the header (put
+    /// back here) and sends no data with end of message (milter8.c).
     pub fn body(&mut self, chunk: &[u8]) {
         self.end_header();
         self.push(chunk);
