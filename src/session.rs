@@ -28,7 +28,7 @@ use std::time::Duration;
 use crate::config::{AuthservId, Config, InternalErrorAction, LogLevel};
 use crate::dns::Lookup;
 use crate::log::Logger;
-use crate::metrics::{MessageAction, Metrics};
+use crate::metrics::{HeldOutcome, MessageAction, Metrics};
 use crate::policy::decide::{Action, Decision, Reply, decide};
 use crate::policy::envelope::Envelope;
 use crate::policy::headers::{header_receiver, is_forged_trace_header, skip_headers, spf_headers};
@@ -461,6 +461,11 @@ impl<L: Lookup> Session<L> {
         let mut message = std::mem::take(&mut self.message);
         if let Some(mut held) = message.held.take() {
             let verdict = self.rescue(&mut held).await;
+            self.metrics.held(match &verdict {
+                Verdict::Rescued(_) => HeldOutcome::Rescued,
+                Verdict::NotRescued(_) => HeldOutcome::NotRescued,
+                Verdict::Temporary(_) => HeldOutcome::Deferred,
+            });
             let reply = held_answer(&shared, &queue_id, &held, verdict);
             drop(held);
             match (reply, &mut message.decision) {

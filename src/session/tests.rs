@@ -477,6 +477,13 @@ async fn a_held_reject_not_rescued_is_rejected_at_end_of_message_with_the_same_r
         "4QX7abcDEF: not rescued (no signature): 550 5.7.23 Message rejected due to: SPF fail - not authorized.",
     );
     assert_eq!(s.shared.held_budget().used(), 0);
+    let metrics = s.metrics.render();
+    for line in [
+        "spfmilter_messages_total{action=\"held\"} 1",
+        "spfmilter_held_total{outcome=\"not_rescued\"} 1",
+    ] {
+        assert!(metrics.lines().any(|l| l == line), "{line} in {metrics}");
+    }
 }
 
 /// The rescue cancels the reject, nothing else: the headers are those an
