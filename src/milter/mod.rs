@@ -296,6 +296,7 @@ fn macro_value(macros: &indymilter::Macros, name: &str) -> Option<String> {
 fn callbacks(milter: Arc<Milter>) -> Callbacks<Connection> {
     let negotiating = Arc::clone(&milter);
     let stopping = Arc::clone(&milter);
+    let stopping_at_eom = Arc::clone(&milter);
     Callbacks::new()
         .on_negotiate(move |cx: &mut NegotiateContext<Connection>, _, offered| {
             let shared = negotiating.current();
@@ -389,22 +390,37 @@ fn callbacks(milter: Arc<Milter>) -> Callbacks<Connection> {
                 async move { stage!(cx, Stage::Body, |session, _macros| session.body(&chunk)) },
             )
         })
-        .on_eom(|cx| {
+        .on_eom(move |cx| {
+            // A held message's verification is interrupted by a stop as a
+            // check at MAIL FROM is: a temporary failure, never the MTA's
+            // default action (which may be to accept).
+            let interrupted = stopping_at_eom.interrupted();
             Box::pin(async move {
                 let Some(session) = cx.data.as_mut().and_then(|c| c.session.as_mut()) else {
                     return Status::Continue;
                 };
                 let macros = &cx.macros;
                 let macros = &|name: &str| macro_value(macros, name);
-                let answer = match guarded(session.end_of_message(macros)).await {
-                    Ok(EndOfMessage {
+                let finished = guarded(async {
+                    // The message first: one that is not held ends at once
+                    // with its headers, even while stopping.
+                    tokio::select! {
+                        biased;
+                        eom = session.end_of_message(macros) => Some(eom),
+                        () = interrupted => None,
+                    }
+                })
+                .await;
+                let answer = match finished {
+                    Ok(Some(EndOfMessage {
                         reply: StageReply::Continue,
                         edits,
-                    }) => match apply(&cx.actions, &edits).await {
+                    })) => match apply(&cx.actions, &edits).await {
                         Ok(()) => StageReply::Continue,
                         Err(e) => session.internal_error(Stage::EndOfMessage, macros, &e),
                     },
-                    Ok(EndOfMessage { reply, .. }) => reply,
+                    Ok(Some(EndOfMessage { reply, .. })) => reply,
+                    Ok(None) => session.interrupted(macros),
                     Err(panic) => session.internal_error(Stage::EndOfMessage, macros, &panic),
                 };
                 status(&mut cx.reply, answer, false)
