@@ -70,7 +70,7 @@ impl Shared {
 /// negotiated with (its session starts with the same one, whatever a
 /// reload does in between), what was negotiated, and its session, from
 /// connect on.
-pub struct Connection {
+struct Connection {
     shared: Arc<Shared>,
     /// SMFIS_SKIP may be answered to a body chunk (SMFIP_SKIP).
     skip: bool,
