@@ -4,7 +4,8 @@
 //!
 //! | metric | type | labels |
 //! |---|---|---|
-//! | `spfmilter_messages_total` | counter | `action`: accept, reject, defer, skipped, unchecked, internal_error |
+//! | `spfmilter_messages_total` | counter | `action`: accept, reject, defer, held, skipped, unchecked, internal_error |
+//! | `spfmilter_held_total` | counter | `outcome` of a held message at end of message: rescued, not_rescued, deferred (test mode included) |
 //! | `spfmilter_checks_total` | counter | `identity` (helo, mailfrom), `result`, `action` of the message |
 //! | `spfmilter_skipped_total` | counter | `reason` (local, whitelist, domain_whitelist, helo_whitelist, ptr_whitelist) |
 //! | `spfmilter_blocked_total` | counter | `rule` (authorized_by, includes), `mode` (enforce, test: logged "would block") |
@@ -55,6 +56,30 @@ struct BlockLabels {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabels {
+    outcome: &'static str,
+}
+
+/// What became of a held message at end of message, as the `outcome`
+/// label says it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HeldOutcome {
+    Rescued,
+    NotRescued,
+    Deferred,
+}
+
+impl HeldOutcome {
+    fn label(self) -> &'static str {
+        match self {
+            HeldOutcome::Rescued => "rescued",
+            HeldOutcome::NotRescued => "not_rescued",
+            HeldOutcome::Deferred => "deferred",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReasonLabels {
     reason: &'static str,
 }
@@ -66,6 +91,8 @@ pub enum MessageAction {
     Accept,
     Reject,
     Defer,
+    /// A reject held to end of message for the rescue (`[rescue]`).
+    Held,
     /// A bypass with a trace header (`skip_addresses`, whitelists).
     Skipped,
     /// Not checked and no header (internal hosts, MacroList, SMTP AUTH,
@@ -81,6 +108,7 @@ impl MessageAction {
             MessageAction::Accept => "accept",
             MessageAction::Reject => "reject",
             MessageAction::Defer => "defer",
+            MessageAction::Held => "held",
             MessageAction::Skipped => "skipped",
             MessageAction::Unchecked => "unchecked",
             MessageAction::InternalError => "internal_error",
@@ -98,6 +126,7 @@ pub struct Metrics {
     checks: Family<CheckLabels, Counter>,
     skipped: Family<ReasonLabels, Counter>,
     blocked: Family<BlockLabels, Counter>,
+    held: Family<OutcomeLabels, Counter>,
     decision_seconds: Histogram,
     /// How many MTA connections are open, read when scraped (set once by
     /// the daemon: the listener counts them, from accept to close).
@@ -141,6 +170,12 @@ impl Metrics {
             "Messages matched by a [block] rule, refused (mode enforce) or only logged (mode test)",
             blocked.clone(),
         );
+        let held = Family::<OutcomeLabels, Counter>::default();
+        registry.register(
+            "spfmilter_held",
+            "Messages held for the rescue, by what became of them at end of message",
+            held.clone(),
+        );
         // 0.5 ms to ~33 s: a cache hit to a decision that ran into the
         // time limit.
         let decision_seconds = Histogram::new(exponential_buckets(0.0005, 2.0, 17));
@@ -165,6 +200,7 @@ impl Metrics {
             checks,
             skipped,
             blocked,
+            held,
             decision_seconds,
             connections,
             refused,
@@ -193,6 +229,15 @@ impl Metrics {
                 .inc();
         }
         self.decision_seconds.observe(took.as_secs_f64());
+    }
+
+    /// A held message decided at end of message.
+    pub fn held(&self, outcome: HeldOutcome) {
+        self.held
+            .get_or_create(&OutcomeLabels {
+                outcome: outcome.label(),
+            })
+            .inc();
     }
 
     /// A bypass with a trace header.
@@ -398,6 +443,9 @@ mod tests {
             Duration::from_millis(3),
         );
         m.skipped("local", Duration::from_micros(100));
+        m.held(HeldOutcome::Rescued);
+        m.held(HeldOutcome::NotRescued);
+        m.held(HeldOutcome::NotRescued);
         let text = m.render();
         for line in [
             "spfmilter_messages_total{action=\"reject\"} 1",
@@ -405,6 +453,8 @@ mod tests {
             "spfmilter_checks_total{identity=\"mailfrom\",result=\"fail\",action=\"reject\"} 1",
             "spfmilter_checks_total{identity=\"helo\",result=\"pass\",action=\"reject\"} 1",
             "spfmilter_skipped_total{reason=\"local\"} 1",
+            "spfmilter_held_total{outcome=\"rescued\"} 1",
+            "spfmilter_held_total{outcome=\"not_rescued\"} 2",
             "spfmilter_decision_seconds_count 2",
             "spfmilter_connections_open 1",
             "spfmilter_connections_refused_total 1",

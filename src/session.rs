@@ -11,43 +11,106 @@
 //! answered there. Accepted mail gets its trace headers
 //! at end of message, inserted at index 0 (above the MTA's own
 //! `Received:`), after forged ones are deleted.
+//!
+//! With `[rescue] methods` set, a reject is *held* instead ([`held`]): MAIL
+//! FROM continues, the message is kept as it comes, and at end of message
+//! the rescuer ([`crate::rescue::verify`]) says whether the message proves
+//! its author. Rescued, it is accepted with the headers test mode would
+//! give it (the true SPF result); not rescued, it is rejected with the
+//! reply MAIL FROM would have had; a temporary failure defers it. The body
+//! of a message that is not held is not wanted ([`StageReply::Skip`]).
 
+use std::future::Future;
 use std::net::IpAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
 use crate::config::{AuthservId, Config, InternalErrorAction, LogLevel};
 use crate::dns::Lookup;
 use crate::log::Logger;
-use crate::metrics::{MessageAction, Metrics};
+use crate::metrics::{HeldOutcome, MessageAction, Metrics};
 use crate::policy::block;
 use crate::policy::decide::{Action, Decision, Reply, decide};
 use crate::policy::envelope::Envelope;
 use crate::policy::headers::{header_receiver, is_forged_trace_header, skip_headers, spf_headers};
 use crate::policy::skip::{Skip, SkipReason, skip};
+use crate::rescue::{Settings, Verdict};
 use crate::spf::Evaluator;
 
+mod held;
 #[cfg(test)]
 mod tests;
 
+pub use held::HeldBudget;
+use held::{Held, Kept};
+
+/// What decides whether a held message rescues itself: its DNS, the
+/// `[rescue]` settings, the message, the MAIL FROM domain. Always
+/// [`crate::rescue::verify`] in the daemon ([`Shared::with_evaluator`]);
+/// tests put a stand-in in its place ([`Shared::with_rescuer`]) to get a
+/// given [`Verdict`].
+pub type Rescuer<L> = Box<
+    dyn for<'a> Fn(
+            &'a L,
+            &'a Settings,
+            &'a [u8],
+            Option<&'a str>,
+        ) -> Pin<Box<dyn Future<Output = Verdict> + Send + 'a>>
+        + Send
+        + Sync,
+>;
+
 /// What every session of one configuration shares: the configuration, the
-/// evaluator (with its DNS cache) and the log.
+/// evaluator (with its DNS cache), the log, and for the rescue its
+/// settings, the rescuer and the count of held bytes.
 pub struct Shared<L> {
     pub config: Arc<Config>,
     pub evaluator: Evaluator<L>,
     logger: Logger,
+    rescue: Settings,
+    rescuer: Rescuer<L>,
+    /// Bytes held by all sessions; one count for the daemon's life
+    /// (handed from one configuration to the next on reload).
+    held_budget: Arc<HeldBudget>,
 }
 
-impl<L> Shared<L> {
+impl<L: Lookup + 'static> Shared<L> {
     pub fn with_evaluator(config: Arc<Config>, evaluator: Evaluator<L>, logger: Logger) -> Self {
         // The block rule `includes` reads the include/redirect targets of
         // each evaluation; without it they are not recorded.
         let evaluator = evaluator.with_via(!config.block.includes.is_empty());
         Self {
+            rescue: config.rescue_settings(),
             config,
             evaluator,
             logger,
+            rescuer: Box::new(|lookup, settings, message, domain| {
+                Box::pin(crate::rescue::verify(lookup, settings, message, domain))
+            }),
+            held_budget: Arc::default(),
         }
+    }
+}
+
+impl<L> Shared<L> {
+    /// The same, with `rescuer` deciding held messages.
+    pub fn with_rescuer(mut self, rescuer: Rescuer<L>) -> Self {
+        self.rescuer = rescuer;
+        self
+    }
+
+    /// The same, counting held bytes in `budget` (the previous
+    /// configuration's, on reload: `rescue.max_held_bytes` is a limit for
+    /// the daemon, not for one configuration).
+    pub fn with_held_budget(mut self, budget: Arc<HeldBudget>) -> Self {
+        self.held_budget = budget;
+        self
+    }
+
+    /// The count of held bytes.
+    pub fn held_budget(&self) -> &Arc<HeldBudget> {
+        &self.held_budget
     }
 
     /// Logs `line` if `log.level` asks for lines of `level`.
@@ -72,6 +135,7 @@ pub enum Stage {
     Mail,
     Rcpt,
     Header,
+    Body,
     EndOfMessage,
     Abort,
 }
@@ -84,6 +148,7 @@ impl std::fmt::Display for Stage {
             Stage::Mail => "MAIL FROM",
             Stage::Rcpt => "RCPT TO",
             Stage::Header => "header",
+            Stage::Body => "body",
             Stage::EndOfMessage => "end of message",
             Stage::Abort => "abort",
         })
@@ -102,6 +167,18 @@ pub enum StageReply {
     Reject(Reply),
     /// A temporary failure with this reply.
     Tempfail(Reply),
+    /// The rest of this stage's data is not wanted (the body of a message
+    /// that is not held): SMFIS_SKIP where the MTA can skip, else go on.
+    Skip,
+}
+
+/// What end of message answers: the reply, and the header edits to make
+/// first when the message is accepted (none when it is rejected or
+/// deferred).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EndOfMessage {
+    pub reply: StageReply,
+    pub edits: Vec<HeaderEdit>,
 }
 
 /// A header edit to make at end of message, in the order given.
@@ -144,6 +221,9 @@ struct MessageData {
     /// Occurrences (name, 1-based index among headers of that name) of
     /// incoming headers to delete.
     forged: Vec<(&'static str, i32)>,
+    /// The reject held to end of message, and the message kept for the
+    /// rescue.
+    held: Option<Held>,
 }
 
 /// One milter connection: the configuration it started with (a reload
@@ -158,6 +238,9 @@ pub struct Session<L> {
     /// sender, first recipient and authentication.
     envelope: Envelope,
     message: MessageData,
+    /// Header values come with their leading white space
+    /// (SMFIP_HDR_LEADSPC was negotiated).
+    leading_space: bool,
 }
 
 impl<L: Lookup> Session<L> {
@@ -186,7 +269,14 @@ impl<L: Lookup> Session<L> {
                 ..Envelope::default()
             },
             message: MessageData::default(),
+            leading_space: false,
         }
+    }
+
+    /// Header values will come with the white space after the colon
+    /// (SMFIP_HDR_LEADSPC): kept as they are in a held message.
+    pub fn set_header_leading_space(&mut self, on: bool) {
+        self.leading_space = on;
     }
 
     /// The configuration the session started with.
@@ -247,7 +337,9 @@ impl<L: Lookup> Session<L> {
             }
         }
         let decision = decide(config, &shared.evaluator, envelope, Some(deadline)).await;
-        // [block] (src/policy/block.rs): its reject replaces the decision's.
+        // [block] (src/policy/block.rs): its reject replaces the decision's,
+        // and is never held for the rescue: it refuses the operator, whatever
+        // the message could prove.
         let blocked = if block::configured(config) {
             block::check(
                 config,
@@ -261,9 +353,31 @@ impl<L: Lookup> Session<L> {
             block::Verdict::default()
         };
         let superseded = blocked.block.is_some();
+        // A reject (or, in test mode, a reject that would be) is held to
+        // end of message when a rescue method is set; a defer never is.
+        let held = match (&decision.action, &decision.would) {
+            _ if superseded => None,
+            (Action::Reject(reply), _) | (Action::Accept, Some(Action::Reject(reply)))
+                if config.rescue_on() =>
+            {
+                Some(reply.clone())
+            }
+            _ => None,
+        };
         for line in &decision.log {
-            if !(superseded && line.level == LogLevel::Actions) {
-                shared.log(line.level, &format!("{queue_id}: {line}"));
+            if superseded && line.level == LogLevel::Actions {
+                continue;
+            }
+            match &held {
+                Some(reply)
+                    if line.level == LogLevel::Actions && line.text == reply_line(reply) =>
+                {
+                    shared.log(
+                        line.level,
+                        &format!("{queue_id}: held to end of message for the rescue: {line}"),
+                    );
+                }
+                _ => shared.log(line.level, &format!("{queue_id}: {line}")),
             }
         }
         for line in &blocked.log {
@@ -272,13 +386,31 @@ impl<L: Lookup> Session<L> {
         for hit in &blocked.hits {
             self.metrics.blocked(hit.rule.as_str(), hit.test);
         }
-        let (action, answer) = match (&blocked.block, &decision.action) {
-            (Some((_, reply)), _) => (MessageAction::Reject, StageReply::Reject(reply.clone())),
-            (None, Action::Accept) => (MessageAction::Accept, StageReply::Continue),
-            (None, Action::Reject(reply)) => {
+        let (action, answer) = match (&blocked.block, &decision.action, held) {
+            (Some((_, reply)), _, _) => (MessageAction::Reject, StageReply::Reject(reply.clone())),
+            (None, _, Some(reply)) => {
+                let limits = held::Limits {
+                    max_message_size: config.rescue.max_message_size,
+                    max_held_bytes: config.rescue.max_held_bytes,
+                };
+                self.message.held = Some(Held::new(
+                    reply,
+                    config.policy.test_mode,
+                    limits,
+                    Arc::clone(&shared.held_budget),
+                ));
+                let action = if config.policy.test_mode {
+                    MessageAction::Accept
+                } else {
+                    MessageAction::Held
+                };
+                (action, StageReply::Continue)
+            }
+            (None, Action::Accept, None) => (MessageAction::Accept, StageReply::Continue),
+            (None, Action::Reject(reply), None) => {
                 (MessageAction::Reject, StageReply::Reject(reply.clone()))
             }
-            (None, Action::Defer(reply)) => {
+            (None, Action::Defer(reply), None) => {
                 (MessageAction::Defer, StageReply::Tempfail(reply.clone()))
             }
         };
@@ -308,7 +440,12 @@ impl<L: Lookup> Session<L> {
     /// as a `Received-SPF`). Counted otherwise, such a header would shift
     /// the index of every later one, and a forged header would stay while
     /// another was deleted in its place.
+    ///
+    /// A held message keeps the header as it came.
     pub fn header(&mut self, name: &[u8], value: &[u8]) {
+        if let Some(held) = &mut self.message.held {
+            held.header(name, value, self.leading_space);
+        }
         let name = name.trim_ascii_end();
         let Some(kind) = TRACE_HEADERS
             .iter()
@@ -327,15 +464,54 @@ impl<L: Lookup> Session<L> {
         }
     }
 
-    /// End of message: the edits to make, in order. Forged trace headers
-    /// are deleted first, the last of a name first: the MTA renumbers the
-    /// headers of that name after each deletion, so deleting #1 before #2
-    /// would delete the third one and leave the second. Then ours, on top.
-    pub fn end_of_message(&mut self, macros: &Macros<'_>) -> Vec<HeaderEdit> {
+    /// A chunk of the body: kept when the message is held; otherwise (and
+    /// once a held message is over a limit) the rest of the body is not
+    /// wanted.
+    pub fn body(&mut self, chunk: &[u8]) -> StageReply {
+        match &mut self.message.held {
+            Some(held) if held.kept() == Kept::Whole => {
+                held.body(chunk);
+                if held.kept() == Kept::Whole {
+                    StageReply::Continue
+                } else {
+                    StageReply::Skip
+                }
+            }
+            _ => StageReply::Skip,
+        }
+    }
+
+    /// End of message: a held reject is decided (see the module doc),
+    /// then the edits to make, in order. Forged trace headers are deleted
+    /// first, the last of a name first: the MTA renumbers the headers of
+    /// that name after each deletion, so deleting #1 before #2 would
+    /// delete the third one and leave the second. Then ours, on top.
+    pub async fn end_of_message(&mut self, macros: &Macros<'_>) -> EndOfMessage {
         let queue_id = queue_id(macros);
-        let shared = &self.shared;
+        let shared = Arc::clone(&self.shared);
         let config = &shared.config;
         let mut message = std::mem::take(&mut self.message);
+        if let Some(mut held) = message.held.take() {
+            let verdict = self.rescue(&mut held).await;
+            self.metrics.held(match &verdict {
+                Verdict::Rescued(_) => HeldOutcome::Rescued,
+                Verdict::NotRescued(_) => HeldOutcome::NotRescued,
+                Verdict::Temporary(_) => HeldOutcome::Deferred,
+            });
+            let reply = held_answer(&shared, &queue_id, &held, verdict);
+            drop(held);
+            match (reply, &mut message.decision) {
+                (StageReply::Continue, Some(decision)) => decision.accept_anyway(),
+                (StageReply::Continue, None) => {}
+                (reply, _) => {
+                    self.envelope.end_message();
+                    return EndOfMessage {
+                        reply,
+                        edits: Vec::new(),
+                    };
+                }
+            }
+        }
         message
             .forged
             .sort_by_key(|&(_, index)| std::cmp::Reverse(index));
@@ -384,7 +560,38 @@ impl<L: Lookup> Session<L> {
             edits.push(HeaderEdit::Prepend { name, value });
         }
         self.envelope.end_message();
-        edits
+        EndOfMessage {
+            reply: StageReply::Continue,
+            edits,
+        }
+    }
+
+    /// What the held message proves, within `rescue.time_limit`.
+    async fn rescue(&self, held: &mut Held) -> Verdict {
+        let shared = &self.shared;
+        let limit = shared.config.rescue.time_limit;
+        let domain = sender_domain(&self.envelope.sender);
+        let Some(message) = held.message() else {
+            return match held.kept() {
+                Kept::TooLarge => Verdict::NotRescued(format!(
+                    "the message is larger than rescue.max_message_size ({} bytes)",
+                    shared.config.rescue.max_message_size
+                )),
+                _ => Verdict::Temporary(format!(
+                    "rescue.max_held_bytes ({} bytes) reached: too many messages held",
+                    shared.config.rescue.max_held_bytes
+                )),
+            };
+        };
+        let verify = (shared.rescuer)(shared.evaluator.lookup(), &shared.rescue, message, domain);
+        tokio::time::timeout(limit, verify)
+            .await
+            .unwrap_or_else(|_| {
+                Verdict::Temporary(format!(
+                    "rescue.time_limit ({} ms) ran out",
+                    limit.as_millis()
+                ))
+            })
     }
 
     /// The current message is over: its state and its part of the
@@ -436,6 +643,74 @@ impl<L: Lookup> Session<L> {
         );
         internal_error_answer(action)
     }
+}
+
+/// What a held message's verdict leads to, logged with the queue ID:
+/// Continue (accepted: rescued, or test mode), the held reject, or a
+/// temporary failure.
+fn held_answer<L>(shared: &Shared<L>, queue_id: &str, held: &Held, verdict: Verdict) -> StageReply {
+    let log = |line: String| shared.log(LogLevel::Actions, &format!("{queue_id}: {line}"));
+    let (answer, line) = match verdict {
+        Verdict::Rescued(by) => (StageReply::Continue, format!("rescued by {by}")),
+        Verdict::NotRescued(why) => {
+            let line = format!("not rescued ({why}): {}", reply_line(&held.reply));
+            (StageReply::Reject(held.reply.clone()), line)
+        }
+        Verdict::Temporary(why) => {
+            let reply = rescue_tempfail(held.kept());
+            let line = format!("rescue failed for now ({why}): {}", reply_line(&reply));
+            (StageReply::Tempfail(reply), line)
+        }
+    };
+    if held.test_mode {
+        let would = match answer {
+            StageReply::Reject(_) => "reject",
+            StageReply::Tempfail(_) => "defer",
+            _ => "rescue",
+        };
+        log(format!("TestOnly: would {would}: {line}"));
+        StageReply::Continue
+    } else {
+        log(line);
+        answer
+    }
+}
+
+/// The deferral of a held message: the total of held bytes reached (RFC
+/// 3463 X.3.1, mail system full), or the verification could not finish
+/// (X.4.3, directory server failure: the keys are in the DNS).
+fn rescue_tempfail(kept: Kept) -> Reply {
+    match kept {
+        Kept::OverTotal => Reply {
+            code: 451,
+            enhanced: Some("4.3.1"),
+            text: "Too much mail held for the SPF check, try again later".to_owned(),
+        },
+        _ => Reply {
+            code: 451,
+            enhanced: Some("4.4.3"),
+            text: "Temporary failure checking the message's signatures, try again later".to_owned(),
+        },
+    }
+}
+
+/// A reply as log lines show it: `550 5.7.23 text` (as
+/// [`crate::policy::decide`] logs it).
+fn reply_line(reply: &Reply) -> String {
+    match reply.enhanced {
+        Some(e) => format!("{} {e} {}", reply.code, reply.text),
+        None => format!("{} {}", reply.code, reply.text),
+    }
+}
+
+/// The MAIL FROM domain (after the last `@`), `None` for the null sender
+/// or a sender without a domain.
+fn sender_domain(sender: &str) -> Option<&str> {
+    sender
+        .trim()
+        .rsplit_once('@')
+        .map(|(_, d)| d)
+        .filter(|d| !d.is_empty())
 }
 
 /// The authserv-id: configured, the host name, or the MTA's `j` macro.

@@ -7,11 +7,13 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
+use spfmilter::config::DomainName;
 use spfmilter::config::{
     AuthservId, Config, Datasets, Diagnostic, HeaderType, HostKind, InternalErrorAction, LoadError,
     Loaded, LogLevel, LogTarget, Mode, OPTIONS, Overrides, RejectPolicy, Severity, SocketSpec,
     Source, options_markdown_table,
 };
+use spfmilter::rescue::Method;
 
 fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -667,6 +669,53 @@ fn cases() -> Vec<Case> {
             bad_toml: "\"512K\"",
         },
         Case {
+            toml_key: "rescue.methods",
+            legacy_key: None,
+            legacy_value: "",
+            toml_value: "[\"DKIM\"]",
+            check: |c| c.rescue.methods == [Method::Dkim],
+            bad_legacy: "",
+            bad_toml: "[\"dkim\", \"spf\"]",
+        },
+        Case {
+            toml_key: "rescue.trusted_arc_sealers",
+            legacy_key: None,
+            legacy_value: "",
+            toml_value: "[\"Lists.Example.ORG.\"]",
+            check: |c| {
+                c.rescue.trusted_arc_sealers == [DomainName::parse("lists.example.org").unwrap()]
+            },
+            bad_legacy: "",
+            bad_toml: "[\"lists example.org\"]",
+        },
+        Case {
+            toml_key: "rescue.max_message_size",
+            legacy_key: None,
+            legacy_value: "",
+            toml_value: "\"512K\"",
+            check: |c| c.rescue.max_message_size == 512 * 1024,
+            bad_legacy: "",
+            bad_toml: "\"1K\"",
+        },
+        Case {
+            toml_key: "rescue.max_held_bytes",
+            legacy_key: None,
+            legacy_value: "",
+            toml_value: "1073741824",
+            check: |c| c.rescue.max_held_bytes == 1 << 30,
+            bad_legacy: "",
+            bad_toml: "\"lots\"",
+        },
+        Case {
+            toml_key: "rescue.time_limit",
+            legacy_key: None,
+            legacy_value: "",
+            toml_value: "\"2500ms\"",
+            check: |c| c.rescue.time_limit == Duration::from_millis(2500),
+            bad_legacy: "",
+            bad_toml: "0",
+        },
+        Case {
             toml_key: "log.target",
             legacy_key: None,
             legacy_value: "",
@@ -1111,6 +1160,69 @@ fn load_reports_unreadable_files() {
         e[0].to_string()
             .starts_with("/nonexistent/spfmilter.toml: error: cannot read")
     );
+}
+
+// ------------------------------------------------------------- [rescue]
+
+#[test]
+fn an_unknown_rescue_method_is_an_error_with_the_nearest_name() {
+    let errors = refused(toml("[rescue]\n\nmethods = [\"arc\",\n  \"dkm\"]\n"));
+    // The line of the value (the list starts on line 3).
+    has(
+        &errors,
+        Severity::Error,
+        3,
+        "\"dkm\" is not one of \"dkim\", \"arc\" (did you mean \"dkim\"?)",
+    );
+}
+
+#[test]
+fn arc_without_trusted_sealers_is_a_warning_on_the_methods_line() {
+    let (c, w) = ok(toml("[rescue]\nmethods = [\"dkim\", \"arc\"]\n"));
+    assert_eq!(c.rescue.methods, [Method::Dkim, Method::Arc]);
+    has(
+        &w,
+        Severity::Warning,
+        2,
+        "rescues nothing while rescue.trusted_arc_sealers is empty",
+    );
+    let (_, w) = ok(toml(
+        "[rescue]\nmethods = [\"arc\"]\ntrusted_arc_sealers = [\"lists.example.org\"]\n",
+    ));
+    assert!(w.is_empty(), "{w:?}");
+    // DKIM alone needs no sealer.
+    let (_, w) = ok(toml("[rescue]\nmethods = [\"dkim\"]\n"));
+    assert!(w.is_empty(), "{w:?}");
+}
+
+#[test]
+fn a_message_limit_above_the_total_is_an_error() {
+    let errors = refused(toml(
+        "[rescue]\nmethods = [\"dkim\"]\nmax_held_bytes = \"1M\"\nmax_message_size = \"2M\"\n",
+    ));
+    has(
+        &errors,
+        Severity::Error,
+        4,
+        "larger than rescue.max_held_bytes",
+    );
+    // The defaults fit: 10 MiB per message, 256 MiB in all.
+    let c = Config::default();
+    assert_eq!(
+        (c.rescue.max_message_size, c.rescue.max_held_bytes),
+        (10_485_760, 256 << 20)
+    );
+}
+
+#[test]
+fn a_policyd_spf_conf_leaves_the_rescue_off_and_its_conversion_too() {
+    let (c, _) = ok(legacy("HELO_reject = Fail\nMail_From_reject = Fail\n"));
+    assert!(c.rescue.methods.is_empty());
+    // What `config convert` writes reads back with the rescue off.
+    let (back, w) = ok(toml(&c.to_toml()));
+    assert!(w.is_empty(), "{w:?}");
+    assert!(back.rescue.methods.is_empty());
+    assert_eq!(back.rescue, Config::default().rescue);
 }
 
 // ------------------------------------------------ docs/configuration.md

@@ -130,6 +130,15 @@ fn spfmilter_block_operator() {
     isolated("spfmilter_block_operator", scenarios::block_operator);
 }
 
+/// `[rescue]` through Postfix: a held reject is refused at the end of DATA.
+#[test]
+fn spfmilter_rescue_holds_the_reject_to_the_end_of_data() {
+    isolated(
+        "spfmilter_rescue_holds_the_reject_to_the_end_of_data",
+        scenarios::rescue_holds_the_reject_to_the_end_of_data,
+    );
+}
+
 // ---- the differential test: the reference and spfmilter side by side -------
 
 /// The same mail and the same `policyd-spf.conf` (reject mode) through

@@ -4,8 +4,10 @@
 //! authoritative server on loopback serving a small zone (the test
 //! suite's `tests/common/dns_server.rs`).
 //!
-//! Input: the first byte picks one of four configurations (header types,
-//! reject and defer policies, skips, test mode); the rest is a sequence of
+//! Input: the first byte picks one of five configurations (header types,
+//! reject and defer policies, skips, test mode, the rescue: SPF rejects
+//! held to end of message, where body chunks and end of message meet the
+//! real verifier); the rest is a sequence of
 //! packets `[command][length: 2 octets, big-endian][data]`, each sent as a
 //! milter packet with that command and data (so the framing is right and
 //! the fuzzer explores commands and their arguments), except command 0xff,
@@ -65,11 +67,12 @@ const FIXED_ID: &str = "fuzz.example";
 // The third configuration has Reject_Not_Pass_Domains, whose label match
 // this target once crashed on non-UTF-8 names
 // (`tests/faults.rs::a_non_utf8_name_against_reject_not_pass_domains`).
-const CONFIGS: [&str; 4] = [
+const CONFIGS: [&str; 5] = [
     "",
     "[milter]\nheader_type = \"AR\"\nauthserv_id = \"fuzz.example\"\n[policy]\nhelo_reject = \"SPF_Not_Pass\"\nmail_from_reject = \"SPF_Not_Pass\"\npermerror_reject = true\ntemperror_defer = true\nreason_url = \"http://x.example/?s={0};id={1};ip={2};r={3}\"\n",
     "[milter]\nheader_type = \"SPF,AR\"\nhide_receiver = true\n[policy]\ntest_mode = true\nno_mail = true\nreject_not_pass_domains = [\"pass.test\"]\n[skip]\nwhitelist = [\"192.0.2.128/25\"]\ndomain_whitelist = [\"wl.test\"]\nhelo_whitelist = [\"relay.test\"]\ndomain_whitelist_ptr = [\"ptr.test\"]\ninternal_hosts = [\"10.0.0.0/8\"]\n",
     "[milter]\nheader_type = \"None\"\nremove_forged_headers = false\n[policy]\nhelo_reject = \"Null\"\nmail_from_reject = \"Softfail\"\n[skip]\nmacro_list = [\"daemon_name|ORIGINATING\"]\nskip_authenticated = true\n",
+    "[milter]\nheader_type = \"SPF,AR\"\n[policy]\nmail_from_reject = \"SPF_Not_Pass\"\npermerror_reject = true\n[rescue]\nmethods = [\"dkim\", \"arc\"]\ntrusted_arc_sealers = [\"lists.test\"]\nmax_message_size = \"64K\"\nmax_held_bytes = \"128K\"\ntime_limit = 2\n",
 ];
 
 fn zone() -> Zone {
@@ -251,7 +254,7 @@ fn check_replies(mut replies: &[u8]) -> Edits {
             first = false;
         }
         match code {
-            b'O' | b'c' | b'a' | b'd' | b'r' | b't' | b'p' | b'q' => {}
+            b'O' | b'c' | b'a' | b'd' | b'r' | b't' | b'p' | b'q' | b's' => {}
             b'y' => {
                 let text = data.strip_suffix(b"\0").expect("a NUL-terminated reply");
                 assert!(!text.contains(&b'\r') && !text.contains(&b'\n'), "{text:?}");

@@ -3,10 +3,16 @@
 //! each input is a whole SMTP connection in microseconds. The protocol
 //! level (framing, negotiation, the daemon) is `milter_session`'s.
 //!
-//! Input: the first byte picks one of three configurations; the rest is a
-//! sequence of stages `[stage][length: 1 octet][data]`: HELO, MAIL FROM,
-//! RCPT TO, a header (`name` NUL `value`), end of message, abort, or an
-//! internal error. A client address is picked from the second byte.
+//! Input: the first byte picks one of five configurations (the last two
+//! hold SPF rejects for the rescue, one in test mode); the rest is a
+//! sequence of stages `[stage][length: 1 octet][data]`: a stage byte from
+//! 0xf0 up is a body chunk, others (modulo 7) HELO, MAIL FROM, RCPT TO, a
+//! header (`name` NUL `value`), end of message, abort, or an internal
+//! error. A client address is picked from the second byte. The rescuer is
+//! a stand-in whose verdict follows the length of the message it gets
+//! (rescued, not rescued, temporary failure), so that every branch of end
+//! of message is reached; the real one is fuzzed through
+//! `milter_session`.
 //!
 //! Besides "no panic", it checks at every end of message that:
 //! - deletions name only `Received-SPF` / `Authentication-Results`, with an
@@ -22,7 +28,9 @@
 //!   read as OpenDMARC reads it, has exactly one `identity` and no value
 //!   holding a separator;
 //! - an answer at MAIL FROM is a reject or tempfail with a 4xx/5xx code and
-//!   one line of text.
+//!   one line of text; so is one at end of message, which then has no
+//!   header edit;
+//! - the bytes held are all given back once the session is gone.
 
 #![no_main]
 
@@ -38,15 +46,18 @@ use spfmilter::dns::Zone;
 use spfmilter::log::Logger;
 use spfmilter::metrics::Metrics;
 use spfmilter::policy::headers::could_claim_authserv_id;
-use spfmilter::session::{HeaderEdit, Session, Shared, Stage, StageReply};
+use spfmilter::rescue::Verdict;
+use spfmilter::session::{EndOfMessage, HeaderEdit, Session, Shared, Stage, StageReply};
 use spfmilter::spf::Evaluator;
 
 const ID: &str = "fuzz.example";
 
-const CONFIGS: [&str; 3] = [
+const CONFIGS: [&str; 5] = [
     "[milter]\nauthserv_id = \"fuzz.example\"\nheader_type = \"SPF,AR\"\n",
     "[milter]\nauthserv_id = \"fuzz.example\"\nheader_type = \"AR\"\n[policy]\nhelo_reject = \"SPF_Not_Pass\"\nmail_from_reject = \"False\"\npermerror_reject = true\ntemperror_defer = true\n",
     "[milter]\nauthserv_id = \"fuzz.example\"\n[policy]\ntest_mode = true\nno_mail = true\nreject_not_pass_domains = [\"pass.test\"]\n[skip]\nwhitelist = [\"192.0.2.128/25\"]\nhelo_whitelist = [\"relay.test\"]\n",
+    "[milter]\nauthserv_id = \"fuzz.example\"\nheader_type = \"SPF,AR\"\n[policy]\nhelo_reject = \"SPF_Not_Pass\"\npermerror_reject = true\ntemperror_defer = true\n[rescue]\nmethods = [\"dkim\", \"arc\"]\ntrusted_arc_sealers = [\"lists.test\"]\nmax_message_size = \"64K\"\nmax_held_bytes = \"128K\"\n",
+    "[milter]\nauthserv_id = \"fuzz.example\"\n[policy]\ntest_mode = true\n[rescue]\nmethods = [\"dkim\"]\nmax_message_size = \"64K\"\nmax_held_bytes = \"64K\"\n",
 ];
 
 const CLIENTS: [&str; 4] = ["192.0.2.1", "198.51.100.7", "2001:db8::1", "127.0.0.2"];
@@ -85,11 +96,21 @@ fn shared(config: usize) -> Arc<Shared<Zone>> {
                 config.log.target = LogTarget::Stderr;
                 config.log.level = spfmilter::config::LogLevel::Errors;
                 let evaluator = Evaluator::new(zone()).with_limits(config.spf_limits());
-                Arc::new(Shared::with_evaluator(
-                    Arc::new(config),
-                    evaluator,
-                    Logger::Memory(Default::default()),
-                ))
+                Arc::new(
+                    Shared::with_evaluator(
+                        Arc::new(config),
+                        evaluator,
+                        Logger::Memory(Default::default()),
+                    )
+                    .with_rescuer(Box::new(|_, _, message, _| {
+                        let verdict = match message.len() % 3 {
+                            0 => Verdict::Rescued("dkim d=fuzz.test aligned with From".into()),
+                            1 => Verdict::NotRescued("no signature".into()),
+                            _ => Verdict::Temporary("key lookup SERVFAIL".into()),
+                        };
+                        Box::pin(async move { verdict })
+                    })),
+                )
             })
             .collect()
     });
@@ -124,7 +145,7 @@ fn is_named(name: &[u8], label: &str) -> bool {
 
 fn check_answer(answer: &StageReply) {
     match answer {
-        StageReply::Continue | StageReply::Accept => {}
+        StageReply::Continue | StageReply::Accept | StageReply::Skip => {}
         StageReply::Reject(r) | StageReply::Tempfail(r) => {
             assert!((400..600).contains(&r.code), "reply code {}", r.code);
             assert!(
@@ -230,7 +251,9 @@ fuzz_target!(|data: &[u8]| {
     let ip = CLIENTS[usize::from(*client) % CLIENTS.len()]
         .parse()
         .expect("an address");
+    let budget = Arc::clone(shared.held_budget());
     let mut session = Session::connect(shared, metrics, Some(ip), Some("mta.example"));
+    session.set_header_leading_space(*client & 0x80 != 0);
     let mut message = Message::default();
     let mut input = rest;
     runtime().block_on(async {
@@ -239,6 +262,14 @@ fuzz_target!(|data: &[u8]| {
             let (arg, next) = tail.split_at(len);
             input = next;
             let text = String::from_utf8_lossy(arg);
+            if *stage >= 0xf0 {
+                let answer = session.body(arg);
+                assert!(
+                    matches!(answer, StageReply::Continue | StageReply::Skip),
+                    "{answer:?} to a body chunk"
+                );
+                continue;
+            }
             match stage % 7 {
                 0 => session.helo(&text),
                 1 => {
@@ -255,8 +286,15 @@ fuzz_target!(|data: &[u8]| {
                     message.headers.push((name.to_vec(), value.to_vec()));
                 }
                 4 => {
-                    let edits = session.end_of_message(&queued);
-                    if enabled {
+                    let EndOfMessage { reply, edits } = session.end_of_message(&queued).await;
+                    check_answer(&reply);
+                    assert!(
+                        !matches!(reply, StageReply::Skip | StageReply::Accept),
+                        "{reply:?} at end of message"
+                    );
+                    if reply != StageReply::Continue {
+                        assert!(edits.is_empty(), "edits with {reply:?}");
+                    } else if enabled {
                         check_end_of_message(&message, &edits);
                     }
                     message = Message::default();
@@ -272,4 +310,7 @@ fuzz_target!(|data: &[u8]| {
             }
         }
     });
+    drop(session);
+    // Other inputs' sessions are gone too: one runs at a time.
+    assert_eq!(budget.used(), 0, "held bytes not given back");
 });

@@ -17,6 +17,7 @@ use super::diag::Diagnostics;
 use super::socket::Mode;
 use super::units::{duration_from_secs_f64, parse_byte_size, parse_duration};
 use crate::policy::reply::ReasonUrl;
+use crate::rescue::Method;
 
 /// A value as written.
 #[derive(Debug, Clone, Copy)]
@@ -240,6 +241,99 @@ pub(crate) fn byte_size(raw: Raw<'_>, cx: &mut Cx<'_>) -> Option<usize> {
             None
         }
     }
+}
+
+/// The smallest `max_message_size` / `max_held_bytes` (64 KiB): less
+/// holds no real message.
+pub(crate) const MIN_HELD_MESSAGE: usize = 64 << 10;
+/// The largest `max_message_size` / `max_held_bytes` (64 GiB): more is a
+/// typo.
+pub(crate) const MAX_HELD_BYTES: usize = 64 << 30;
+
+/// A memory size as [`byte_size`] reads it, from `min` to `max` bytes.
+pub(crate) fn size_in(raw: Raw<'_>, cx: &mut Cx<'_>, min: usize, max: usize) -> Option<usize> {
+    let (bytes, shown) = match raw {
+        Raw::Toml(toml::Value::Integer(n)) => (u64::try_from(*n).ok(), n.to_string()),
+        Raw::Toml(toml::Value::String(s)) => (parse_byte_size(s), format!("{s:?}")),
+        Raw::Legacy(s) => (parse_byte_size(s), format!("{s:?}")),
+        Raw::Toml(v) => {
+            cx.error(format_args!(
+                "expected bytes or a string such as \"10M\", found {}",
+                type_name(v)
+            ));
+            return None;
+        }
+    };
+    let Some(n) = bytes else {
+        cx.error(format_args!(
+            "{shown} is not a size (bytes, or a number with K, M or G: \"10M\")"
+        ));
+        return None;
+    };
+    match usize::try_from(n) {
+        Ok(n) if (min..=max).contains(&n) => Some(n),
+        _ => {
+            cx.error(format_args!(
+                "{shown} is out of range ({} to {})",
+                size_shown(min),
+                size_shown(max)
+            ));
+            None
+        }
+    }
+}
+
+/// `64K`, `64G`: a bound as a message shows it.
+fn size_shown(bytes: usize) -> String {
+    super::units::size_to_toml(bytes)
+        .trim_matches('"')
+        .to_owned()
+}
+
+/// The names of the rescue methods, as written in `[rescue] methods`.
+const METHODS: [(&str, Method); 2] = [("dkim", Method::Dkim), ("arc", Method::Arc)];
+
+/// A rescue method's name in the file.
+pub(crate) fn method_name(method: Method) -> &'static str {
+    METHODS
+        .iter()
+        .find(|(_, m)| *m == method)
+        .map_or("", |(n, _)| n)
+}
+
+/// `[rescue] methods`: a list of "dkim" and "arc" (any case), each at most
+/// once; an unknown name is an error with the nearest one.
+pub(crate) fn rescue_methods(raw: Raw<'_>, cx: &mut Cx<'_>) -> Option<Vec<Method>> {
+    let values = match raw {
+        Raw::Toml(toml::Value::Array(values)) => values.as_slice(),
+        Raw::Toml(v) => {
+            cx.error(format_args!(
+                "expected a list such as [\"dkim\", \"arc\"], found {}",
+                type_name(v)
+            ));
+            return None;
+        }
+        Raw::Legacy(_) => {
+            cx.error("is a native option (spfmilter.toml, [rescue])");
+            return None;
+        }
+    };
+    let mut methods = Vec::new();
+    let mut ok = true;
+    for v in values {
+        let Some(method) =
+            text(Raw::Toml(v), cx).and_then(|t| choose(t.trim(), &METHODS, false, "", cx))
+        else {
+            ok = false;
+            continue;
+        };
+        if methods.contains(&method) {
+            cx.warning(format_args!("{:?} is listed twice", method_name(method)));
+        } else {
+            methods.push(method);
+        }
+    }
+    ok.then_some(methods)
 }
 
 pub(crate) fn parsed<T>(

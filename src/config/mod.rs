@@ -51,7 +51,7 @@ pub use names::{
 };
 pub use options::{
     BlockConfig, DnsConfig, LogConfig, MetricsConfig, MilterConfig, OPTIONS, PolicyConfig,
-    SkipConfig, SpfConfig,
+    RescueConfig, SkipConfig, SpfConfig,
 };
 pub use socket::{Family, Mode, SocketSpec, UserSpec};
 
@@ -69,6 +69,7 @@ pub struct Config {
     pub block: BlockConfig,
     pub spf: SpfConfig,
     pub dns: DnsConfig,
+    pub rescue: RescueConfig,
     pub log: LogConfig,
     pub metrics: MetricsConfig,
 }
@@ -230,6 +231,26 @@ impl Config {
             time: self.spf.lookup_time,
             ..Limits::default()
         }
+    }
+
+    /// What the rescue of a held message may use (`[rescue]`).
+    pub fn rescue_settings(&self) -> crate::rescue::Settings {
+        crate::rescue::Settings {
+            methods: self.rescue.methods.clone(),
+            trusted_arc_sealers: self
+                .rescue
+                .trusted_arc_sealers
+                .iter()
+                .map(ToString::to_string)
+                .collect(),
+            time_limit: self.rescue.time_limit,
+        }
+    }
+
+    /// True when SPF rejects are held to end of message (`[rescue]
+    /// methods` is not empty).
+    pub fn rescue_on(&self) -> bool {
+        !self.rescue.methods.is_empty()
     }
 
     /// The effective configuration as commented TOML, every option shown

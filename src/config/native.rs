@@ -74,7 +74,43 @@ pub(crate) fn parse(text: &str, file: &str, datasets: Datasets) -> (Config, Diag
             _ => (option.apply)(&mut cfg, Raw::Toml(&value), &mut cx),
         }
     }
+    check_rescue(&cfg, &written, &lines, &mut diags);
     (cfg, diags)
+}
+
+/// What the `[rescue]` options mean together: `"arc"` with no trusted
+/// sealer rescues nothing by ARC (a warning, on the `methods` line); a
+/// message limit above the total is an error (such a message could only
+/// ever be deferred).
+fn check_rescue(
+    cfg: &Config,
+    written: &HashMap<usize, Written<'_>>,
+    lines: &LineIndex,
+    diags: &mut Diagnostics,
+) {
+    let line_of = |key: &str| {
+        OPTIONS
+            .iter()
+            .position(|o| o.table == "rescue" && o.key == key)
+            .and_then(|i| written.get(&i))
+            .map(|w| lines.line(w.value.span().start))
+    };
+    let r = &cfg.rescue;
+    if r.methods.contains(&crate::rescue::Method::Arc) && r.trusted_arc_sealers.is_empty() {
+        diags.warning(
+            line_of("methods"),
+            "rescue.methods: \"arc\" rescues nothing while rescue.trusted_arc_sealers is empty: list the forwarders and lists whose ARC seals you trust",
+        );
+    }
+    if r.max_message_size > r.max_held_bytes {
+        diags.error(
+            line_of("max_message_size").or_else(|| line_of("max_held_bytes")),
+            format!(
+                "rescue.max_message_size ({} bytes) is larger than rescue.max_held_bytes ({} bytes): such a message could only be deferred",
+                r.max_message_size, r.max_held_bytes
+            ),
+        );
+    }
 }
 
 /// policyd-spf.conf lines (`Key = Value` with a bare word value) are

@@ -12,9 +12,10 @@ use std::time::Duration;
 
 use super::Config;
 use super::apply::{
-    Cx, Raw, account_name, authserv_id, byte_size, count, duration, flag, header_type,
-    idle_timeout, log_level, metrics_listen, mode, one_of, optional, parsed, pid_file, policy,
-    prospective, reason_url, test_mode, test_only_in_toml,
+    Cx, MAX_HELD_BYTES, MIN_HELD_MESSAGE, Raw, account_name, authserv_id, byte_size, count,
+    duration, flag, header_type, idle_timeout, log_level, method_name, metrics_listen, mode,
+    one_of, optional, parsed, pid_file, policy, prospective, reason_url, rescue_methods, size_in,
+    test_mode, test_only_in_toml,
 };
 use super::choices::{
     AuthservId, HeaderType, InternalErrorAction, LogLevel, LogTarget, RejectPolicy,
@@ -29,6 +30,7 @@ use super::render::{array, quote};
 use super::socket::{Mode, SocketSpec, UserSpec};
 use super::units::{duration_to_toml, size_to_toml};
 use crate::policy::reply::{BlockReply, ReasonMessage, ReasonUrl};
+use crate::rescue::Method;
 
 declare_options! {
     /// `[milter]`: the socket, the process, and the headers written.
@@ -372,6 +374,41 @@ declare_options! {
             parse byte_size,
             render |v| Some(size_to_toml(*v)),
             meaning "Memory the shared DNS cache may keep: answers, NXDOMAIN/NODATA entries, the parsed SPF records kept with TXT answers and the cache's tables, each counted as the allocator takes it. Bytes, or a string with a unit (\"512K\", \"64M\", \"1G\"; binary multiples); at least 1M, or 0 for no cache. The least used entries make room; peak memory is about this plus the daemon's own (BENCHMARKS.md). SIGHUP starts a new, empty cache of this size.";
+    }
+
+    /// `[rescue]`: SPF rejects held to end of message, cancelled when the
+    /// message proves its author (docs/configuration.md, README.md).
+    [rescue] RescueConfig, "Reject without losing forwarded mail: SPF rejects held to end of message." {
+        /// How a held message may prove its author; empty: nothing is held.
+        methods: Vec<Method> = Vec::new(),
+            default "`[]` (off: rejects at MAIL FROM as without this table)",
+            parse rescue_methods,
+            render |v| Some(array(v.iter().map(|m| method_name(*m).to_owned()))),
+            meaning "How a held message may prove its author: \"dkim\" (a DKIM signature that verifies, its d= aligned with the From domain or the MAIL FROM domain, RFC 6376) and \"arc\" (a valid ARC chain whose newest set is sealed by one of trusted_arc_sealers and says the message passed, RFC 8617). Not empty: every reject SPF causes at MAIL FROM (HELO or MAIL FROM, any policy, PermError_reject, Reject_Not_Pass_Domains, No_Mail) is held: the message is received and the reject is decided at end of message: rescued, it is accepted with the trace headers it would have had in test mode (the true SPF result, e.g. Fail); not rescued, it is rejected with the same reply; a temporary failure defers it (451). Defers (TempError) are never held; messages not held are not transferred to the milter (SMFIS_SKIP). Empty: off.";
+        /// ARC sealers (`d=` of ARC-Seal) whose verdicts are trusted.
+        trusted_arc_sealers: Vec<DomainName> = Vec::new(),
+            default "`[]`",
+            parse domain_list,
+            render |v| Some(array(v.iter().map(ToString::to_string))),
+            meaning "Domains (d= of the newest ARC-Seal) whose ARC verdicts the arc method trusts: the mailing lists and forwarders your users receive mail through, which check DKIM, SPF and DMARC and seal what they saw. Each entry is one name, not the names below it. \"arc\" in methods with no sealer listed rescues nothing by ARC (a warning).";
+        /// Bytes kept per held message; a larger message is not rescued.
+        max_message_size: usize = 10 << 20,
+            default "`\"10M\"` (10485760 bytes)",
+            parse |raw, cx| size_in(raw, cx, MIN_HELD_MESSAGE, MAX_HELD_BYTES),
+            render |v| Some(size_to_toml(*v)),
+            meaning "Bytes of a held message kept for the rescue (header and body as received). A larger message is not rescued: it is rejected with the held reply (logged). Bytes, or a string with a unit (\"512K\", \"10M\"); from 64K to 64G, and at most max_held_bytes.";
+        /// Bytes held by all connections together.
+        max_held_bytes: usize = 256 << 20,
+            default "`\"256M\"`",
+            parse |raw, cx| size_in(raw, cx, MIN_HELD_MESSAGE, MAX_HELD_BYTES),
+            render |v| Some(size_to_toml(*v)),
+            meaning "Bytes of held messages kept by all connections together. A held message that does not fit is deferred at end of message (451 4.3.1, logged): never accepted unchecked, never lost. Peak memory grows by up to this. Bytes, or a string with a unit; from 64K to 64G.";
+        /// Time limit of a held message's key lookups.
+        time_limit: Duration = Duration::from_secs(10),
+            default "`10` (seconds)",
+            parse duration,
+            render |v| Some(duration_to_toml(*v)),
+            meaning "Time limit of a held message's verification at end of message (DKIM and ARC key lookups, through the [dns] settings); running out defers the message (451 4.4.3). Keep it well below Postfix's milter_content_timeout (300 s). Seconds, or a string with a unit.";
     }
 
     /// `[log]`.

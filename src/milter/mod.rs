@@ -12,8 +12,8 @@ use std::sync::Arc;
 
 use futures_util::FutureExt as _;
 use indymilter::{
-    Actions, Callbacks, ContextActions, MacroStage, NegotiateContext, SetErrorReply, SocketInfo,
-    Status,
+    Actions, Callbacks, ContextActions, MacroStage, NegotiateContext, ProtoOpts, SetErrorReply,
+    SocketInfo, Status,
 };
 
 use crate::config::Config;
@@ -21,7 +21,7 @@ use crate::dns::{CachingLookup, HickoryLookup, ResolverOptions, cache::CacheOpti
 use crate::log::Logger;
 use crate::metrics::{DnsStatsSource, Metrics};
 use crate::policy::decide::Reply;
-use crate::session::{HeaderEdit, Session, Stage, StageReply};
+use crate::session::{EndOfMessage, HeaderEdit, Session, Stage, StageReply};
 use crate::spf::Evaluator;
 
 mod daemon;
@@ -66,8 +66,53 @@ impl Shared {
     }
 }
 
-/// A connection's state: its session, from connect on.
-type Connection = Session<Lookup>;
+/// A connection's state, from negotiation on: the configuration it
+/// negotiated with (its session starts with the same one, whatever a
+/// reload does in between), what was negotiated, and its session, from
+/// connect on.
+struct Connection {
+    shared: Arc<Shared>,
+    /// SMFIS_SKIP may be answered to a body chunk (SMFIP_SKIP).
+    skip: bool,
+    /// Header values keep their leading white space (SMFIP_HDR_LEADSPC).
+    leading_space: bool,
+    session: Option<Session<Lookup>>,
+}
+
+impl Connection {
+    fn new(shared: Arc<Shared>) -> Self {
+        Self {
+            shared,
+            skip: false,
+            leading_space: false,
+            session: None,
+        }
+    }
+}
+
+/// The protocol options to ask for, from what the library proposes
+/// (`proposed`: the stages with a callback, SMFIP_SKIP if the MTA offers
+/// it) and what the MTA offers: with the rescue off, no body (as before
+/// the rescue existed); with it on, the body, SMFIP_SKIP to stop the body
+/// of messages not held, and SMFIP_HDR_LEADSPC to rebuild the header as
+/// received, each if the MTA offers it. Returns the options, and whether
+/// SKIP and HDR_LEADSPC are among them.
+fn protocol_options(
+    proposed: ProtoOpts,
+    offered: ProtoOpts,
+    rescue: bool,
+) -> (ProtoOpts, bool, bool) {
+    let opts = if rescue {
+        (proposed - ProtoOpts::NO_BODY) | (offered & (ProtoOpts::SKIP | ProtoOpts::LEADING_SPACE))
+    } else {
+        proposed | ProtoOpts::NO_BODY
+    };
+    (
+        opts,
+        rescue && opts.contains(ProtoOpts::SKIP),
+        opts.contains(ProtoOpts::LEADING_SPACE),
+    )
+}
 
 fn lossy(s: &CStr) -> String {
     String::from_utf8_lossy(s.to_bytes()).into_owned()
@@ -86,10 +131,13 @@ fn set_reply(reply: &mut indymilter::SmtpReply, r: &Reply) {
     let _ = reply.set_error_reply(&code, r.enhanced, [text.as_str()]);
 }
 
-/// A session's answer in the milter protocol.
-fn status(reply: &mut indymilter::SmtpReply, answer: StageReply) -> Status {
+/// A session's answer in the milter protocol; `skip`: SMFIS_SKIP may be
+/// answered (a body chunk, SMFIP_SKIP negotiated), else a skip goes on.
+fn status(reply: &mut indymilter::SmtpReply, answer: StageReply, skip: bool) -> Status {
     match answer {
         StageReply::Continue => Status::Continue,
+        StageReply::Skip if skip => Status::Skip,
+        StageReply::Skip => Status::Continue,
         StageReply::Accept => Status::Accept,
         StageReply::Reject(r) => {
             set_reply(reply, &r);
@@ -120,7 +168,11 @@ async fn guarded<T>(work: impl Future<Output = T>) -> Result<T, String> {
 /// Runs one stage of `session` under [`guarded`] and answers.
 macro_rules! stage {
     ($cx:ident, $stage:expr, |$session:ident, $macros:ident| $work:expr) => {{
-        let Some($session) = $cx.data.as_mut() else {
+        let Some(connection) = $cx.data.as_mut() else {
+            return Status::Continue;
+        };
+        let skip = connection.skip && $stage == Stage::Body;
+        let Some($session) = connection.session.as_mut() else {
             return Status::Continue;
         };
         let macros = &$cx.macros;
@@ -129,7 +181,7 @@ macro_rules! stage {
             Ok(answer) => answer,
             Err(panic) => $session.internal_error($stage, $macros, &panic),
         };
-        status(&mut $cx.reply, answer)
+        status(&mut $cx.reply, answer, skip)
     }};
 }
 
@@ -192,11 +244,16 @@ impl Milter {
         }
     }
 
+    /// A reload: new connections get `shared`; the bytes held by the
+    /// sessions of the previous configuration stay counted against
+    /// `rescue.max_held_bytes`.
     fn replace(&self, shared: Shared) {
-        *self
+        let mut current = self
             .current
             .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(shared);
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let budget = Arc::clone(current.held_budget());
+        *current = Arc::new(shared.with_held_budget(budget));
     }
 }
 
@@ -239,19 +296,28 @@ fn macro_value(macros: &indymilter::Macros, name: &str) -> Option<String> {
 fn callbacks(milter: Arc<Milter>) -> Callbacks<Connection> {
     let negotiating = Arc::clone(&milter);
     let stopping = Arc::clone(&milter);
+    let stopping_at_eom = Arc::clone(&milter);
     Callbacks::new()
-        .on_negotiate(move |cx: &mut NegotiateContext<Connection>, _, _| {
+        .on_negotiate(move |cx: &mut NegotiateContext<Connection>, _, offered| {
             let shared = negotiating.current();
             Box::pin(async move {
                 cx.requested_actions = Actions::ADD_HEADER | Actions::CHANGE_HEADER;
                 for (stage, macros) in requested_macros(&shared.config) {
                     cx.requested_macros.insert(stage, macros);
                 }
+                let (opts, skip, leading_space) =
+                    protocol_options(cx.requested_opts, offered, shared.config.rescue_on());
+                cx.requested_opts = opts;
+                cx.data = Some(Connection {
+                    skip,
+                    leading_space,
+                    ..Connection::new(shared)
+                });
                 Status::Continue
             })
         })
         .on_connect(move |cx, _hostname, socket| {
-            let shared = milter.current();
+            let current = milter.current();
             let metrics = Arc::clone(milter.metrics());
             Box::pin(async move {
                 let client_ip = match socket {
@@ -259,13 +325,16 @@ fn callbacks(milter: Arc<Milter>) -> Callbacks<Connection> {
                     _ => None,
                 };
                 let mta_name = macro_value(&cx.macros, "j");
+                let connection = cx.data.get_or_insert_with(|| Connection::new(current));
+                let shared = Arc::clone(&connection.shared);
                 let connected = guarded(async {
                     Session::connect(shared, metrics, client_ip, mta_name.as_deref())
                 })
                 .await;
                 match connected {
-                    Ok(session) => {
-                        cx.data = Some(session);
+                    Ok(mut session) => {
+                        session.set_header_leading_space(connection.leading_space);
+                        connection.session = Some(session);
                         Status::Continue
                     }
                     // No session to answer for: the MTA applies
@@ -316,21 +385,45 @@ fn callbacks(milter: Arc<Milter>) -> Callbacks<Connection> {
                 })
             })
         })
-        .on_eom(|cx| {
+        .on_body(|cx, chunk| {
+            Box::pin(
+                async move { stage!(cx, Stage::Body, |session, _macros| session.body(&chunk)) },
+            )
+        })
+        .on_eom(move |cx| {
+            // A held message's verification is interrupted by a stop as a
+            // check at MAIL FROM is: a temporary failure, never the MTA's
+            // default action (which may be to accept).
+            let interrupted = stopping_at_eom.interrupted();
             Box::pin(async move {
-                let Some(session) = cx.data.as_mut() else {
+                let Some(session) = cx.data.as_mut().and_then(|c| c.session.as_mut()) else {
                     return Status::Continue;
                 };
                 let macros = &cx.macros;
                 let macros = &|name: &str| macro_value(macros, name);
-                let answer = match guarded(async { session.end_of_message(macros) }).await {
-                    Ok(edits) => match apply(&cx.actions, &edits).await {
+                let finished = guarded(async {
+                    // The message first: one that is not held ends at once
+                    // with its headers, even while stopping.
+                    tokio::select! {
+                        biased;
+                        eom = session.end_of_message(macros) => Some(eom),
+                        () = interrupted => None,
+                    }
+                })
+                .await;
+                let answer = match finished {
+                    Ok(Some(EndOfMessage {
+                        reply: StageReply::Continue,
+                        edits,
+                    })) => match apply(&cx.actions, &edits).await {
                         Ok(()) => StageReply::Continue,
                         Err(e) => session.internal_error(Stage::EndOfMessage, macros, &e),
                     },
+                    Ok(Some(EndOfMessage { reply, .. })) => reply,
+                    Ok(None) => session.interrupted(macros),
                     Err(panic) => session.internal_error(Stage::EndOfMessage, macros, &panic),
                 };
-                status(&mut cx.reply, answer)
+                status(&mut cx.reply, answer, false)
             })
         })
         .on_abort(|cx| {
@@ -491,6 +584,42 @@ mod tests {
             error.starts_with("cannot prepend a Received-SPF header: "),
             "{error}"
         );
+    }
+
+    /// What Postfix offers (milter8.c: every option of protocol 6) and
+    /// what the library proposes for these callbacks (no DATA, EOH or
+    /// UNKNOWN stage; SKIP offered).
+    #[test]
+    fn the_body_is_asked_for_only_with_the_rescue_on() {
+        let offered = ProtoOpts::all();
+        let proposed =
+            ProtoOpts::NO_DATA | ProtoOpts::NO_EOH | ProtoOpts::NO_UNKNOWN | ProtoOpts::SKIP;
+        let (off, skip, leading) = protocol_options(proposed, offered, false);
+        assert_eq!(off, proposed | ProtoOpts::NO_BODY);
+        assert!(!skip && !leading);
+        let (on, skip, leading) = protocol_options(proposed, offered, true);
+        assert_eq!(on, proposed | ProtoOpts::LEADING_SPACE);
+        assert!(skip && leading);
+        // An MTA that cannot skip or keep the leading space: the body is
+        // still asked for, read and dropped.
+        let (on, skip, leading) = protocol_options(
+            proposed - ProtoOpts::SKIP,
+            offered - ProtoOpts::SKIP - ProtoOpts::LEADING_SPACE,
+            true,
+        );
+        assert!(!on.contains(ProtoOpts::NO_BODY));
+        assert!(!skip && !leading);
+    }
+
+    /// `rescue.max_held_bytes` bounds the daemon, not one configuration:
+    /// the sessions of the old configuration and of the new one count in
+    /// the same total.
+    #[test]
+    fn a_reload_keeps_counting_held_bytes_in_the_same_total() {
+        let milter = Milter::new(Shared::for_tests());
+        let before = Arc::clone(milter.current().held_budget());
+        milter.replace(Shared::for_tests());
+        assert!(Arc::ptr_eq(&before, milter.current().held_budget()));
     }
 
     #[test]

@@ -151,6 +151,11 @@ pub struct Decision {
     pub header: Option<HeaderSource>,
     /// Test mode: what normal mode would have done instead of accepting.
     pub would: Option<Action>,
+    /// The identity whose result rejected or deferred the message (in
+    /// test mode too): what the trace header reports if the message is
+    /// accepted after all (test mode, or a reject cancelled at end of
+    /// message by `crate::session`'s rescue).
+    pub blocked_by: Option<HeaderSource>,
     /// policyd-spf style log lines (per identity checked, and the action).
     pub log: Vec<LogLine>,
 }
@@ -164,7 +169,18 @@ impl Decision {
             mail_from: None,
             header: None,
             would: None,
+            blocked_by: None,
             log,
+        }
+    }
+
+    /// A reject or defer is cancelled: the message is accepted with the
+    /// header test mode gives it (the outcome of the identity that
+    /// blocked it, whatever it was).
+    pub fn accept_anyway(&mut self) {
+        self.action = Action::Accept;
+        if self.blocked_by.is_some() {
+            self.header = self.blocked_by;
         }
     }
 
@@ -351,6 +367,7 @@ fn finish_if_blocking(
         return false;
     }
     let line = reply_log(&action);
+    decision.blocked_by = Some(source);
     if policy.test_mode {
         decision
             .log

@@ -472,3 +472,48 @@ pub fn block_operator(scratch: &Path) {
     assert_spf(&lab, &message, "pass", "mailfrom");
     finish(lab);
 }
+
+/// The rescue (`[rescue] methods`) with the real Postfix: Postfix accepts
+/// what spfmilter then asks for (the body, SMFIP_SKIP, SMFIP_HDR_LEADSPC);
+/// an unsigned forged Fail is held past MAIL FROM and refused with
+/// `550 5.7.23` at the end of DATA, never queued; a pass is delivered with
+/// its header (its body skipped). The verification itself, with OpenDKIM
+/// and OpenDMARC beside, is not this scenario's.
+pub fn rescue_holds_the_reject_to_the_end_of_data(scratch: &Path) {
+    let milter = MilterUnderTest::spfmilter()
+        .with_native_config("[rescue]\nmethods = [\"dkim\"]\n\n[log]\nlevel = 2\n");
+    let mut lab = start(scratch, LabConfig::new(&milter, PolicydConf::base()));
+
+    let transcript = lab.send(&Mail::from("mallory@fail.test"));
+    assert_reply(&transcript, "MAIL FROM", 250, None);
+    let Some(end) = transcript.data_end() else {
+        panic!("no reply to the end of DATA:\n{transcript}");
+    };
+    assert_eq!(end.code, 550, "{end}\n{transcript}");
+    assert_eq!(end.enhanced.as_deref(), Some("5.7.23"), "{end}");
+    assert!(
+        end.text()
+            .starts_with("Message rejected due to: SPF fail - not authorized"),
+        "reject text: {end}"
+    );
+    assert!(transcript.queue_id().is_none(), "rejected mail was queued");
+    lab.wait_milter_log(
+        "held to end of message for the rescue: 550 5.7.23",
+        Duration::from_secs(5),
+    )
+    .expect("spfmilter logs the hold");
+    let line = lab
+        .wait_milter_log("not rescued (", Duration::from_secs(5))
+        .expect("spfmilter logs the decision");
+    assert!(
+        !line.contains("NOQUEUE: not rescued"),
+        "no queue ID: {line}"
+    );
+    lab.postfix()
+        .wait_log("milter-reject: END-OF-MESSAGE from", Duration::from_secs(5))
+        .expect("Postfix logs the milter's reject at end of message");
+
+    let (_, message) = lab.deliver(&Mail::from("alice@pass.test"));
+    assert_spf(&lab, &message, "pass", "mailfrom");
+    finish(lab);
+}

@@ -851,3 +851,73 @@ async fn the_deadline_bounds_helo_and_mail_from_together() {
     );
     assert_eq!(d.action, Action::Accept);
 }
+
+/// A reject cancelled after all (the session's rescue) reports what test
+/// mode reports for the same envelope: the identity that caused the
+/// reject, with its true result (docs/policyd-spf-compatibility.md §4:
+/// TestOnly adds the header that would have been added).
+#[tokio::test]
+async fn a_cancelled_reject_reports_what_test_mode_reports() {
+    let listed = |c: &mut Config| {
+        c.policy.reject_not_pass_domains = vec![DomainName::parse("softfail.test").unwrap()];
+    };
+    type Case = (
+        &'static str,
+        &'static str,
+        fn(&mut Config),
+        Identity,
+        SpfResult,
+    );
+    let cases: [Case; 5] = [
+        (
+            "fail.test",
+            "a@pass.test",
+            |_| {},
+            Identity::Helo,
+            SpfResult::Fail,
+        ),
+        (
+            "pass.test",
+            "a@fail.test",
+            |_| {},
+            Identity::MailFrom,
+            SpfResult::Fail,
+        ),
+        (
+            "pass.test",
+            "a@permerror.test",
+            |c| c.policy.permerror_reject = true,
+            Identity::MailFrom,
+            SpfResult::PermError,
+        ),
+        (
+            "pass.test",
+            "a@softfail.test",
+            listed,
+            Identity::MailFrom,
+            SpfResult::SoftFail,
+        ),
+        (
+            "pass.test",
+            "a@nomailmod.test",
+            |c| c.policy.no_mail = true,
+            Identity::MailFrom,
+            SpfResult::Fail,
+        ),
+    ];
+    for (helo, sender, set, identity, result) in cases {
+        let mut c = Config::default();
+        set(&mut c);
+        let mut d = run(&c, helo, sender).await;
+        assert!(matches!(d.action, Action::Reject(_)), "{sender}: {d:#?}");
+        assert_eq!(d.header, None, "{sender}");
+        d.accept_anyway();
+        assert_eq!(d.action, Action::Accept);
+        c.policy.test_mode = true;
+        let t = run(&c, helo, sender).await;
+        assert_eq!(d.header, t.header, "{sender}");
+        let o = d.header_outcome().expect("a header");
+        assert_eq!((o.identity, o.result), (identity, result), "{sender}");
+        assert_eq!(t.header_outcome(), Some(o), "{sender}");
+    }
+}
