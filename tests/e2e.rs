@@ -113,6 +113,7 @@ scenario_tests! {
     spfmilter_forged_lenient_authserv_ids => scenarios::forged_lenient_authserv_ids;
     spfmilter_identity_injection => scenarios::identity_injection;
     spfmilter_forwarded_header_mode => forwarding::forwarded_header_mode;
+    spfmilter_forwarded_reject_mode => forwarding::forwarded_reject_mode;
 }
 
 /// `[milter] max_connections` through Postfix: over the limit, Postfix's

@@ -10,6 +10,7 @@
 //! by the test.
 
 use std::path::Path;
+use std::time::Duration;
 
 use super::dns::{Record, Zone};
 use super::lab::{Lab, LabConfig};
@@ -103,5 +104,89 @@ pub fn forwarded_header_mode(scratch: &Path, milter: &MilterUnderTest) {
         stored.header_text()
     );
     assert_dmarc(&lab, &stored, "fail");
+    finish(lab);
+}
+
+/// spfmilter's native configuration of the reject-mode tests: SPF fail
+/// rejects (both identities), and the rescue by DKIM is on.
+pub const RESCUE_CONFIG: &str = "[policy]\n\
+     helo_reject = \"Fail\"\n\
+     mail_from_reject = \"Fail\"\n\
+     [rescue]\n\
+     methods = [\"dkim\"]\n";
+
+/// Reject mode with the rescue (`[rescue] methods = ["dkim"]`): the SPF
+/// fail of a forwarded message is held to the end of the message.
+///
+/// - The signed forward is accepted at end of DATA and delivered with the
+///   true SPF result (`Received-SPF: Fail`), OpenDKIM's `dkim=pass` and
+///   OpenDMARC's `dmarc=pass`; spfmilter logs what rescued it, with the
+///   queue ID.
+/// - The same message unsigned, or changed after signing, is refused with
+///   `550 5.7.23` at end of DATA (the reply MAIL FROM would have had) and
+///   never queued.
+/// - A sender that fails SPF with no signature at all from a domain of the
+///   standard zones is refused the same way: holding changes when, not
+///   whether.
+pub fn forwarded_reject_mode(scratch: &Path, milter: &MilterUnderTest) {
+    let milter = milter.clone().with_native_config(RESCUE_CONFIG);
+    let (mut lab, key) = start_lab(scratch, &milter, PolicydConf::reject_fail());
+    let message = author_message("rescued", "Hello from the author.");
+    let signed = key
+        .sign(SELECTOR, SIGNED_DOMAIN, &message)
+        .unwrap_or_else(|e| panic!("sign: {e}"));
+    let sender = format!("alice@{SIGNED_DOMAIN}");
+
+    let (transcript, stored) = lab.deliver(&Mail::from(&sender).data(&signed));
+    assert_reply(&transcript, "MAIL FROM", 250, Some("2.1.0"));
+    assert_spf(&lab, &stored, "fail", "mailfrom");
+    assert_eq!(
+        dkim_result(&stored).as_deref(),
+        Some("pass"),
+        "OpenDKIM's result in:\n{}",
+        stored.header_text()
+    );
+    assert_dmarc(&lab, &stored, "pass");
+    let queue_id = transcript.queue_id().expect("queued");
+    lab.wait_milter_log(
+        &format!("{queue_id}: rescued by dkim d={SIGNED_DOMAIN} aligned with From"),
+        Duration::from_secs(10),
+    )
+    .expect("spfmilter logs the rescue");
+
+    let tampered = signed.replace("Hello from the author.", "Send the money.");
+    for (what, data) in [
+        ("unsigned", message.as_str()),
+        ("changed", tampered.as_str()),
+    ] {
+        let transcript = lab.send(&Mail::from(&sender).data(data));
+        assert_reply(&transcript, "MAIL FROM", 250, Some("2.1.0"));
+        let Some(end) = transcript.data_end() else {
+            panic!("{what}: no reply to the end of DATA:\n{transcript}");
+        };
+        assert_eq!(end.code, 550, "{what}: end of DATA: {end}\n{transcript}");
+        assert_eq!(end.enhanced.as_deref(), Some("5.7.23"), "{what}: {end}");
+        assert!(
+            end.text()
+                .starts_with("Message rejected due to: SPF fail - not authorized"),
+            "{what}: reject text: {end}"
+        );
+        assert!(
+            transcript.queue_id().is_none(),
+            "{what}: queued:\n{transcript}"
+        );
+    }
+    lab.postfix()
+        .wait_log(
+            "milter-reject: END-OF-MESSAGE from mx.pass.test[192.0.2.10]: 5.7.23",
+            Duration::from_secs(10),
+        )
+        .expect("Postfix logs the milter's reject at end of message");
+
+    let transcript = lab.send(&Mail::from("mallory@fail.test"));
+    assert_reply(&transcript, "MAIL FROM", 250, Some("2.1.0"));
+    let end = transcript.data_end().expect("a reply to the end of DATA");
+    assert_eq!(end.code, 550, "end of DATA: {end}\n{transcript}");
+    assert!(transcript.queue_id().is_none(), "queued:\n{transcript}");
     finish(lab);
 }
