@@ -154,6 +154,39 @@ pub fn forwarded_reject_mode(scratch: &Path, milter: &MilterUnderTest) {
     )
     .expect("spfmilter logs the rescue");
 
+    // `simple` canonicalization signs the header lines byte for byte: a
+    // folded header with runs of spaces, a tab, and a body with trailing
+    // white space must come out of Postfix and spfmilter's reassembly
+    // exactly as signed.
+    let awkward = author_message("awkward", "Body line with trailing spaces   \r\n\tand a tab line\r\n")
+        .replace(
+            "Subject: awkward\r\n",
+            "Subject: awkward  subject,\r\n   folded  with   spaces\r\n\tand a tab\r\nX-Spaced:   three leading spaces\r\nX-Empty:\r\n",
+        );
+    for (header, body) in [
+        ("simple", "simple"),
+        ("relaxed", "relaxed"),
+        ("simple", "relaxed"),
+    ] {
+        let signed = key
+            .sign_canonicalized(SELECTOR, SIGNED_DOMAIN, &awkward, header, body)
+            .unwrap_or_else(|e| panic!("sign: {e}"));
+        let (transcript, stored) = lab.deliver(&Mail::from(&sender).data(&signed));
+        assert_spf(&lab, &stored, "fail", "mailfrom");
+        assert_eq!(
+            dkim_result(&stored).as_deref(),
+            Some("pass"),
+            "c={header}/{body}: OpenDKIM's result in:\n{}",
+            stored.header_text()
+        );
+        let queue_id = transcript.queue_id().expect("queued");
+        lab.wait_milter_log(
+            &format!("{queue_id}: rescued by dkim d={SIGNED_DOMAIN}"),
+            Duration::from_secs(10),
+        )
+        .unwrap_or_else(|e| panic!("c={header}/{body}: {e}"));
+    }
+
     let tampered = signed.replace("Hello from the author.", "Send the money.");
     for (what, data) in [
         ("unsigned", message.as_str()),

@@ -158,15 +158,28 @@ impl DkimKey {
     /// `message` (CRLF line ends) signed by `domain` with `selector`
     /// (`dkimsign`, relaxed/simple canonicalization as most signers use).
     pub fn sign(&self, selector: &str, domain: &str, message: &str) -> Result<String, String> {
+        self.sign_canonicalized(selector, domain, message, "relaxed", "simple")
+    }
+
+    /// [`Self::sign`] with the header and body canonicalizations given
+    /// (`simple` or `relaxed`, RFC 6376 §3.4).
+    pub fn sign_canonicalized(
+        &self,
+        selector: &str,
+        domain: &str,
+        message: &str,
+        header: &str,
+        body: &str,
+    ) -> Result<String, String> {
         run_filter(
             Command::new("dkimsign")
                 .arg(selector)
                 .arg(domain)
                 .arg(&self.private_key)
                 .arg("--hcanon")
-                .arg("relaxed")
+                .arg(header)
                 .arg("--bcanon")
-                .arg("simple"),
+                .arg(body),
             message,
         )
     }
