@@ -4,7 +4,7 @@
 use super::*;
 use std::sync::Mutex;
 
-use crate::config::{HeaderType, LogTarget};
+use crate::config::{DomainName, HeaderType, LogTarget};
 use crate::dns::Zone;
 use crate::dns::zone::Entry;
 use crate::rescue::Method;
@@ -787,4 +787,27 @@ async fn without_the_rescue_nothing_is_held_and_the_body_is_not_wanted() {
         StageReply::Reject(fail_reply())
     );
     assert_eq!(s.body(b"x"), StageReply::Skip);
+}
+
+/// A `[block]` reject is answered at MAIL FROM even with the rescue on: it
+/// refuses the operator (here: the client is in pass.test's networks,
+/// listed in `authorized_by`), whatever a signature could prove, so the
+/// SPF fail of the same message is not held and the rescuer never runs.
+#[tokio::test]
+async fn a_block_is_never_held_for_the_rescue() {
+    let (mut s, seen) = rescuing(Some(Verdict::Rescued("dkim".to_owned())), |c| {
+        c.block.authorized_by = vec![DomainName::parse("pass.test").expect("a name")];
+    });
+    let answer = send_message(&mut s, "<a@fail.test>").await;
+    let StageReply::Reject(reply) = answer else {
+        panic!("not refused at MAIL FROM: {answer:?}");
+    };
+    assert_eq!(
+        (reply.code, reply.enhanced),
+        (550, Some("5.7.1")),
+        "{reply:?}"
+    );
+    assert!(reply.text.contains("(pass.test)"), "{reply:?}");
+    s.abort();
+    assert!(seen.lock().unwrap().is_empty(), "the rescuer ran");
 }
