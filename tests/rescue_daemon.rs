@@ -3,9 +3,12 @@
 //! with DNS from an authoritative server on loopback.
 //!
 //! The verification itself (`spfmilter::rescue::verify`) is tested where
-//! it is written; here the messages carry no signature, so none is
+//! it is written; here most messages carry no signature, so none is
 //! rescued: what is tested is what the daemon asks the MTA for, what it
-//! answers at each step and when a held reject is decided. Expected
+//! answers at each step and when a held reject is decided. The last tests
+//! send messages signed at test time (tests/common/dkim.rs) with the key
+//! in the daemon's DNS: rescued, deferred on a key SERVFAIL, and
+//! interrupted by SIGTERM. Expected
 //! values: the milter protocol's flags (libmilter's `mfdef.h`, as
 //! `milter-codec` names them), policyd-spf's reply for Fail
 //! (docs/policyd-spf-compatibility.md §4) and RFC 7372's 5.7.23.
@@ -16,10 +19,13 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::dkim::{TestKey, message};
 use common::dns_server::TestDnsServer;
 use common::milter::{Client, ConfigFile, Daemon, MacroStage, Status, Transport, cstring};
+use indymilter_test::{EomAction, EomActions};
 use milter_codec::{P_HDR_LEADSPC, P_NOBODY, P_NODATA, P_NOEOH, optneg, read_packet};
 use spfmilter::dns::Zone;
+use spfmilter::dns::zone::Entry;
 
 /// SMFIP_NOUNKNOWN and SMFIP_SKIP (libmilter's `mfdef.h`).
 const P_NOUNKNOWN: u32 = 0x100;
@@ -227,4 +233,150 @@ async fn sighup_turns_the_rescue_on() {
     assert_eq!(body, Status::Continue);
     assert_eq!(reply_text(&eom).as_deref(), Some(FAIL_REPLY));
     c.close().await;
+}
+
+// ------------------------------------------ with real signatures (mail-auth)
+
+const AUTHOR: &str = "author.test";
+
+/// The daemon's zone plus author.test: an SPF record that does not list
+/// the client (the message is forwarded), and `key`'s record, or a key
+/// name that gets `key_entry` instead.
+fn zone_with_author(key: &TestKey, key_entry: Option<Entry>) -> Zone {
+    let zone = zone().with_txt(AUTHOR, "v=spf1 ip4:203.0.113.0/24 -all");
+    match key_entry {
+        None => zone.with_txt(&key.dns_name(), &key.dns_txt()),
+        Some(entry) => zone.with(&key.dns_name(), entry),
+    }
+}
+
+/// A message by alice@author.test, signed by `key`, sent as Postfix sends
+/// it with SMFIP_HDR_LEADSPC: each header's value as it follows the colon
+/// (leading space kept), a folded value's lines joined by a bare LF; the
+/// body as it is (CRLF). Returns what end of message answered.
+async fn signed_message(c: &mut Client, key: &TestKey) -> (EomActions, Status) {
+    let signed = key.sign(&message(
+        &format!("Alice <alice@{AUTHOR}>"),
+        "user@rcpt.example",
+        "forwarded",
+        "Hello from the author.\r\n",
+    ));
+    let text = String::from_utf8(signed).expect("ASCII");
+    let (head, body) = text.split_once("\r\n\r\n").expect("a header and a body");
+    let mut fields: Vec<(String, String)> = Vec::new();
+    for line in head.split("\r\n") {
+        if line.starts_with([' ', '\t']) {
+            let (_, value) = fields.last_mut().expect("a field to continue");
+            value.push('\n');
+            value.push_str(line);
+        } else {
+            let (name, value) = line.split_once(':').expect("a field name");
+            fields.push((name.to_owned(), value.to_owned()));
+        }
+    }
+    assert_eq!(c.helo("mx.forwarder.example").await, Status::Continue);
+    assert_eq!(
+        c.mail(format!("<alice@{AUTHOR}>").as_str(), &[]).await,
+        Status::Continue,
+        "the SPF fail is held"
+    );
+    assert_eq!(
+        c.conn.rcpt([cstring("<user@rcpt.example>")]).await.unwrap(),
+        Status::Continue
+    );
+    let fields: Vec<(&str, &str)> = fields
+        .iter()
+        .map(|(n, v)| (n.as_str(), v.as_str()))
+        .collect();
+    c.headers(&fields).await;
+    assert_eq!(
+        c.conn.body(body.as_bytes().to_vec()).await.unwrap(),
+        Status::Continue
+    );
+    c.conn
+        .macros(MacroStage::Eom, [(cstring("i"), cstring(QUEUE_ID))])
+        .await
+        .unwrap();
+    c.conn.eom().await.unwrap()
+}
+
+/// A forwarded message signed by its author's domain, aligned with From:
+/// rescued at end of message, with the header of the true SPF result
+/// (Fail), and the log says what rescued it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_signed_forward_is_rescued_with_its_true_spf_result() {
+    let key = TestKey::ed25519(AUTHOR, "sel");
+    let dns = TestDnsServer::start(Arc::new(zone_with_author(&key, None)));
+    let d = start(RESCUE, &dns);
+    let mut c = Client::connect(&d, ip(), &[]).await;
+    let (actions, eom) = signed_message(&mut c, &key).await;
+    assert_eq!(eom, Status::Continue, "{actions:?}");
+    let spf: Vec<String> = actions
+        .actions
+        .iter()
+        .filter_map(|a| match a {
+            EomAction::InsertHeader { name, value, .. } if name.as_bytes() == b"Received-SPF" => {
+                Some(value.to_string_lossy().into_owned())
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(spf.len(), 1, "{actions:?}");
+    assert!(spf[0].starts_with("Fail "), "{spf:?}");
+    c.close().await;
+    d.wait_for_log(&format!(
+        "{QUEUE_ID}: rescued by dkim d={AUTHOR} aligned with From"
+    ))
+    .await;
+}
+
+/// The author's key server fails (SERVFAIL; the test server answers so
+/// for a CNAME loop): the held message can be neither rejected nor
+/// accepted; it is deferred (451) at end of message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_servfail_defers_the_held_message() {
+    let key = TestKey::ed25519(AUTHOR, "sel");
+    let looped = Entry::Cname(key.dns_name());
+    let dns = TestDnsServer::start(Arc::new(zone_with_author(&key, Some(looped))));
+    let d = start(RESCUE, &dns);
+    let mut c = Client::connect(&d, ip(), &[]).await;
+    let (_, eom) = signed_message(&mut c, &key).await;
+    assert!(matches!(eom, Status::Tempfail { .. }), "{eom:?}");
+    let text = reply_text(&eom).expect("a reply");
+    assert!(text.starts_with("451 "), "{text}");
+    c.close().await;
+    d.wait_for_log(&format!("{QUEUE_ID}: rescue failed for now ("))
+        .await;
+}
+
+/// SIGTERM while a held message waits for a key server that never
+/// answers: the message is answered 451 4.3.2 (tried again later), never
+/// rejected or accepted unverified.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_during_a_verification_defers_the_held_message() {
+    let key = TestKey::ed25519(AUTHOR, "sel");
+    let dns = TestDnsServer::start(Arc::new(zone_with_author(&key, Some(Entry::Timeout))));
+    let mut d = start(RESCUE, &dns);
+    let mut c = Client::connect(&d, ip(), &[]).await;
+    let in_flight = tokio::spawn(async move {
+        let answer = signed_message(&mut c, &key).await;
+        (answer, c)
+    });
+    // The key query is out when the server has dropped it.
+    let start = Instant::now();
+    while dns.dropped_queries() == 0 {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "no key query sent"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let (status, _) = tokio::task::block_in_place(|| d.terminate());
+    assert!(status.success(), "exit status {status:?}: {}", d.stderr());
+    let ((_, eom), _c) = tokio::time::timeout(Duration::from_secs(10), in_flight)
+        .await
+        .expect("the interrupted end of message hangs")
+        .unwrap();
+    let text = reply_text(&eom).expect("a reply");
+    assert!(text.starts_with("451 4.3.2 "), "{eom:?}");
 }
