@@ -11,10 +11,7 @@ use std::future::Future;
 use std::sync::Arc;
 
 use futures_util::FutureExt as _;
-use indymilter::{
-    Actions, Callbacks, ContextActions, MacroStage, NegotiateContext, SetErrorReply, SocketInfo,
-    Status,
-};
+use indymilter::{Callbacks, ContextActions, NegotiateContext, SetErrorReply, SocketInfo, Status};
 
 use crate::config::Config;
 use crate::dns::{CachingLookup, HickoryLookup, ResolverOptions, cache::CacheOptions};
@@ -26,6 +23,7 @@ use crate::spf::Evaluator;
 
 mod daemon;
 pub mod io;
+mod negotiate;
 mod rate_limit;
 pub mod session_log;
 
@@ -66,8 +64,67 @@ impl Shared {
     }
 }
 
-/// A connection's state: its session, from connect on.
-type Connection = Session<Lookup>;
+/// A connection's state, from its negotiation on.
+struct Connection {
+    /// The configuration the connection negotiated with; its session
+    /// starts with the same (a reload in between does not change what
+    /// was asked of the MTA).
+    shared: Arc<Shared>,
+    /// The protocol options negotiated ([`negotiate::protocol`]).
+    opts: indymilter::ProtoOpts,
+    /// From connect on.
+    session: Option<Session<Lookup>>,
+    /// An answer for the connection that a step without reply could not
+    /// give (an internal error at connect or HELO): every MAIL FROM of
+    /// the connection gets it, as every command after a connect or HELO
+    /// reply of that kind would have.
+    connection_answer: Option<StageReply>,
+    /// The same for the current message (an internal error at RCPT TO or
+    /// at a header): its end of message gets it; a new message or an
+    /// abort forgets it.
+    message_answer: Option<StageReply>,
+}
+
+impl Connection {
+    /// What to tell the MTA at `stage`: `answer`, or nothing where it
+    /// awaits no reply (an answer other than Continue is then kept for
+    /// the next step that has one).
+    fn answer(
+        &mut self,
+        reply: &mut indymilter::SmtpReply,
+        stage: Stage,
+        answer: StageReply,
+    ) -> Status {
+        if negotiate::awaits_reply(self.opts, stage) {
+            return status(reply, answer);
+        }
+        if answer != StageReply::Continue {
+            let owed = match stage {
+                Stage::Connect | Stage::Helo => &mut self.connection_answer,
+                _ => &mut self.message_answer,
+            };
+            owed.get_or_insert(answer);
+        }
+        Status::Noreply
+    }
+
+    /// The answer owed at `stage` (MAIL FROM or end of message), if any;
+    /// a new message or an abort forgets the last message's.
+    fn owed(&mut self, stage: Stage) -> Option<StageReply> {
+        match stage {
+            Stage::Mail => {
+                self.message_answer = None;
+                self.connection_answer.clone()
+            }
+            Stage::EndOfMessage => self.message_answer.take(),
+            Stage::Abort => {
+                self.message_answer = None;
+                None
+            }
+            _ => None,
+        }
+    }
+}
 
 fn lossy(s: &CStr) -> String {
     String::from_utf8_lossy(s.to_bytes()).into_owned()
@@ -117,19 +174,29 @@ async fn guarded<T>(work: impl Future<Output = T>) -> Result<T, String> {
         })
 }
 
-/// Runs one stage of `session` under [`guarded`] and answers.
+/// Runs one stage of the connection's session under [`guarded`] and
+/// answers (or not: [`Connection::answer`]).
 macro_rules! stage {
     ($cx:ident, $stage:expr, |$session:ident, $macros:ident| $work:expr) => {{
-        let Some($session) = $cx.data.as_mut() else {
+        let Some(conn) = $cx.data.as_mut() else {
             return Status::Continue;
         };
-        let macros = &$cx.macros;
-        let $macros = &|name: &str| macro_value(macros, name);
-        let answer = match guarded(async { $work }).await {
-            Ok(answer) => answer,
-            Err(panic) => $session.internal_error($stage, $macros, &panic),
+        if let Some(owed) = conn.owed($stage) {
+            return status(&mut $cx.reply, owed);
+        }
+        let answer = match conn.session.as_mut() {
+            // No session: its connect failed, and said so.
+            None => StageReply::Continue,
+            Some($session) => {
+                let macros = &$cx.macros;
+                let $macros = &|name: &str| macro_value(macros, name);
+                match guarded(async { $work }).await {
+                    Ok(answer) => answer,
+                    Err(panic) => $session.internal_error($stage, $macros, &panic),
+                }
+            }
         };
-        status(&mut $cx.reply, answer)
+        conn.answer(&mut $cx.reply, $stage, answer)
     }};
 }
 
@@ -200,39 +267,17 @@ impl Milter {
     }
 }
 
-/// The milter macros a connection asks Postfix for, per stage. Asking
-/// replaces Postfix's default list of that stage (`milter_*_macros`), so
-/// every macro used is named: `j` (the authserv-id), `i` (the queue ID,
-/// for the log), `{auth_authen}` (the SMTP AUTH skip) and the macros of
-/// `MacroList`.
-fn requested_macros(config: &Config) -> [(MacroStage, CString); 3] {
-    let mut mail = String::from("i {auth_authen}");
-    for rule in &config.skip.macro_list {
-        mail.push(' ');
-        mail.push_str(&macro_request_name(&rule.name));
-    }
-    let c = |s: String| CString::new(s).unwrap_or_default();
-    [
-        (MacroStage::Connect, c("j".to_owned())),
-        (MacroStage::Mail, c(mail)),
-        (MacroStage::Eom, c("i".to_owned())),
-    ]
-}
-
-/// Sendmail macro names: one character bare (`j`), longer ones in braces
-/// (`{daemon_name}`).
-fn macro_request_name(name: &str) -> String {
-    if name.chars().count() == 1 {
-        name.to_owned()
-    } else {
-        format!("{{{name}}}")
-    }
-}
-
 /// A macro's value, by its name without braces.
+/// The names every message asks for are spelled out; others (`MacroList`)
+/// are built for the look-up.
 fn macro_value(macros: &indymilter::Macros, name: &str) -> Option<String> {
-    let name = CString::new(macro_request_name(name)).ok()?;
-    macros.get(&name).map(lossy)
+    let value = match name {
+        "i" => macros.get(c"i"),
+        "j" => macros.get(c"j"),
+        "auth_authen" => macros.get(c"{auth_authen}"),
+        _ => macros.get(&CString::new(negotiate::macro_request_name(name)).ok()?),
+    };
+    value.map(lossy)
 }
 
 /// The callbacks.
@@ -240,37 +285,60 @@ fn callbacks(milter: Arc<Milter>) -> Callbacks<Connection> {
     let negotiating = Arc::clone(&milter);
     let stopping = Arc::clone(&milter);
     Callbacks::new()
-        .on_negotiate(move |cx: &mut NegotiateContext<Connection>, _, _| {
+        .on_negotiate(move |cx: &mut NegotiateContext<Connection>, _, offered| {
             let shared = negotiating.current();
             Box::pin(async move {
-                cx.requested_actions = Actions::ADD_HEADER | Actions::CHANGE_HEADER;
-                for (stage, macros) in requested_macros(&shared.config) {
+                let opts = negotiate::protocol(&shared.config, offered);
+                cx.requested_actions = negotiate::ACTIONS;
+                cx.requested_opts = opts;
+                for (stage, macros) in negotiate::requested_macros(&shared.config) {
                     cx.requested_macros.insert(stage, macros);
                 }
+                cx.data = Some(Connection {
+                    shared,
+                    opts,
+                    session: None,
+                    connection_answer: None,
+                    message_answer: None,
+                });
                 Status::Continue
             })
         })
         .on_connect(move |cx, _hostname, socket| {
-            let shared = milter.current();
             let metrics = Arc::clone(milter.metrics());
             Box::pin(async move {
+                let Some(conn) = cx.data.as_mut() else {
+                    return Status::Tempfail;
+                };
                 let client_ip = match socket {
                     SocketInfo::Inet(addr) => Some(addr.ip()),
                     _ => None,
                 };
                 let mta_name = macro_value(&cx.macros, "j");
+                let shared = Arc::clone(&conn.shared);
                 let connected = guarded(async {
                     Session::connect(shared, metrics, client_ip, mta_name.as_deref())
                 })
                 .await;
                 match connected {
                     Ok(session) => {
-                        cx.data = Some(session);
-                        Status::Continue
+                        conn.session = Some(session);
+                        conn.answer(&mut cx.reply, Stage::Connect, StageReply::Continue)
                     }
-                    // No session to answer for: the MTA applies
-                    // milter_default_action.
-                    Err(_) => Status::Tempfail,
+                    // No session to answer for: a bare temporary failure
+                    // (the MTA gives its own text), at connect or, if the
+                    // MTA awaits no reply there, at every MAIL FROM.
+                    Err(_) if negotiate::awaits_reply(conn.opts, Stage::Connect) => {
+                        Status::Tempfail
+                    }
+                    Err(_) => {
+                        conn.connection_answer = Some(StageReply::Tempfail(Reply {
+                            code: 451,
+                            enhanced: Some("4.7.1"),
+                            text: "Service unavailable - try again later".to_owned(),
+                        }));
+                        Status::Noreply
+                    }
                 }
             })
         })
@@ -318,7 +386,13 @@ fn callbacks(milter: Arc<Milter>) -> Callbacks<Connection> {
         })
         .on_eom(|cx| {
             Box::pin(async move {
-                let Some(session) = cx.data.as_mut() else {
+                let Some(conn) = cx.data.as_mut() else {
+                    return Status::Continue;
+                };
+                if let Some(owed) = conn.owed(Stage::EndOfMessage) {
+                    return status(&mut cx.reply, owed);
+                }
+                let Some(session) = conn.session.as_mut() else {
                     return Status::Continue;
                 };
                 let macros = &cx.macros;
@@ -363,30 +437,6 @@ async fn apply(actions: &impl ContextActions, edits: &[HeaderEdit]) -> Result<()
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::MacroRule;
-
-    #[test]
-    fn macro_lists_name_what_is_used_one_letter_bare_longer_in_braces() {
-        let mut config = Config::default();
-        config.skip.macro_list = vec![
-            MacroRule::parse("daemon_name|mx-in").unwrap(),
-            MacroRule::parse("{auth_type}").unwrap(),
-            MacroRule::parse("_").unwrap(),
-        ];
-        let lists = requested_macros(&config);
-        let list = |stage| {
-            lists
-                .iter()
-                .find(|(s, _)| *s == stage)
-                .map(|(_, l)| l.to_str().unwrap().to_owned())
-        };
-        assert_eq!(list(MacroStage::Connect).as_deref(), Some("j"));
-        assert_eq!(
-            list(MacroStage::Mail).as_deref(),
-            Some("i {auth_authen} {daemon_name} {auth_type} _")
-        );
-        assert_eq!(list(MacroStage::Eom).as_deref(), Some("i"));
-    }
 
     /// Milter actions that refuse every edit (as the library does for an
     /// action that was not negotiated), recording what was asked.
