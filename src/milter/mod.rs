@@ -95,8 +95,16 @@ impl Connection {
         stage: Stage,
         answer: StageReply,
     ) -> Status {
+        match self.reply_at(stage, answer) {
+            Some(answer) => status(reply, answer),
+            None => Status::Noreply,
+        }
+    }
+
+    /// [`Connection::answer`]'s choice: the answer to give, or `None`.
+    fn reply_at(&mut self, stage: Stage, answer: StageReply) -> Option<StageReply> {
         if negotiate::awaits_reply(self.opts, stage) {
-            return status(reply, answer);
+            return Some(answer);
         }
         if answer != StageReply::Continue {
             let owed = match stage {
@@ -105,7 +113,7 @@ impl Connection {
             };
             owed.get_or_insert(answer);
         }
-        Status::Noreply
+        None
     }
 
     /// The answer owed at `stage` (MAIL FROM or end of message), if any;
@@ -540,6 +548,73 @@ mod tests {
         assert!(
             error.starts_with("cannot prepend a Received-SPF header: "),
             "{error}"
+        );
+    }
+
+    fn connection(opts: indymilter::ProtoOpts) -> Connection {
+        Connection {
+            shared: Arc::new(Shared::for_tests()),
+            opts,
+            session: None,
+            connection_answer: None,
+            message_answer: None,
+        }
+    }
+
+    fn tempfail() -> StageReply {
+        StageReply::Tempfail(Reply {
+            code: 451,
+            enhanced: Some("4.3.0"),
+            text: "Temporary internal error in the SPF check".to_owned(),
+        })
+    }
+
+    /// An internal error at a header the MTA awaits no reply for is
+    /// answered at the end of that message, and only there.
+    #[test]
+    fn a_header_error_without_reply_is_answered_at_end_of_message() {
+        use indymilter::ProtoOpts;
+        let mut conn = connection(ProtoOpts::NOREPLY_HEADER | ProtoOpts::NOREPLY_RCPT);
+        assert_eq!(conn.reply_at(Stage::Header, StageReply::Continue), None);
+        assert_eq!(conn.owed(Stage::EndOfMessage), None);
+        assert_eq!(conn.reply_at(Stage::Header, tempfail()), None);
+        assert_eq!(conn.reply_at(Stage::Header, StageReply::Accept), None);
+        // The first one is kept.
+        assert_eq!(conn.owed(Stage::EndOfMessage), Some(tempfail()));
+        assert_eq!(conn.owed(Stage::EndOfMessage), None, "answered once");
+        // An abort, or a new message, forgets it.
+        assert_eq!(conn.reply_at(Stage::Rcpt, tempfail()), None);
+        assert_eq!(conn.owed(Stage::Abort), None);
+        assert_eq!(conn.owed(Stage::EndOfMessage), None);
+        assert_eq!(conn.reply_at(Stage::Rcpt, tempfail()), None);
+        assert_eq!(conn.owed(Stage::Mail), None);
+        assert_eq!(conn.owed(Stage::EndOfMessage), None);
+        // Where the MTA waits for the reply, it is given there.
+        let mut conn = connection(ProtoOpts::empty());
+        assert_eq!(conn.reply_at(Stage::Header, tempfail()), Some(tempfail()));
+        assert_eq!(conn.owed(Stage::EndOfMessage), None);
+    }
+
+    /// At connect or HELO without reply, every MAIL FROM of the
+    /// connection gets the answer, as every command after such a reply at
+    /// connect or HELO would have.
+    #[test]
+    fn a_connect_or_helo_error_without_reply_answers_every_mail_from() {
+        use indymilter::ProtoOpts;
+        let mut conn = connection(ProtoOpts::NOREPLY_CONNECT | ProtoOpts::NOREPLY_HELO);
+        assert_eq!(conn.reply_at(Stage::Connect, StageReply::Continue), None);
+        assert_eq!(conn.owed(Stage::Mail), None);
+        assert_eq!(conn.reply_at(Stage::Helo, tempfail()), None);
+        assert_eq!(conn.owed(Stage::Mail), Some(tempfail()));
+        assert_eq!(conn.owed(Stage::Abort), None);
+        assert_eq!(
+            conn.owed(Stage::Mail),
+            Some(tempfail()),
+            "the next message too"
+        );
+        assert_eq!(
+            conn.reply_at(Stage::Mail, StageReply::Continue),
+            Some(StageReply::Continue)
         );
     }
 
