@@ -322,6 +322,10 @@ fn callbacks(milter: Arc<Milter>) -> Callbacks<Connection> {
                     SocketInfo::Inet(addr) => Some(addr.ip()),
                     _ => None,
                 };
+                // A new connection on the same stream (after a QUIT_NC)
+                // owes nothing of the last one.
+                conn.connection_answer = None;
+                conn.message_answer = None;
                 let mta_name = macro_value(&cx.macros, "j");
                 let shared = Arc::clone(&conn.shared);
                 let connected = guarded(async {
