@@ -103,6 +103,19 @@ pub enum MessageAction {
 }
 
 impl MessageAction {
+    /// Its place among the [`ACTIONS`] counters.
+    fn index(self) -> usize {
+        match self {
+            MessageAction::Accept => 0,
+            MessageAction::Reject => 1,
+            MessageAction::Defer => 2,
+            MessageAction::Skipped => 3,
+            MessageAction::Unchecked => 4,
+            MessageAction::InternalError => 5,
+            MessageAction::Held => 6,
+        }
+    }
+
     fn label(self) -> &'static str {
         match self {
             MessageAction::Accept => "accept",
@@ -132,6 +145,39 @@ pub struct Metrics {
     /// the daemon: the listener counts them, from accept to close).
     connections: Arc<std::sync::OnceLock<ConnectionsSource>>,
     refused: Counter,
+    /// The counters of the label sets messages use, each taken from its
+    /// family once (at its first use, so that a series still appears only
+    /// once counted): an increment without the family's lock and hash.
+    resolved: Resolved,
+}
+
+/// Counters by [`MessageAction`] (`messages`) and by identity, result and
+/// action (`checks`), as [`Resolved::index`] numbers them.
+#[derive(Default)]
+struct Resolved {
+    messages: [std::sync::OnceLock<Counter>; ACTIONS],
+    checks: [[[std::sync::OnceLock<Counter>; ACTIONS]; RESULTS.len()]; IDENTITIES.len()],
+}
+
+const ACTIONS: usize = 7;
+const IDENTITIES: [&str; 2] = ["helo", "mailfrom"];
+/// RFC 7208 §2.6, as `SpfResult::as_str` spells them.
+const RESULTS: [&str; 7] = [
+    "none",
+    "neutral",
+    "pass",
+    "fail",
+    "softfail",
+    "temperror",
+    "permerror",
+];
+
+impl Resolved {
+    /// The place of a label in its list; `None` for one not listed (then
+    /// counted through the family).
+    fn index(list: &[&str], label: &str) -> Option<usize> {
+        list.iter().position(|l| *l == label)
+    }
 }
 
 /// Where the open-connections figure comes from at scrape time.
@@ -204,6 +250,7 @@ impl Metrics {
             decision_seconds,
             connections,
             refused,
+            resolved: Resolved::default(),
         }
     }
 
@@ -214,19 +261,31 @@ impl Metrics {
         checks: impl IntoIterator<Item = (&'static str, &'static str)>,
         took: Duration,
     ) {
-        self.messages
-            .get_or_create(&ActionLabels {
-                action: action.label(),
+        let a = action.index();
+        self.resolved.messages[a]
+            .get_or_init(|| {
+                self.messages
+                    .get_or_create(&ActionLabels {
+                        action: action.label(),
+                    })
+                    .clone()
             })
             .inc();
         for (identity, result) in checks {
-            self.checks
-                .get_or_create(&CheckLabels {
-                    identity,
-                    result,
-                    action: action.label(),
-                })
-                .inc();
+            let labels = || CheckLabels {
+                identity,
+                result,
+                action: action.label(),
+            };
+            let place = Resolved::index(&IDENTITIES, identity)
+                .zip(Resolved::index(&RESULTS, result))
+                .map(|(i, r)| &self.resolved.checks[i][r][a]);
+            match place {
+                Some(place) => place
+                    .get_or_init(|| self.checks.get_or_create(&labels()).clone())
+                    .inc(),
+                None => self.checks.get_or_create(&labels()).inc(),
+            };
         }
         self.decision_seconds.observe(took.as_secs_f64());
     }
@@ -480,6 +539,41 @@ mod tests {
             text.contains("spfmilter_decision_seconds_bucket{le=\"0.004\"} 2\n"),
             "{text}"
         );
+    }
+
+    /// The counters kept per label set are the family's: every message
+    /// counts in the output, a series appears only once counted, and a
+    /// label outside the known lists still counts.
+    #[test]
+    fn counters_kept_per_label_set_count_in_the_family() {
+        let m = metrics();
+        for _ in 0..3 {
+            m.message(
+                MessageAction::Accept,
+                [("helo", "pass"), ("mailfrom", "softfail")],
+                Duration::ZERO,
+            );
+        }
+        m.message(
+            MessageAction::Defer,
+            [("mailfrom", "other")],
+            Duration::ZERO,
+        );
+        let text = m.render();
+        for line in [
+            "spfmilter_messages_total{action=\"accept\"} 3",
+            "spfmilter_messages_total{action=\"defer\"} 1",
+            "spfmilter_checks_total{identity=\"helo\",result=\"pass\",action=\"accept\"} 3",
+            "spfmilter_checks_total{identity=\"mailfrom\",result=\"softfail\",action=\"accept\"} 3",
+            "spfmilter_checks_total{identity=\"mailfrom\",result=\"other\",action=\"defer\"} 1",
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "{line:?} missing from\n{text}"
+            );
+        }
+        assert!(!text.contains("action=\"reject\""), "{text}");
+        assert!(!text.contains("result=\"fail\""), "{text}");
     }
 
     #[tokio::test]

@@ -115,9 +115,15 @@ impl<L> Shared<L> {
 
     /// Logs `line` if `log.level` asks for lines of `level`.
     pub fn log(&self, level: LogLevel, line: &str) {
-        if self.config.log.level >= level {
+        if self.logs(level) {
             self.logger.log(level, line);
         }
+    }
+
+    /// Whether `log.level` asks for lines of `level`: a line that would
+    /// be dropped need not be formatted.
+    pub fn logs(&self, level: LogLevel) -> bool {
+        self.config.log.level >= level
     }
 
     pub fn logger(&self) -> &Logger {
@@ -252,13 +258,15 @@ impl<L: Lookup> Session<L> {
         client_ip: Option<IpAddr>,
         mta_name: Option<&str>,
     ) -> Self {
-        shared.log(
-            LogLevel::Requests,
-            &format!(
-                "connect from {}",
-                client_ip.map_or_else(|| "an unknown address".to_owned(), |ip| ip.to_string())
-            ),
-        );
+        if shared.logs(LogLevel::Requests) {
+            shared.log(
+                LogLevel::Requests,
+                &format!(
+                    "connect from {}",
+                    client_ip.map_or_else(|| "an unknown address".to_owned(), |ip| ip.to_string())
+                ),
+            );
+        }
         let authserv_id = authserv_id(&shared.config, mta_name);
         Self {
             shared,
@@ -294,7 +302,8 @@ impl<L: Lookup> Session<L> {
     pub async fn mail(&mut self, sender: &str, macros: &Macros<'_>) -> StageReply {
         let shared = Arc::clone(&self.shared);
         let config = &shared.config;
-        let queue_id = queue_id(macros);
+        // Looked up for a line that is logged only.
+        let queue_id = || queue_id(macros);
         // The whole stage, bypass lookups and both evaluations, stays
         // inside one budget below Postfix's milter_command_timeout.
         let started = tokio::time::Instant::now();
@@ -310,28 +319,32 @@ impl<L: Lookup> Session<L> {
             shared.log(
                 LogLevel::Errors,
                 &format!(
-                    "{queue_id}: the bypass checks ran out of time (decision_time_limit): checking SPF"
+                    "{}: the bypass checks ran out of time (decision_time_limit): checking SPF",
+                    queue_id()
                 ),
             );
             Skip::Check
         }) {
             Skip::Check => {}
             Skip::Silent(why) => {
-                shared.log(
-                    LogLevel::Results,
-                    &format!("{queue_id}: not checked: {why}"),
-                );
+                if shared.logs(LogLevel::Results) {
+                    shared.log(
+                        LogLevel::Results,
+                        &format!("{}: not checked: {why}", queue_id()),
+                    );
+                }
                 self.metrics
                     .message(MessageAction::Unchecked, [], started.elapsed());
                 return StageReply::Continue;
             }
             Skip::Traced(reason) => {
-                shared.log(
-                    LogLevel::Actions,
-                    &format!("{queue_id}: {}", reason.comment()),
-                );
-                self.metrics
-                    .skipped(skip_label(reason), started.elapsed());
+                if shared.logs(LogLevel::Actions) {
+                    shared.log(
+                        LogLevel::Actions,
+                        &format!("{}: {}", queue_id(), reason.comment()),
+                    );
+                }
+                self.metrics.skipped(skip_label(reason), started.elapsed());
                 self.message.skipped = Some(reason);
                 return StageReply::Continue;
             }
@@ -364,24 +377,27 @@ impl<L: Lookup> Session<L> {
             }
             _ => None,
         };
-        for line in &decision.log {
+        let mut id = None;
+        for line in decision.log.iter().filter(|line| shared.logs(line.level)) {
             if superseded && line.level == LogLevel::Actions {
                 continue;
             }
+            let id = id.get_or_insert_with(queue_id);
             match &held {
                 Some(reply)
                     if line.level == LogLevel::Actions && line.text == reply_line(reply) =>
                 {
                     shared.log(
                         line.level,
-                        &format!("{queue_id}: held to end of message for the rescue: {line}"),
+                        &format!("{id}: held to end of message for the rescue: {line}"),
                     );
                 }
-                _ => shared.log(line.level, &format!("{queue_id}: {line}")),
+                _ => shared.log(line.level, &format!("{id}: {line}")),
             }
         }
-        for line in &blocked.log {
-            shared.log(line.level, &format!("{queue_id}: {line}"));
+        for line in blocked.log.iter().filter(|line| shared.logs(line.level)) {
+            let id = id.get_or_insert_with(queue_id);
+            shared.log(line.level, &format!("{id}: {line}"));
         }
         for hit in &blocked.hits {
             self.metrics.blocked(hit.rule.as_str(), hit.test);
@@ -553,10 +569,12 @@ impl<L: Lookup> Session<L> {
         };
         // Inserted at index 0 in reverse, so the first ends on top.
         for (name, value) in headers.unwrap_or_default().into_iter().rev() {
-            shared.log(
-                LogLevel::Actions,
-                &format!("{queue_id}: prepend {name}: {}", value.replace("\n\t", " ")),
-            );
+            if shared.logs(LogLevel::Actions) {
+                shared.log(
+                    LogLevel::Actions,
+                    &prepend_log_line(&queue_id, name, &value),
+                );
+            }
             edits.push(HeaderEdit::Prepend { name, value });
         }
         self.envelope.end_message();
@@ -734,6 +752,23 @@ fn queue_id(macros: &Macros<'_>) -> String {
     macros("i")
         .filter(|id| !id.is_empty())
         .unwrap_or_else(|| "NOQUEUE".to_owned())
+}
+
+/// `QUEUEID: prepend NAME: VALUE`, the value unfolded (each line break
+/// and tab of the folding a space), in one allocation.
+fn prepend_log_line(queue_id: &str, name: &str, value: &str) -> String {
+    let mut line = String::with_capacity(queue_id.len() + name.len() + value.len() + 12);
+    line.push_str(queue_id);
+    line.push_str(": prepend ");
+    line.push_str(name);
+    line.push_str(": ");
+    for (i, part) in value.split("\n\t").enumerate() {
+        if i > 0 {
+            line.push(' ');
+        }
+        line.push_str(part);
+    }
+    line
 }
 
 /// The one log line of a message's deleted headers:

@@ -26,8 +26,8 @@ use std::time::{Duration, Instant};
 
 use common::dns_server::{Fault, ServerOptions, TestDnsServer, closed_port};
 use common::milter::{
-    Client, ConfigFile, Daemon, Endpoint, EomAction, MacroStage, Status, TestConnection, Transport,
-    Tx, Verdict, cstring, handshake,
+    Client, ConfigFile, Daemon, Endpoint, EomAction, MacroStage, ProtoOpts, Status, TestConnection,
+    Transport, Tx, Verdict, cstring, go_on, handshake,
 };
 use milter_codec::packet;
 use spfmilter::dns::Zone;
@@ -528,7 +528,6 @@ async fn oversized_truncated_and_unknown_packets() {
 /// either), so a cut "after BODY" is one after the last step it wanted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_dropped_mid_message() {
-    use common::milter::ProtoOpts;
     let dns = dns();
     let mut d = Daemon::start(Transport::Unix, &toml(""), dns.addr());
     for stop in ["rcpt", "header", "eoh", "body"] {
@@ -539,7 +538,7 @@ async fn connections_dropped_mid_message() {
         let opts = conn.negotiated_opts();
         assert_eq!(
             conn.rcpt([cstring("<u@rcpt.example>")]).await.unwrap(),
-            Status::Continue
+            go_on(opts, ProtoOpts::NOREPLY_RCPT)
         );
         if stop != "rcpt" {
             if !opts.contains(ProtoOpts::NO_DATA) {
@@ -601,7 +600,11 @@ async fn connect_when_served(d: &Daemon, context: &str) -> Client {
         .connect("client.example", (ip(CLIENT), 4321))
         .await
         .expect("connect");
-    assert_eq!(status, Status::Continue, "{context}");
+    assert_eq!(
+        status,
+        go_on(client.conn.negotiated_opts(), ProtoOpts::NOREPLY_CONNECT),
+        "{context}"
+    );
     client
 }
 
@@ -1083,11 +1086,15 @@ async fn try_transaction(endpoint: &Endpoint, pass: bool) -> Ended {
             [(cstring("j"), cstring(common::milter::MTA_NAME))],
         )
         .await?;
+        let opts = conn.negotiated_opts();
         assert_eq!(
             conn.connect("client.example", (ip(CLIENT), 4321)).await?,
-            Status::Continue
+            go_on(opts, ProtoOpts::NOREPLY_CONNECT)
         );
-        assert_eq!(conn.helo(cstring("pass.test")).await?, Status::Continue);
+        assert_eq!(
+            conn.helo(cstring("pass.test")).await?,
+            go_on(opts, ProtoOpts::NOREPLY_HELO)
+        );
         let sender = if pass {
             "<a@pass.test>"
         } else {
@@ -1119,7 +1126,7 @@ async fn finish_message(
 ) -> Result<(), common::milter::TestError> {
     assert_eq!(
         conn.rcpt([cstring("<u@rcpt.example>")]).await?,
-        Status::Continue
+        go_on(conn.negotiated_opts(), ProtoOpts::NOREPLY_RCPT)
     );
     assert_eq!(conn.data().await?, Status::Continue);
     let status = conn.header(cstring("Subject"), cstring("t")).await?;

@@ -21,7 +21,8 @@ use std::time::{Duration, Instant};
 use common::dns_server::TestDnsServer;
 use common::lenient::{last, opendmarc_authserv_id, opendmarc_received_spf};
 use common::milter::{
-    Client, ConfigFile, Daemon, EomAction, MTA_NAME, MacroStage, Status, Transport, Tx, Verdict,
+    Client, ConfigFile, Daemon, EomAction, MTA_NAME, MacroStage, ProtoOpts, Status, Transport, Tx,
+    Verdict,
 };
 use indymilter_test::Actions;
 use spfmilter::dns::Zone;
@@ -502,6 +503,40 @@ async fn negotiation(transport: Transport) {
             .split_whitespace()
             .any(|m| m == "{auth_authen}"),
         "{macros:?}"
+    );
+    // The steps whose answer is always "go on" are sent without waiting
+    // for one; MAIL FROM and end of message decide. Every step that
+    // carries something used is asked for.
+    let opts = conn.negotiated_opts();
+    let no_reply = ProtoOpts::NOREPLY_CONNECT
+        | ProtoOpts::NOREPLY_HELO
+        | ProtoOpts::NOREPLY_RCPT
+        | ProtoOpts::NOREPLY_HEADER;
+    assert!(opts.contains(no_reply), "{opts:?}");
+    assert!(!opts.contains(ProtoOpts::NOREPLY_MAIL), "{opts:?}");
+    let used = ProtoOpts::NO_CONNECT
+        | ProtoOpts::NO_HELO
+        | ProtoOpts::NO_MAIL
+        | ProtoOpts::NO_RCPT
+        | ProtoOpts::NO_HEADER;
+    assert!(!opts.intersects(used), "{opts:?}");
+    assert!(
+        opts.contains(ProtoOpts::NO_DATA | ProtoOpts::NO_EOH | ProtoOpts::NO_BODY),
+        "{opts:?}"
+    );
+    conn.close().await.unwrap();
+    // Without the receiver in the header and without deleting forged
+    // headers, neither RCPT TO nor the headers are asked for.
+    let d = daemon(
+        transport,
+        &toml("[milter]\nhide_receiver = true\nremove_forged_headers = false\n"),
+        &dns,
+    );
+    let conn = d.open().await;
+    let opts = conn.negotiated_opts();
+    assert!(
+        opts.contains(ProtoOpts::NO_RCPT | ProtoOpts::NO_HEADER),
+        "{opts:?}"
     );
     conn.close().await.unwrap();
 }
@@ -2421,7 +2456,7 @@ async fn several_messages_per_connection(transport: Transport) {
             .rcpt([common::milter::cstring("<x@aborted.example>")])
             .await
             .unwrap(),
-        Status::Continue
+        common::milter::go_on(c.conn.negotiated_opts(), ProtoOpts::NOREPLY_RCPT)
     );
     c.headers(&[("Received-SPF", "Pass (forged)")]).await;
     c.abort().await;
@@ -2725,7 +2760,7 @@ async fn the_first_of_several_recipients_is_the_receiver() {
             .rcpt([common::milter::cstring("<one@first-of-two.example>")])
             .await
             .unwrap(),
-        Status::Continue
+        common::milter::go_on(c.conn.negotiated_opts(), ProtoOpts::NOREPLY_RCPT)
     );
     let eom = c.message("<two@second-of-two.example>", &[]).await;
     let h = received_spf_of(&eom, "two recipients");

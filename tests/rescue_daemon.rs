@@ -21,7 +21,9 @@ use std::time::{Duration, Instant};
 
 use common::dkim::{TestKey, message};
 use common::dns_server::TestDnsServer;
-use common::milter::{Client, ConfigFile, Daemon, MacroStage, Status, Transport, cstring};
+use common::milter::{
+    Client, ConfigFile, Daemon, MacroStage, ProtoOpts, Status, Transport, cstring, go_on,
+};
 use indymilter_test::{EomAction, EomActions};
 use milter_codec::{P_HDR_LEADSPC, P_NOBODY, P_NODATA, P_NOEOH, optneg, read_packet};
 use spfmilter::dns::Zone;
@@ -30,6 +32,10 @@ use spfmilter::dns::zone::Entry;
 /// SMFIP_NOUNKNOWN and SMFIP_SKIP (libmilter's `mfdef.h`).
 const P_NOUNKNOWN: u32 = 0x100;
 const P_SKIP: u32 = 0x400;
+/// No reply awaited at connect, HELO, RCPT TO and each header
+/// (SMFIP_NR_CONN, NR_HELO, NR_RCPT, NR_HDR, libmilter's `mfdef.h`): their
+/// answer is always "go on" (src/milter/negotiate.rs).
+const NO_REPLIES: u32 = 0x1000 | 0x2000 | 0x8000 | 0x80;
 
 const CLIENT: &str = "192.0.2.1";
 const QUEUE_ID: &str = "4QX7abcDEF";
@@ -80,7 +86,7 @@ async fn without_the_rescue_the_body_is_not_asked_for() {
     let d = start("", &dns);
     assert_eq!(
         negotiated_options(&d),
-        P_NODATA | P_NOEOH | P_NOUNKNOWN | P_NOBODY | P_SKIP
+        P_NODATA | P_NOEOH | P_NOUNKNOWN | P_NOBODY | P_SKIP | NO_REPLIES
     );
 }
 
@@ -92,7 +98,7 @@ async fn with_the_rescue_the_body_skip_and_leading_space_are_asked_for() {
     let d = start(RESCUE, &dns);
     assert_eq!(
         negotiated_options(&d),
-        P_NODATA | P_NOEOH | P_NOUNKNOWN | P_SKIP | P_HDR_LEADSPC
+        P_NODATA | P_NOEOH | P_NOUNKNOWN | P_SKIP | P_HDR_LEADSPC | NO_REPLIES
     );
 }
 
@@ -118,7 +124,7 @@ async fn held_message(c: &mut Client, sender: &str, body: &[u8]) -> (Status, Sta
     );
     assert_eq!(
         c.conn.rcpt([cstring("<user@rcpt.example>")]).await.unwrap(),
-        Status::Continue
+        go_on(c.conn.negotiated_opts(), ProtoOpts::NOREPLY_RCPT)
     );
     c.headers(&[("From", "Author <a@fail.test>"), ("Subject", "forwarded")])
         .await;
@@ -282,7 +288,7 @@ async fn signed_message(c: &mut Client, key: &TestKey) -> (EomActions, Status) {
     );
     assert_eq!(
         c.conn.rcpt([cstring("<user@rcpt.example>")]).await.unwrap(),
-        Status::Continue
+        go_on(c.conn.negotiated_opts(), ProtoOpts::NOREPLY_RCPT)
     );
     let fields: Vec<(&str, &str)> = fields
         .iter()

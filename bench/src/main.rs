@@ -19,7 +19,12 @@
 //!   a value are sent, in one SMFIC_MACRO packet written in the same
 //!   write as the stage's command.
 //! * A step the milter turned off (SMFIP_NOCONNECT, NOHELO, …) is not
-//!   sent; where it declared no reply (SMFIP_NR_*), none is awaited.
+//!   sent; where it declared no reply (SMFIP_NR_*), none is awaited, and
+//!   its packets wait in the buffer until the next step whose reply is
+//!   awaited, as Postfix writes them: into its buffered stream, which it
+//!   flushes only when it reads a reply (or the buffer is full). So the
+//!   headers of a milter that declared no reply for them go in one write
+//!   with the end of message (and the connect and HELO with MAIL FROM).
 //! * Header values go without their leading space unless the milter asked
 //!   for SMFIP_HDR_LEADSPC.
 //! * At the end of a message every modification action is read, then the
@@ -605,11 +610,11 @@ async fn open<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
             b.extend_from_slice(&40_000u16.to_be_bytes());
             append_cstr(b, s.client_ip.to_string().as_bytes());
         });
-        c.send().await?;
-        if !neg.has(proto::P_NR_CONN)
-            && let Some(o) = verdict(&c.reply().await?, Step::Connect)
-        {
-            return Ok((neg, Some(o)));
+        if !neg.has(proto::P_NR_CONN) {
+            c.send().await?;
+            if let Some(o) = verdict(&c.reply().await?, Step::Connect) {
+                return Ok((neg, Some(o)));
+            }
         }
     }
     if !neg.has(proto::P_NOHELO) {
@@ -617,11 +622,11 @@ async fn open<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
         append_packet(&mut c.buf, proto::C_HELO, |b| {
             append_cstr(b, s.helo.as_bytes())
         });
-        c.send().await?;
-        if !neg.has(proto::P_NR_HELO)
-            && let Some(o) = verdict(&c.reply().await?, Step::Helo)
-        {
-            return Ok((neg, Some(o)));
+        if !neg.has(proto::P_NR_HELO) {
+            c.send().await?;
+            if let Some(o) = verdict(&c.reply().await?, Step::Helo) {
+                return Ok((neg, Some(o)));
+            }
         }
     }
     Ok((neg, None))
@@ -634,10 +639,11 @@ async fn transaction<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
     client: &Client<'_>,
     msg: &Message<'_>,
 ) -> Result<(Outcome, Step), String> {
+    // Written only when a reply is awaited (see the module's notes).
     macro_rules! step {
         ($nr:expr, $step:expr) => {
-            c.send().await?;
             if !neg.has($nr) {
+                c.send().await?;
                 if let Some(o) = verdict(&c.reply().await?, $step) {
                     return Ok((o, $step));
                 }
@@ -685,8 +691,8 @@ async fn transaction<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
     }
     if !neg.has(proto::P_NOBODY) {
         append_packet(&mut c.buf, proto::C_BODY, |b| b.extend_from_slice(BODY));
-        c.send().await?;
         if !neg.has(proto::P_NR_BODY) {
+            c.send().await?;
             match c.reply().await? {
                 // SMFIR_SKIP: no more body chunks; there is only one.
                 Reply::Skip => {}
@@ -1182,6 +1188,14 @@ async fn idle(args: IdleArgs) -> Result<ExitCode, String> {
             let r: Result<(), String> = with_conn!(&*endpoint, client.s, timeout, |c| {
                 match open(&mut c, &client).await {
                     Ok(_) => {
+                        // A connect and HELO without reply would still
+                        // be in the buffer: written, so that the milter
+                        // holds the sessions as it would when the MTA's
+                        // buffer went out.
+                        if !c.buf.is_empty() && c.send().await.is_err() {
+                            let _ = ready.send(Err("write".to_owned())).await;
+                            return;
+                        }
                         let _ = ready.send(Ok(())).await;
                         let _ = hold.recv().await;
                         append_packet(&mut c.buf, proto::C_QUIT, |_| {});

@@ -63,6 +63,7 @@ pub const P_NR_HELO: u32 = 0x2000;
 pub const P_NR_MAIL: u32 = 0x4000;
 pub const P_NR_RCPT: u32 = 0x8000;
 pub const P_NR_DATA: u32 = 0x10000;
+pub const P_NR_UNKN: u32 = 0x20000;
 pub const P_NR_EOH: u32 = 0x40000;
 pub const P_NR_BODY: u32 = 0x80000;
 pub const P_HDR_LEADSPC: u32 = 0x100000;

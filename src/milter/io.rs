@@ -39,7 +39,7 @@ use std::task::{Context, Poll, ready};
 use std::time::{Duration, Instant};
 
 use indymilter::Listener;
-use tokio::io::{AsyncRead, AsyncWrite, BufReader, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
 use tokio::time::Sleep;
 
@@ -66,8 +66,11 @@ pub const MAX_PACKET_LEN: u32 = 1 << 20;
 const READ_AHEAD: usize = 4096;
 const READ_STEP: usize = 16 * 1024;
 
-/// A connection's stream: buffered reads, coalesced writes.
-pub type MilterStream<S> = BufReader<Coalescing<S>>;
+/// A connection's stream: whole packets read, coalesced writes.
+/// indymilter buffers both ways itself (`BufStream`); a buffer here on top
+/// of [`Coalescing`]'s own would only copy every byte once more (and
+/// allocate, zeroed, 4 KiB per connection).
+pub type MilterStream<S> = Coalescing<S>;
 
 /// The reading side of a connection: bytes from the socket, handed up
 /// one whole packet at a time (the framing is indymilter's: a 4-byte
@@ -316,7 +319,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for Coalescing<S> {
 fn milter_stream<S: AsyncRead + AsyncWrite + Unpin>(stream: S, slot: Slot) -> MilterStream<S> {
     let mut coalescing = Coalescing::new(stream);
     coalescing.slot = Some(slot);
-    BufReader::with_capacity(4096, coalescing)
+    coalescing
 }
 
 /// `[milter] max_connections`: how many MTA connections are open, and how
@@ -688,7 +691,7 @@ mod tests {
         let mut listener = TcpMilterListener::new(listener, gate);
         let _client = TcpStream::connect(addr).await.unwrap();
         let accepted = listener.accept().await.unwrap();
-        assert!(accepted.get_ref().inner.nodelay().unwrap());
+        assert!(accepted.inner.nodelay().unwrap());
     }
 
     /// One read of at most `max` bytes, without waiting: `None` if the

@@ -11,10 +11,7 @@ use std::future::Future;
 use std::sync::Arc;
 
 use futures_util::FutureExt as _;
-use indymilter::{
-    Actions, Callbacks, ContextActions, MacroStage, NegotiateContext, ProtoOpts, SetErrorReply,
-    SocketInfo, Status,
-};
+use indymilter::{Callbacks, ContextActions, NegotiateContext, SetErrorReply, SocketInfo, Status};
 
 use crate::config::Config;
 use crate::dns::{CachingLookup, HickoryLookup, ResolverOptions, cache::CacheOptions};
@@ -26,6 +23,7 @@ use crate::spf::Evaluator;
 
 mod daemon;
 pub mod io;
+mod negotiate;
 mod rate_limit;
 pub mod session_log;
 
@@ -66,52 +64,87 @@ impl Shared {
     }
 }
 
-/// A connection's state, from negotiation on: the configuration it
-/// negotiated with (its session starts with the same one, whatever a
-/// reload does in between), what was negotiated, and its session, from
-/// connect on.
+/// A connection's state, from its negotiation on.
 struct Connection {
+    /// The configuration the connection negotiated with; its session
+    /// starts with the same (a reload in between does not change what
+    /// was asked of the MTA).
     shared: Arc<Shared>,
-    /// SMFIS_SKIP may be answered to a body chunk (SMFIP_SKIP).
-    skip: bool,
-    /// Header values keep their leading white space (SMFIP_HDR_LEADSPC).
-    leading_space: bool,
+    /// The protocol options negotiated ([`negotiate::protocol`]).
+    opts: indymilter::ProtoOpts,
+    /// From connect on.
     session: Option<Session<Lookup>>,
+    /// An answer for the connection that a step without reply could not
+    /// give (an internal error at connect or HELO): every MAIL FROM of
+    /// the connection gets it, as every command after a connect or HELO
+    /// reply of that kind would have.
+    connection_answer: Option<StageReply>,
+    /// The same for the current message (an internal error at RCPT TO or
+    /// at a header): its end of message gets it; a new message or an
+    /// abort forgets it.
+    message_answer: Option<StageReply>,
 }
 
 impl Connection {
-    fn new(shared: Arc<Shared>) -> Self {
-        Self {
-            shared,
-            skip: false,
-            leading_space: false,
-            session: None,
+    /// SMFIS_SKIP may be answered to a body chunk: the body was asked for
+    /// (the rescue) and SMFIP_SKIP negotiated.
+    fn skip(&self) -> bool {
+        !self.opts.contains(indymilter::ProtoOpts::NO_BODY)
+            && self.opts.contains(indymilter::ProtoOpts::SKIP)
+    }
+
+    /// Header values keep their leading white space (SMFIP_HDR_LEADSPC).
+    fn leading_space(&self) -> bool {
+        self.opts.contains(indymilter::ProtoOpts::LEADING_SPACE)
+    }
+
+    /// What to tell the MTA at `stage`: `answer`, or nothing where it
+    /// awaits no reply (an answer other than Continue is then kept for
+    /// the next step that has one).
+    fn answer(
+        &mut self,
+        reply: &mut indymilter::SmtpReply,
+        stage: Stage,
+        answer: StageReply,
+    ) -> Status {
+        match self.reply_at(stage, answer) {
+            Some(StageReply::Skip) if stage == Stage::Body && self.skip() => Status::Skip,
+            Some(answer) => status(reply, answer),
+            None => Status::Noreply,
         }
     }
-}
 
-/// The protocol options to ask for, from what the library proposes
-/// (`proposed`: the stages with a callback, SMFIP_SKIP if the MTA offers
-/// it) and what the MTA offers: with the rescue off, no body (as before
-/// the rescue existed); with it on, the body, SMFIP_SKIP to stop the body
-/// of messages not held, and SMFIP_HDR_LEADSPC to rebuild the header as
-/// received, each if the MTA offers it. Returns the options, and whether
-/// SKIP and HDR_LEADSPC are among them.
-fn protocol_options(
-    proposed: ProtoOpts,
-    offered: ProtoOpts,
-    rescue: bool,
-) -> (ProtoOpts, bool, bool) {
-    let opts = if rescue {
-        (proposed - ProtoOpts::NO_BODY) | (offered & (ProtoOpts::SKIP | ProtoOpts::LEADING_SPACE))
-    } else {
-        proposed | ProtoOpts::NO_BODY
-    };
-    (
-        opts,
-        rescue && opts.contains(ProtoOpts::SKIP),
-        opts.contains(ProtoOpts::LEADING_SPACE),
-    )
+    /// [`Connection::answer`]'s choice: the answer to give, or `None`.
+    fn reply_at(&mut self, stage: Stage, answer: StageReply) -> Option<StageReply> {
+        if negotiate::awaits_reply(self.opts, stage) {
+            return Some(answer);
+        }
+        if answer != StageReply::Continue {
+            let owed = match stage {
+                Stage::Connect | Stage::Helo => &mut self.connection_answer,
+                _ => &mut self.message_answer,
+            };
+            owed.get_or_insert(answer);
+        }
+        None
+    }
+
+    /// The answer owed at `stage` (MAIL FROM or end of message), if any;
+    /// a new message or an abort forgets the last message's.
+    fn owed(&mut self, stage: Stage) -> Option<StageReply> {
+        match stage {
+            Stage::Mail => {
+                self.message_answer = None;
+                self.connection_answer.clone()
+            }
+            Stage::EndOfMessage => self.message_answer.take(),
+            Stage::Abort => {
+                self.message_answer = None;
+                None
+            }
+            _ => None,
+        }
+    }
 }
 
 fn lossy(s: &CStr) -> String {
@@ -131,13 +164,12 @@ fn set_reply(reply: &mut indymilter::SmtpReply, r: &Reply) {
     let _ = reply.set_error_reply(&code, r.enhanced, [text.as_str()]);
 }
 
-/// A session's answer in the milter protocol; `skip`: SMFIS_SKIP may be
-/// answered (a body chunk, SMFIP_SKIP negotiated), else a skip goes on.
-fn status(reply: &mut indymilter::SmtpReply, answer: StageReply, skip: bool) -> Status {
+/// A session's answer in the milter protocol. A skip (of the rest of the
+/// body) goes on where SMFIS_SKIP cannot be answered; where it can,
+/// [`Connection::answer`] answers it.
+fn status(reply: &mut indymilter::SmtpReply, answer: StageReply) -> Status {
     match answer {
-        StageReply::Continue => Status::Continue,
-        StageReply::Skip if skip => Status::Skip,
-        StageReply::Skip => Status::Continue,
+        StageReply::Continue | StageReply::Skip => Status::Continue,
         StageReply::Accept => Status::Accept,
         StageReply::Reject(r) => {
             set_reply(reply, &r);
@@ -165,23 +197,29 @@ async fn guarded<T>(work: impl Future<Output = T>) -> Result<T, String> {
         })
 }
 
-/// Runs one stage of `session` under [`guarded`] and answers.
+/// Runs one stage of the connection's session under [`guarded`] and
+/// answers (or not: [`Connection::answer`]).
 macro_rules! stage {
     ($cx:ident, $stage:expr, |$session:ident, $macros:ident| $work:expr) => {{
-        let Some(connection) = $cx.data.as_mut() else {
+        let Some(conn) = $cx.data.as_mut() else {
             return Status::Continue;
         };
-        let skip = connection.skip && $stage == Stage::Body;
-        let Some($session) = connection.session.as_mut() else {
-            return Status::Continue;
+        if let Some(owed) = conn.owed($stage) {
+            return status(&mut $cx.reply, owed);
+        }
+        let answer = match conn.session.as_mut() {
+            // No session: its connect failed, and said so.
+            None => StageReply::Continue,
+            Some($session) => {
+                let macros = &$cx.macros;
+                let $macros = &|name: &str| macro_value(macros, name);
+                match guarded(async { $work }).await {
+                    Ok(answer) => answer,
+                    Err(panic) => $session.internal_error($stage, $macros, &panic),
+                }
+            }
         };
-        let macros = &$cx.macros;
-        let $macros = &|name: &str| macro_value(macros, name);
-        let answer = match guarded(async { $work }).await {
-            Ok(answer) => answer,
-            Err(panic) => $session.internal_error($stage, $macros, &panic),
-        };
-        status(&mut $cx.reply, answer, skip)
+        conn.answer(&mut $cx.reply, $stage, answer)
     }};
 }
 
@@ -257,39 +295,17 @@ impl Milter {
     }
 }
 
-/// The milter macros a connection asks Postfix for, per stage. Asking
-/// replaces Postfix's default list of that stage (`milter_*_macros`), so
-/// every macro used is named: `j` (the authserv-id), `i` (the queue ID,
-/// for the log), `{auth_authen}` (the SMTP AUTH skip) and the macros of
-/// `MacroList`.
-fn requested_macros(config: &Config) -> [(MacroStage, CString); 3] {
-    let mut mail = String::from("i {auth_authen}");
-    for rule in &config.skip.macro_list {
-        mail.push(' ');
-        mail.push_str(&macro_request_name(&rule.name));
-    }
-    let c = |s: String| CString::new(s).unwrap_or_default();
-    [
-        (MacroStage::Connect, c("j".to_owned())),
-        (MacroStage::Mail, c(mail)),
-        (MacroStage::Eom, c("i".to_owned())),
-    ]
-}
-
-/// Sendmail macro names: one character bare (`j`), longer ones in braces
-/// (`{daemon_name}`).
-fn macro_request_name(name: &str) -> String {
-    if name.chars().count() == 1 {
-        name.to_owned()
-    } else {
-        format!("{{{name}}}")
-    }
-}
-
 /// A macro's value, by its name without braces.
+/// The names every message asks for are spelled out; others (`MacroList`)
+/// are built for the look-up.
 fn macro_value(macros: &indymilter::Macros, name: &str) -> Option<String> {
-    let name = CString::new(macro_request_name(name)).ok()?;
-    macros.get(&name).map(lossy)
+    let value = match name {
+        "i" => macros.get(c"i"),
+        "j" => macros.get(c"j"),
+        "auth_authen" => macros.get(c"{auth_authen}"),
+        _ => macros.get(&CString::new(negotiate::macro_request_name(name)).ok()?),
+    };
+    value.map(lossy)
 }
 
 /// The callbacks.
@@ -301,45 +317,62 @@ fn callbacks(milter: Arc<Milter>) -> Callbacks<Connection> {
         .on_negotiate(move |cx: &mut NegotiateContext<Connection>, _, offered| {
             let shared = negotiating.current();
             Box::pin(async move {
-                cx.requested_actions = Actions::ADD_HEADER | Actions::CHANGE_HEADER;
-                for (stage, macros) in requested_macros(&shared.config) {
+                let opts = negotiate::protocol(&shared.config, offered);
+                cx.requested_actions = negotiate::ACTIONS;
+                cx.requested_opts = opts;
+                for (stage, macros) in negotiate::requested_macros(&shared.config) {
                     cx.requested_macros.insert(stage, macros);
                 }
-                let (opts, skip, leading_space) =
-                    protocol_options(cx.requested_opts, offered, shared.config.rescue_on());
-                cx.requested_opts = opts;
                 cx.data = Some(Connection {
-                    skip,
-                    leading_space,
-                    ..Connection::new(shared)
+                    shared,
+                    opts,
+                    session: None,
+                    connection_answer: None,
+                    message_answer: None,
                 });
                 Status::Continue
             })
         })
         .on_connect(move |cx, _hostname, socket| {
-            let current = milter.current();
             let metrics = Arc::clone(milter.metrics());
             Box::pin(async move {
+                let Some(conn) = cx.data.as_mut() else {
+                    return Status::Tempfail;
+                };
                 let client_ip = match socket {
                     SocketInfo::Inet(addr) => Some(addr.ip()),
                     _ => None,
                 };
+                // A new connection on the same stream (after a QUIT_NC)
+                // owes nothing of the last one.
+                conn.connection_answer = None;
+                conn.message_answer = None;
                 let mta_name = macro_value(&cx.macros, "j");
-                let connection = cx.data.get_or_insert_with(|| Connection::new(current));
-                let shared = Arc::clone(&connection.shared);
+                let shared = Arc::clone(&conn.shared);
                 let connected = guarded(async {
                     Session::connect(shared, metrics, client_ip, mta_name.as_deref())
                 })
                 .await;
                 match connected {
                     Ok(mut session) => {
-                        session.set_header_leading_space(connection.leading_space);
-                        connection.session = Some(session);
-                        Status::Continue
+                        session.set_header_leading_space(conn.leading_space());
+                        conn.session = Some(session);
+                        conn.answer(&mut cx.reply, Stage::Connect, StageReply::Continue)
                     }
-                    // No session to answer for: the MTA applies
-                    // milter_default_action.
-                    Err(_) => Status::Tempfail,
+                    // No session to answer for: a bare temporary failure
+                    // (the MTA gives its own text), at connect or, if the
+                    // MTA awaits no reply there, at every MAIL FROM.
+                    Err(_) if negotiate::awaits_reply(conn.opts, Stage::Connect) => {
+                        Status::Tempfail
+                    }
+                    Err(_) => {
+                        conn.connection_answer = Some(StageReply::Tempfail(Reply {
+                            code: 451,
+                            enhanced: Some("4.7.1"),
+                            text: "Service unavailable - try again later".to_owned(),
+                        }));
+                        Status::Noreply
+                    }
                 }
             })
         })
@@ -396,7 +429,13 @@ fn callbacks(milter: Arc<Milter>) -> Callbacks<Connection> {
             // default action (which may be to accept).
             let interrupted = stopping_at_eom.interrupted();
             Box::pin(async move {
-                let Some(session) = cx.data.as_mut().and_then(|c| c.session.as_mut()) else {
+                let Some(conn) = cx.data.as_mut() else {
+                    return Status::Continue;
+                };
+                if let Some(owed) = conn.owed(Stage::EndOfMessage) {
+                    return status(&mut cx.reply, owed);
+                }
+                let Some(session) = conn.session.as_mut() else {
                     return Status::Continue;
                 };
                 let macros = &cx.macros;
@@ -423,7 +462,7 @@ fn callbacks(milter: Arc<Milter>) -> Callbacks<Connection> {
                     Ok(None) => session.interrupted(macros),
                     Err(panic) => session.internal_error(Stage::EndOfMessage, macros, &panic),
                 };
-                status(&mut cx.reply, answer, false)
+                status(&mut cx.reply, answer)
             })
         })
         .on_abort(|cx| {
@@ -456,30 +495,6 @@ async fn apply(actions: &impl ContextActions, edits: &[HeaderEdit]) -> Result<()
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::MacroRule;
-
-    #[test]
-    fn macro_lists_name_what_is_used_one_letter_bare_longer_in_braces() {
-        let mut config = Config::default();
-        config.skip.macro_list = vec![
-            MacroRule::parse("daemon_name|mx-in").unwrap(),
-            MacroRule::parse("{auth_type}").unwrap(),
-            MacroRule::parse("_").unwrap(),
-        ];
-        let lists = requested_macros(&config);
-        let list = |stage| {
-            lists
-                .iter()
-                .find(|(s, _)| *s == stage)
-                .map(|(_, l)| l.to_str().unwrap().to_owned())
-        };
-        assert_eq!(list(MacroStage::Connect).as_deref(), Some("j"));
-        assert_eq!(
-            list(MacroStage::Mail).as_deref(),
-            Some("i {auth_authen} {daemon_name} {auth_type} _")
-        );
-        assert_eq!(list(MacroStage::Eom).as_deref(), Some("i"));
-    }
 
     /// Milter actions that refuse every edit (as the library does for an
     /// action that was not negotiated), recording what was asked.
@@ -586,29 +601,76 @@ mod tests {
         );
     }
 
-    /// What Postfix offers (milter8.c: every option of protocol 6) and
-    /// what the library proposes for these callbacks (no DATA, EOH or
-    /// UNKNOWN stage; SKIP offered).
+    fn connection(opts: indymilter::ProtoOpts) -> Connection {
+        Connection {
+            shared: Arc::new(Shared::for_tests()),
+            opts,
+            session: None,
+            connection_answer: None,
+            message_answer: None,
+        }
+    }
+
+    fn tempfail() -> StageReply {
+        StageReply::Tempfail(Reply {
+            code: 451,
+            enhanced: Some("4.3.0"),
+            text: "Temporary internal error in the SPF check".to_owned(),
+        })
+    }
+
+    /// An internal error at a header the MTA awaits no reply for is
+    /// answered at the end of that message, and only there.
     #[test]
-    fn the_body_is_asked_for_only_with_the_rescue_on() {
-        let offered = ProtoOpts::all();
-        let proposed =
-            ProtoOpts::NO_DATA | ProtoOpts::NO_EOH | ProtoOpts::NO_UNKNOWN | ProtoOpts::SKIP;
-        let (off, skip, leading) = protocol_options(proposed, offered, false);
-        assert_eq!(off, proposed | ProtoOpts::NO_BODY);
-        assert!(!skip && !leading);
-        let (on, skip, leading) = protocol_options(proposed, offered, true);
-        assert_eq!(on, proposed | ProtoOpts::LEADING_SPACE);
-        assert!(skip && leading);
-        // An MTA that cannot skip or keep the leading space: the body is
-        // still asked for, read and dropped.
-        let (on, skip, leading) = protocol_options(
-            proposed - ProtoOpts::SKIP,
-            offered - ProtoOpts::SKIP - ProtoOpts::LEADING_SPACE,
-            true,
+    fn a_header_error_without_reply_is_answered_at_end_of_message() {
+        use indymilter::ProtoOpts;
+        let mut conn = connection(ProtoOpts::NOREPLY_HEADER | ProtoOpts::NOREPLY_RCPT);
+        assert_eq!(conn.reply_at(Stage::Header, StageReply::Continue), None);
+        assert_eq!(conn.owed(Stage::EndOfMessage), None);
+        assert_eq!(conn.reply_at(Stage::Header, tempfail()), None);
+        assert_eq!(conn.reply_at(Stage::Header, StageReply::Accept), None);
+        // The first one is kept.
+        assert_eq!(conn.owed(Stage::EndOfMessage), Some(tempfail()));
+        assert_eq!(conn.owed(Stage::EndOfMessage), None, "answered once");
+        // An abort, or a new message, forgets it.
+        assert_eq!(conn.reply_at(Stage::Rcpt, tempfail()), None);
+        assert_eq!(conn.owed(Stage::Abort), None);
+        assert_eq!(conn.owed(Stage::EndOfMessage), None);
+        assert_eq!(conn.reply_at(Stage::Rcpt, tempfail()), None);
+        assert_eq!(conn.owed(Stage::Mail), None);
+        assert_eq!(conn.owed(Stage::EndOfMessage), None);
+        // Where the MTA waits for the reply, it is given there.
+        let mut conn = connection(ProtoOpts::empty());
+        assert_eq!(conn.reply_at(Stage::Header, tempfail()), Some(tempfail()));
+        assert_eq!(conn.owed(Stage::EndOfMessage), None);
+    }
+
+    /// At connect or HELO without reply, every MAIL FROM of the
+    /// connection gets the answer, as every command after such a reply at
+    /// connect or HELO would have.
+    #[test]
+    fn a_connect_or_helo_error_without_reply_answers_every_mail_from() {
+        use indymilter::ProtoOpts;
+        let mut conn = connection(ProtoOpts::NOREPLY_CONNECT | ProtoOpts::NOREPLY_HELO);
+        assert_eq!(conn.reply_at(Stage::Connect, StageReply::Continue), None);
+        assert_eq!(conn.owed(Stage::Mail), None);
+        assert_eq!(conn.reply_at(Stage::Helo, tempfail()), None);
+        assert_eq!(conn.owed(Stage::Mail), Some(tempfail()));
+        assert_eq!(conn.owed(Stage::Abort), None);
+        assert_eq!(
+            conn.owed(Stage::Mail),
+            Some(tempfail()),
+            "the next message too"
         );
-        assert!(!on.contains(ProtoOpts::NO_BODY));
-        assert!(!skip && !leading);
+        assert_eq!(
+            conn.reply_at(Stage::Mail, StageReply::Continue),
+            Some(StageReply::Continue)
+        );
+    }
+
+    #[test]
+    fn reply_text_percent_signs_are_doubled_for_postfix() {
+        assert_eq!(protocol_text("100% sure, 5%s"), "100%% sure, 5%%s");
     }
 
     /// `rescue.max_held_bytes` bounds the daemon, not one configuration:
@@ -620,10 +682,5 @@ mod tests {
         let before = Arc::clone(milter.current().held_budget());
         milter.replace(Shared::for_tests());
         assert!(Arc::ptr_eq(&before, milter.current().held_budget()));
-    }
-
-    #[test]
-    fn reply_text_percent_signs_are_doubled_for_postfix() {
-        assert_eq!(protocol_text("100% sure, 5%s"), "100%% sure, 5%%s");
     }
 }

@@ -811,3 +811,21 @@ async fn a_block_is_never_held_for_the_rescue() {
     s.abort();
     assert!(seen.lock().unwrap().is_empty(), "the rescuer ran");
 }
+
+/// The prepend line shows the header unfolded, on one line.
+#[test]
+fn the_prepend_log_line_unfolds_the_value() {
+    assert_eq!(
+        super::prepend_log_line(
+            "4QX7abcDEF",
+            "Received-SPF",
+            "Pass (mailfrom) identity=mailfrom;\n\tclient-ip=192.0.2.1;\n\thelo=a.example;"
+        ),
+        "4QX7abcDEF: prepend Received-SPF: Pass (mailfrom) identity=mailfrom; \
+         client-ip=192.0.2.1; helo=a.example;"
+    );
+    assert_eq!(
+        super::prepend_log_line("NOQUEUE", "Authentication-Results", "mx; spf=pass"),
+        "NOQUEUE: prepend Authentication-Results: mx; spf=pass"
+    );
+}

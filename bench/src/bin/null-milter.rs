@@ -2,11 +2,15 @@
 //! library (indymilter 0.3) and runtime (tokio, multi-threaded) as
 //! spfmilter: the protocol ceiling of this machine.
 //!
-//! It negotiates like spfmilter (actions ADD_HEADER | CHANGE_HEADER; the
-//! macros `j` at connect and `{auth_authen}` at MAIL FROM; callbacks for
-//! connect, HELO, MAIL, RCPT, header, EOM and abort, so indymilter asks the
-//! MTA for the same steps), accepts everything and inserts one header of a
-//! Received-SPF-like length at the end of each message.
+//! It asks for what spfmilter needs of the MTA in its default
+//! configuration (actions ADD_HEADER | CHANGE_HEADER; the macros `j` at
+//! connect, `i {auth_authen}` at MAIL FROM and `i` at end of message;
+//! callbacks for connect, HELO, MAIL, RCPT, header, EOM and abort, so
+//! indymilter asks the MTA for the same steps), accepts everything and
+//! inserts one header of a Received-SPF-like length at the end of each
+//! message. It waits for a reply at every step it asks for: the replies
+//! spfmilter leaves out (`SMFIP_NR_*`) are savings of spfmilter's, not
+//! of the ceiling's.
 //!
 //! `null-milter --socket inet:127.0.0.1:PORT` or `--socket unix:/PATH`.
 
@@ -45,7 +49,8 @@ fn callbacks() -> Callbacks<()> {
                 cx.requested_actions = Actions::ADD_HEADER | Actions::CHANGE_HEADER;
                 cx.requested_macros.insert(MacroStage::Connect, c"j".into());
                 cx.requested_macros
-                    .insert(MacroStage::Mail, c"{auth_authen}".into());
+                    .insert(MacroStage::Mail, c"i {auth_authen}".into());
+                cx.requested_macros.insert(MacroStage::Eom, c"i".into());
                 Status::Continue
             })
         })
