@@ -19,6 +19,7 @@ use super::outcome::{Identity, SpfOutcome, SpfResult};
 use super::record::{DomainSpec, Qualifier, Record, SyntaxError, is_spf1};
 
 mod mechanisms;
+mod prefetch;
 
 pub use mechanisms::is_same_or_subdomain;
 
@@ -88,6 +89,9 @@ pub struct Evaluator<L> {
     limits: Limits,
     /// Shared, so a fail's outcome takes a reference, not a copy.
     default_explanation: Arc<str>,
+    /// Prefetch on ([`Evaluator::with_prefetch`]): the process-wide count
+    /// of prefetches in flight, shared by clones.
+    prefetch: Option<Arc<prefetch::Gate>>,
 }
 
 impl<L: Lookup> Evaluator<L> {
@@ -96,7 +100,23 @@ impl<L: Lookup> Evaluator<L> {
             lookup,
             limits: Limits::default(),
             default_explanation: Arc::from(DEFAULT_EXPLANATION),
+            prefetch: None,
         }
+    }
+
+    /// Prefetch (off by default): when a record comes from the DNS, start
+    /// the queries of the terms it may evaluate at once (see
+    /// `src/spf/eval/prefetch.rs`). Only through a lookup that
+    /// [shares answers](Lookup::shares_answers); results and limits are
+    /// the same either way.
+    pub fn with_prefetch(mut self, on: bool) -> Self {
+        self.prefetch = on.then(Arc::default);
+        self
+    }
+
+    /// Whether this evaluator prefetches.
+    pub fn prefetches(&self) -> bool {
+        self.prefetch.is_some() && self.lookup.shares_answers()
     }
 
     pub fn with_limits(mut self, limits: Limits) -> Self {
@@ -177,7 +197,13 @@ impl<L: Lookup> Evaluator<L> {
             Identity::Helo => SenderParts::for_helo(request.helo),
             Identity::MailFrom => SenderParts::for_mail_from(request.sender, request.helo),
         };
+        let queue = prefetch::Queue::default();
+        let gate = self
+            .prefetch
+            .as_deref()
+            .filter(|_| self.lookup.shares_answers());
         let mut state = Eval {
+            prefetch: gate.map(|_| &queue),
             evaluator: self,
             ip,
             parts: &parts,
@@ -213,9 +239,28 @@ impl<L: Lookup> Evaluator<L> {
                 let mut timer: Option<Pin<Box<tokio::time::Sleep>>> = None;
                 // Whether the caller's deadline, not our limit, ends it.
                 let mut cut_by_deadline = false;
+                // Polled after the evaluation, with it, and dropped with
+                // it: prefetches never outlive the evaluation.
+                let mut prefetcher = gate.map(|gate| {
+                    prefetch::Prefetcher::new(
+                        &self.lookup,
+                        &self.limits,
+                        gate,
+                        &queue,
+                        prefetch::RequestParts {
+                            ip,
+                            parts: &parts,
+                            helo: request.helo,
+                            receiver: request.receiver.unwrap_or("unknown"),
+                        },
+                    )
+                });
                 let finished = std::future::poll_fn(|cx| {
                     if let Poll::Ready(host_result) = evaluation.as_mut().poll(cx) {
                         return Poll::Ready(Some(host_result));
+                    }
+                    if let Some(prefetcher) = prefetcher.as_mut() {
+                        prefetcher.poll(cx);
                     }
                     let timer = timer.get_or_insert_with(|| {
                         let own = tokio::time::Instant::now() + limit;
@@ -296,6 +341,28 @@ fn memo_weight(parsed: &Parsed) -> usize {
         }
 }
 
+/// Parses `txts[index]` into its memo, unless it holds a parse already,
+/// and reports a new memo's weight to `lookup` (whose cache counts it).
+/// Whether the record parsed; `None` if the memo holds something else.
+fn parse_into_memo<L: Lookup>(
+    lookup: &L,
+    domain: &str,
+    txts: &Arc<[Txt]>,
+    index: usize,
+) -> Option<Result<(), SyntaxError>> {
+    let mut made = None;
+    let memo = txts[index].memo(|bytes| {
+        let parsed: Parsed = Record::parse(bytes);
+        made = Some(memo_weight(&parsed));
+        parsed
+    });
+    let memo = memo.map(|parsed| parsed.as_ref().map(|_| ()).map_err(Clone::clone));
+    if let Some(bytes) = made {
+        lookup.memo_made(domain, txts, bytes);
+    }
+    memo
+}
+
 /// A domain's parsed SPF record: kept in the memo of the cached TXT answer
 /// (checked to be there when this is made), or owned.
 enum RecordRef {
@@ -363,6 +430,8 @@ struct Eval<'a, L> {
     void_lookups: u32,
     depth: usize,
     trace: Option<&'a mut Vec<TraceStep>>,
+    /// Where records fetched from the DNS go for prefetch, when it is on.
+    prefetch: Option<&'a prefetch::Queue>,
 }
 
 impl<'a, L: Lookup> Eval<'a, L> {
@@ -481,7 +550,16 @@ impl<'a, L: Lookup> Eval<'a, L> {
 
     /// §4.4 and §4.5: the one SPF record of `domain`, or `None`.
     async fn fetch_record(&mut self, domain: &str) -> Result<Option<RecordRef>, Fault> {
-        let answer = self.evaluator.lookup.txt(domain).await;
+        // Whether the answer had to be waited for (it came from the DNS,
+        // not at once from a cache): only then is prefetch worth it.
+        let mut waited = false;
+        let mut query = std::pin::pin!(self.evaluator.lookup.txt(domain));
+        let answer = std::future::poll_fn(|cx| {
+            let poll = query.as_mut().poll(cx);
+            waited |= poll.is_pending();
+            poll
+        })
+        .await;
         let txts = match answer {
             Ok(txts) => txts,
             Err(DnsError::NxDomain) => {
@@ -506,6 +584,9 @@ impl<'a, L: Lookup> Eval<'a, L> {
                 "{domain} has more than one v=spf1 record"
             )));
         }
+        if waited && let Some(queue) = self.prefetch {
+            queue.push(domain, &txts, index);
+        }
         self.note(|| format!("TXT {domain}: {:?}", String::from_utf8_lossy(&txts[index])));
         // Parsed once per cached DNS answer (the memo). The record is then
         // lent out of the answer: no reference count is taken for it.
@@ -528,17 +609,7 @@ impl<'a, L: Lookup> Eval<'a, L> {
         txts: Arc<[Txt]>,
         index: usize,
     ) -> Result<RecordRef, SyntaxError> {
-        let mut made = None;
-        let memo = txts[index].memo(|bytes| {
-            let parsed: Parsed = Record::parse(bytes);
-            made = Some(memo_weight(&parsed));
-            parsed
-        });
-        let memo = memo.map(|parsed| parsed.as_ref().map(|_| ()).map_err(Clone::clone));
-        if let Some(bytes) = made {
-            self.evaluator.lookup.memo_made(domain, &txts, bytes);
-        }
-        match memo {
+        match parse_into_memo(&self.evaluator.lookup, domain, &txts, index) {
             Some(Ok(())) => Ok(RecordRef::Cached(txts, index)),
             Some(Err(e)) => Err(e),
             // The memo holds something else: parse for this evaluation.
