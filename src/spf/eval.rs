@@ -240,27 +240,30 @@ impl<L: Lookup> Evaluator<L> {
                 // Whether the caller's deadline, not our limit, ends it.
                 let mut cut_by_deadline = false;
                 // Polled after the evaluation, with it, and dropped with
-                // it: prefetches never outlive the evaluation.
-                let mut prefetcher = gate.map(|gate| {
-                    prefetch::Prefetcher::new(
-                        &self.lookup,
-                        &self.limits,
-                        gate,
-                        &queue,
-                        prefetch::RequestParts {
-                            ip,
-                            parts: &parts,
-                            helo: request.helo,
-                            receiver: request.receiver.unwrap_or("unknown"),
-                        },
-                    )
-                });
+                // it: prefetches never outlive the evaluation. Made when
+                // the evaluation first waits (a warm one never does).
+                let mut prefetcher = None;
                 let finished = std::future::poll_fn(|cx| {
                     if let Poll::Ready(host_result) = evaluation.as_mut().poll(cx) {
                         return Poll::Ready(Some(host_result));
                     }
-                    if let Some(prefetcher) = prefetcher.as_mut() {
-                        prefetcher.poll(cx);
+                    if let Some(gate) = gate {
+                        prefetcher
+                            .get_or_insert_with(|| {
+                                prefetch::Prefetcher::new(
+                                    &self.lookup,
+                                    &self.limits,
+                                    gate,
+                                    &queue,
+                                    prefetch::RequestParts {
+                                        ip,
+                                        parts: &parts,
+                                        helo: request.helo,
+                                        receiver: request.receiver.unwrap_or("unknown"),
+                                    },
+                                )
+                            })
+                            .poll(cx);
                     }
                     let timer = timer.get_or_insert_with(|| {
                         let own = tokio::time::Instant::now() + limit;
