@@ -110,13 +110,13 @@ impl<L: Lookup> Evaluator<L> {
     /// [shares answers](Lookup::shares_answers); results and limits are
     /// the same either way.
     pub fn with_prefetch(mut self, on: bool) -> Self {
-        self.prefetch = on.then(Arc::default);
+        self.prefetch = (on && self.lookup.shares_answers()).then(Arc::default);
         self
     }
 
     /// Whether this evaluator prefetches.
     pub fn prefetches(&self) -> bool {
-        self.prefetch.is_some() && self.lookup.shares_answers()
+        self.prefetch.is_some()
     }
 
     pub fn with_limits(mut self, limits: Limits) -> Self {
@@ -198,10 +198,7 @@ impl<L: Lookup> Evaluator<L> {
             Identity::MailFrom => SenderParts::for_mail_from(request.sender, request.helo),
         };
         let queue = prefetch::Queue::default();
-        let gate = self
-            .prefetch
-            .as_deref()
-            .filter(|_| self.lookup.shares_answers());
+        let gate = self.prefetch.as_deref();
         let mut state = Eval {
             prefetch: gate.map(|_| &queue),
             evaluator: self,
@@ -241,16 +238,19 @@ impl<L: Lookup> Evaluator<L> {
                 let mut cut_by_deadline = false;
                 // Polled after the evaluation, with it, and dropped with
                 // it: prefetches never outlive the evaluation. Made when
-                // the evaluation first waits (a warm one never does).
-                let mut prefetcher = None;
+                // the evaluation first waits (a warm one never does), and
+                // boxed, so that it does not make every evaluation's
+                // future larger.
+                let mut prefetcher: Option<Box<prefetch::Prefetcher<'_, L>>> = None;
                 let finished = std::future::poll_fn(|cx| {
                     if let Poll::Ready(host_result) = evaluation.as_mut().poll(cx) {
                         return Poll::Ready(Some(host_result));
                     }
                     if let Some(gate) = gate {
+                        queue.mark_waited();
                         prefetcher
                             .get_or_insert_with(|| {
-                                prefetch::Prefetcher::new(
+                                Box::new(prefetch::Prefetcher::new(
                                     &self.lookup,
                                     &self.limits,
                                     gate,
@@ -261,7 +261,7 @@ impl<L: Lookup> Evaluator<L> {
                                         helo: request.helo,
                                         receiver: request.receiver.unwrap_or("unknown"),
                                     },
-                                )
+                                ))
                             })
                             .poll(cx);
                     }
@@ -553,16 +553,7 @@ impl<'a, L: Lookup> Eval<'a, L> {
 
     /// §4.4 and §4.5: the one SPF record of `domain`, or `None`.
     async fn fetch_record(&mut self, domain: &str) -> Result<Option<RecordRef>, Fault> {
-        // Whether the answer had to be waited for (it came from the DNS,
-        // not at once from a cache): only then is prefetch worth it.
-        let mut waited = false;
-        let mut query = std::pin::pin!(self.evaluator.lookup.txt(domain));
-        let answer = std::future::poll_fn(|cx| {
-            let poll = query.as_mut().poll(cx);
-            waited |= poll.is_pending();
-            poll
-        })
-        .await;
+        let answer = self.evaluator.lookup.txt(domain).await;
         let txts = match answer {
             Ok(txts) => txts,
             Err(DnsError::NxDomain) => {
@@ -587,7 +578,11 @@ impl<'a, L: Lookup> Eval<'a, L> {
                 "{domain} has more than one v=spf1 record"
             )));
         }
-        if waited && let Some(queue) = self.prefetch {
+        // Prefetch once the evaluation has had to wait for the DNS (a
+        // warm one, answered from the cache, never does).
+        if let Some(queue) = self.prefetch
+            && queue.waited()
+        {
             queue.push(domain, &txts, index);
         }
         self.note(|| format!("TXT {domain}: {:?}", String::from_utf8_lossy(&txts[index])));

@@ -14,9 +14,10 @@
 //! temporary error is not kept by the cache, and the evaluation asks again;
 //! NXDOMAIN, NODATA and records are what the evaluation would have got.
 //!
-//! What is prefetched, for a record of `domain` fetched from the DNS (a
-//! record answered at once from the cache starts nothing: its tree is
-//! most likely cached with it):
+//! Nothing starts until the evaluation first has to wait for the DNS: a
+//! warm evaluation, answered from the cache, does no prefetch work at all
+//! (not even a look at the terms). From then on, what is prefetched for a
+//! record of `domain` the evaluation fetched:
 //!
 //! * the TXT record of each `include` target and of the `redirect` target
 //!   (unless the record has `all`, which makes `redirect` dead, §6.1), and,
@@ -47,7 +48,7 @@
 use std::future::Future;
 use std::net::IpAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 
@@ -110,9 +111,20 @@ struct Fetched {
 #[derive(Default)]
 pub(super) struct Queue {
     fetched: Mutex<Vec<Fetched>>,
+    /// Set when the evaluation first has to wait: only from then on are
+    /// records handed over.
+    waited: AtomicBool,
 }
 
 impl Queue {
+    pub(super) fn mark_waited(&self) {
+        self.waited.store(true, Ordering::Relaxed);
+    }
+
+    pub(super) fn waited(&self) -> bool {
+        self.waited.load(Ordering::Relaxed)
+    }
+
     pub(super) fn push(&self, domain: &str, txts: &Arc<[Txt]>, index: usize) {
         self.fetched
             .lock()
