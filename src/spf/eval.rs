@@ -104,11 +104,11 @@ impl<L: Lookup> Evaluator<L> {
         }
     }
 
-    /// Prefetch (off by default): when a record comes from the DNS, start
-    /// the queries of the terms it may evaluate at once (see
-    /// `src/spf/eval/prefetch.rs`). Only through a lookup that
-    /// [shares answers](Lookup::shares_answers); results and limits are
-    /// the same either way.
+    /// Prefetch (off by default): once an evaluation has had to wait for
+    /// the DNS, start the queries of the terms each record it fetches may
+    /// evaluate at once (see `src/spf/eval/prefetch.rs`). Only through a
+    /// lookup that [shares answers](Lookup::shares_answers) (otherwise
+    /// `on` is ignored); results and limits are the same either way.
     pub fn with_prefetch(mut self, on: bool) -> Self {
         self.prefetch = (on && self.lookup.shares_answers()).then(Arc::default);
         self
