@@ -238,7 +238,8 @@ fn our_evaluator() -> OurEvaluator {
     for (name, preference, exchange) in MXS {
         zone = zone.with_mx(name, *preference, exchange);
     }
-    Evaluator::new(CachingLookup::new(zone, CacheOptions::default()))
+    // Prefetch on, as the daemon runs by default (it does nothing warm).
+    Evaluator::new(CachingLookup::new(zone, CacheOptions::default())).with_prefetch(true)
 }
 
 async fn our_check(evaluator: &OurEvaluator, check: &Check) -> SpfOutcome {

@@ -669,6 +669,15 @@ fn cases() -> Vec<Case> {
             bad_toml: "\"512K\"",
         },
         Case {
+            toml_key: "dns.prefetch",
+            legacy_key: None,
+            legacy_value: "",
+            toml_value: "false",
+            check: |c| !c.dns.prefetch,
+            bad_legacy: "",
+            bad_toml: "\"maybe\"",
+        },
+        Case {
             toml_key: "rescue.methods",
             legacy_key: None,
             legacy_value: "",

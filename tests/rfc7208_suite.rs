@@ -4,8 +4,12 @@
 
 mod common;
 
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
 use common::suite::{self, run_case};
-use spfmilter::dns::Zone;
+use spfmilter::dns::cache::{CacheOptions, Source, Sourced};
+use spfmilter::dns::{CachingLookup, Mx, Txt, Zone};
 use spfmilter::spf::Evaluator;
 
 #[tokio::test]
@@ -27,6 +31,83 @@ async fn the_whole_suite_passes_with_in_memory_dns() {
         "{} of {total} cases failed:\n{}",
         failures.len(),
         failures.join("\n")
+    );
+}
+
+/// The zone of a scenario as a cache's source whose every answer takes one
+/// turn of the scheduler: every query of a cold cache is waited for, as one
+/// over the network is, so prefetch starts for every record fetched.
+struct Yielding {
+    zone: Zone,
+    queries: AtomicUsize,
+}
+
+impl Yielding {
+    async fn turn(&self) {
+        self.queries.fetch_add(1, Ordering::Relaxed);
+        tokio::task::yield_now().await;
+    }
+}
+
+impl Source for Yielding {
+    async fn txt_with_ttl(&self, name: &str) -> Sourced<Txt> {
+        self.turn().await;
+        self.zone.txt_with_ttl(name).await
+    }
+    async fn a_with_ttl(&self, name: &str) -> Sourced<Ipv4Addr> {
+        self.turn().await;
+        self.zone.a_with_ttl(name).await
+    }
+    async fn aaaa_with_ttl(&self, name: &str) -> Sourced<Ipv6Addr> {
+        self.turn().await;
+        self.zone.aaaa_with_ttl(name).await
+    }
+    async fn mx_with_ttl(&self, name: &str) -> Sourced<Mx> {
+        self.turn().await;
+        self.zone.mx_with_ttl(name).await
+    }
+    async fn ptr_with_ttl(&self, ip: IpAddr) -> Sourced<String> {
+        self.turn().await;
+        self.zone.ptr_with_ttl(ip).await
+    }
+}
+
+/// The suite through a cache, each case on a cold one, with prefetch off
+/// and on: the same results, and prefetch did run (it asks for terms a
+/// short-cut evaluation never reaches, so it makes more queries in all).
+#[tokio::test]
+async fn the_whole_suite_passes_through_a_cold_cache_with_prefetch_on_and_off() {
+    let scenarios = suite::load();
+    let mut failures = Vec::new();
+    let mut queries = [0, 0];
+    for scenario in &scenarios {
+        for case in &scenario.cases {
+            for (prefetch, queries) in [false, true].into_iter().zip(&mut queries) {
+                let evaluator = Evaluator::new(CachingLookup::new(
+                    Yielding {
+                        zone: scenario.zone.clone(),
+                        queries: AtomicUsize::new(0),
+                    },
+                    CacheOptions::default(),
+                ))
+                .with_prefetch(prefetch);
+                assert_eq!(evaluator.prefetches(), prefetch);
+                if let Err(why) = run_case(&evaluator, case).await {
+                    failures.push(format!("prefetch {prefetch}: {why}"));
+                }
+                *queries += evaluator.lookup().source().queries.load(Ordering::Relaxed);
+            }
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} failures:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+    assert!(
+        queries[1] > queries[0],
+        "prefetch made no query: {queries:?}"
     );
 }
 

@@ -8,7 +8,7 @@
 //! sends one empty string instead, which SPF treats the same way (a non-SPF
 //! TXT record), so the case still runs and passes. `TIMEOUT` entries are
 //! queries the server never answers, so those cases exercise real resolver
-//! timeouts.
+//! timeouts. Every case runs with prefetch off and on.
 
 mod common;
 
@@ -46,19 +46,38 @@ async fn the_whole_suite_passes_over_the_wire() {
         let direct = Evaluator::new(resolver(&server));
         // Through the production cache, twice, so the second pass is served
         // from cached positive and negative answers.
-        let cached = Evaluator::new(CachingLookup::new(
-            resolver(&server),
-            CacheOptions::default(),
-        ));
+        // With prefetch off and on (through a cache shared by the
+        // scenario's cases, as in the daemon).
+        let resolver = Arc::new(resolver(&server));
+        let cached = [false, true].map(|prefetch| {
+            Evaluator::new(CachingLookup::new(
+                Arc::clone(&resolver),
+                CacheOptions::default(),
+            ))
+            .with_prefetch(prefetch)
+        });
         for case in &scenario.cases {
             total += 1;
             if let Err(why) = run_case(&direct, case).await {
                 failures.push(format!("wire: {why}"));
             }
-            for pass in ["cold", "warm"] {
-                if let Err(why) = run_case(&cached, case).await {
-                    failures.push(format!("cached ({pass}): {why}"));
+            for evaluator in &cached {
+                let prefetch = evaluator.prefetches();
+                for pass in ["cold", "warm"] {
+                    if let Err(why) = run_case(evaluator, case).await {
+                        failures.push(format!("cached ({pass}, prefetch {prefetch}): {why}"));
+                    }
                 }
+            }
+            // And on a cache of its own, so that every record of the case
+            // comes over the wire and starts prefetches.
+            let cold = Evaluator::new(CachingLookup::new(
+                Arc::clone(&resolver),
+                CacheOptions::default(),
+            ))
+            .with_prefetch(true);
+            if let Err(why) = run_case(&cold, case).await {
+                failures.push(format!("own cache, prefetch true: {why}"));
             }
         }
         assert!(

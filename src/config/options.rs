@@ -374,6 +374,12 @@ declare_options! {
             parse byte_size,
             render |v| Some(size_to_toml(*v)),
             meaning "Memory the shared DNS cache may keep: answers, NXDOMAIN/NODATA entries, the parsed SPF records kept with TXT answers and the cache's tables, each counted as the allocator takes it. Bytes, or a string with a unit (\"512K\", \"64M\", \"1G\"; binary multiples); at least 1M, or 0 for no cache. The least used entries make room; peak memory is about this plus the daemon's own (BENCHMARKS.md). SIGHUP starts a new, empty cache of this size.";
+        /// Start the queries of a fetched SPF record's terms at once.
+        prefetch: bool = true,
+            default "`true`",
+            parse |raw, cx| flag(raw, "true", "false", cx),
+            render |v| Some(v.to_string()),
+            meaning "true: once an evaluation has had to wait for the DNS, start the queries of the terms of each record it then fetches (include and redirect targets, a, mx and exists names, and the terms of included records as they arrive) at once, so that a cold include tree costs about one DNS round trip per level instead of one per lookup (BENCHMARKS.md, W6). Results and the RFC 7208 lookup limits are the same either way; at most 10 term and 10 MX-name queries per evaluation. Only with the cache (cache_size not 0).";
     }
 
     /// `[rescue]`: SPF rejects held to end of message, cancelled when the

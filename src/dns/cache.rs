@@ -742,6 +742,12 @@ impl<S: Source, C: Clock> Lookup for CachingLookup<S, C> {
                 .charge_memo(hash, key, answer, bytes, self.inner.clock.now_ms());
         });
     }
+    /// Concurrent identical queries share one (single-flight), and answers
+    /// are kept unless caching is off (`max_entries` or `max_bytes` 0).
+    fn shares_answers(&self) -> bool {
+        let options = &self.inner.options;
+        options.max_entries > 0 && options.max_bytes > 0
+    }
 }
 
 #[cfg(test)]

@@ -159,6 +159,16 @@ pub trait Lookup: Send + Sync {
     fn memo_made(&self, name: &str, answer: &Arc<[Txt]>, bytes: usize) {
         let _ = (name, answer, bytes);
     }
+
+    /// Whether asking early helps a later identical question: true for a
+    /// layer that lets a question join an identical one in flight and
+    /// keeps the answers (a cache). The SPF evaluator prefetches (starts
+    /// the queries of a record's terms before it reaches them) only
+    /// through such a layer; through any other, a prefetch would only
+    /// double the queries.
+    fn shares_answers(&self) -> bool {
+        false
+    }
 }
 
 impl<L: Lookup> Lookup for Arc<L> {
@@ -179,6 +189,9 @@ impl<L: Lookup> Lookup for Arc<L> {
     }
     fn memo_made(&self, name: &str, answer: &Arc<[Txt]>, bytes: usize) {
         (**self).memo_made(name, answer, bytes);
+    }
+    fn shares_answers(&self) -> bool {
+        (**self).shares_answers()
     }
 }
 

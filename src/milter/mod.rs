@@ -48,8 +48,9 @@ impl Shared {
             max_bytes: config.dns.cache_size,
             ..CacheOptions::default()
         };
-        let evaluator =
-            Evaluator::new(CachingLookup::new(hickory, cache)).with_limits(config.spf_limits());
+        let evaluator = Evaluator::new(CachingLookup::new(hickory, cache))
+            .with_limits(config.spf_limits())
+            .with_prefetch(config.dns.prefetch);
         let logger = Logger::new(config.log.target);
         Ok(Self::with_evaluator(config, evaluator, logger))
     }

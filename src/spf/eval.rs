@@ -19,6 +19,7 @@ use super::outcome::{Identity, SpfOutcome, SpfResult};
 use super::record::{DomainSpec, Qualifier, Record, SyntaxError, is_spf1};
 
 mod mechanisms;
+mod prefetch;
 
 pub use mechanisms::is_same_or_subdomain;
 
@@ -91,6 +92,9 @@ pub struct Evaluator<L> {
     /// Whether outcomes list the include/redirect targets entered
     /// ([`SpfOutcome::via`]); off, an evaluation records nothing.
     track_via: bool,
+    /// Prefetch on ([`Evaluator::with_prefetch`]): the process-wide count
+    /// of prefetches in flight, shared by clones.
+    prefetch: Option<Arc<prefetch::Gate>>,
 }
 
 impl<L> Evaluator<L> {
@@ -110,7 +114,23 @@ impl<L: Lookup> Evaluator<L> {
             limits: Limits::default(),
             default_explanation: Arc::from(DEFAULT_EXPLANATION),
             track_via: false,
+            prefetch: None,
         }
+    }
+
+    /// Prefetch (off by default): once an evaluation has had to wait for
+    /// the DNS, start the queries of the terms each record it fetches may
+    /// evaluate at once (see `src/spf/eval/prefetch.rs`). Only through a
+    /// lookup that [shares answers](Lookup::shares_answers) (otherwise
+    /// `on` is ignored); results and limits are the same either way.
+    pub fn with_prefetch(mut self, on: bool) -> Self {
+        self.prefetch = (on && self.lookup.shares_answers()).then(Arc::default);
+        self
+    }
+
+    /// Whether this evaluator prefetches.
+    pub fn prefetches(&self) -> bool {
+        self.prefetch.is_some()
     }
 
     pub fn with_limits(mut self, limits: Limits) -> Self {
@@ -191,7 +211,10 @@ impl<L: Lookup> Evaluator<L> {
             Identity::Helo => SenderParts::for_helo(request.helo),
             Identity::MailFrom => SenderParts::for_mail_from(request.sender, request.helo),
         };
+        let queue = prefetch::Queue::default();
+        let gate = self.prefetch.as_deref();
         let mut state = Eval {
+            prefetch: gate.map(|_| &queue),
             evaluator: self,
             ip,
             parts: &parts,
@@ -228,9 +251,34 @@ impl<L: Lookup> Evaluator<L> {
                 let mut timer: Option<Pin<Box<tokio::time::Sleep>>> = None;
                 // Whether the caller's deadline, not our limit, ends it.
                 let mut cut_by_deadline = false;
+                // Polled after the evaluation, with it, and dropped with
+                // it: prefetches never outlive the evaluation. Made when
+                // the evaluation first waits (a warm one never does), and
+                // boxed, so that it does not make every evaluation's
+                // future larger.
+                let mut prefetcher: Option<Box<prefetch::Prefetcher<'_, L>>> = None;
                 let finished = std::future::poll_fn(|cx| {
                     if let Poll::Ready(host_result) = evaluation.as_mut().poll(cx) {
                         return Poll::Ready(Some(host_result));
+                    }
+                    if let Some(gate) = gate {
+                        queue.mark_waited();
+                        prefetcher
+                            .get_or_insert_with(|| {
+                                Box::new(prefetch::Prefetcher::new(
+                                    &self.lookup,
+                                    &self.limits,
+                                    gate,
+                                    &queue,
+                                    prefetch::RequestParts {
+                                        ip,
+                                        parts: &parts,
+                                        helo: request.helo,
+                                        receiver: request.receiver.unwrap_or("unknown"),
+                                    },
+                                ))
+                            })
+                            .poll(cx);
                     }
                     let timer = timer.get_or_insert_with(|| {
                         let own = tokio::time::Instant::now() + limit;
@@ -313,6 +361,28 @@ fn memo_weight(parsed: &Parsed) -> usize {
         }
 }
 
+/// Parses `txts[index]` into its memo, unless it holds a parse already,
+/// and reports a new memo's weight to `lookup` (whose cache counts it).
+/// Whether the record parsed; `None` if the memo holds something else.
+fn parse_into_memo<L: Lookup>(
+    lookup: &L,
+    domain: &str,
+    txts: &Arc<[Txt]>,
+    index: usize,
+) -> Option<Result<(), SyntaxError>> {
+    let mut made = None;
+    let memo = txts[index].memo(|bytes| {
+        let parsed: Parsed = Record::parse(bytes);
+        made = Some(memo_weight(&parsed));
+        parsed
+    });
+    let memo = memo.map(|parsed| parsed.as_ref().map(|_| ()).map_err(Clone::clone));
+    if let Some(bytes) = made {
+        lookup.memo_made(domain, txts, bytes);
+    }
+    memo
+}
+
 /// A domain's parsed SPF record: kept in the memo of the cached TXT answer
 /// (checked to be there when this is made), or owned.
 enum RecordRef {
@@ -383,6 +453,8 @@ struct Eval<'a, L> {
     /// The include/redirect targets entered, when the evaluator tracks
     /// them (see [`Evaluator::with_via`]).
     via: Vec<CompactString>,
+    /// Where records fetched from the DNS go for prefetch, when it is on.
+    prefetch: Option<&'a prefetch::Queue>,
 }
 
 impl<'a, L: Lookup> Eval<'a, L> {
@@ -536,6 +608,13 @@ impl<'a, L: Lookup> Eval<'a, L> {
                 "{domain} has more than one v=spf1 record"
             )));
         }
+        // Prefetch once the evaluation has had to wait for the DNS (a
+        // warm one, answered from the cache, never does).
+        if let Some(queue) = self.prefetch
+            && queue.waited()
+        {
+            queue.push(domain, &txts, index);
+        }
         self.note(|| format!("TXT {domain}: {:?}", String::from_utf8_lossy(&txts[index])));
         // Parsed once per cached DNS answer (the memo). The record is then
         // lent out of the answer: no reference count is taken for it.
@@ -558,17 +637,7 @@ impl<'a, L: Lookup> Eval<'a, L> {
         txts: Arc<[Txt]>,
         index: usize,
     ) -> Result<RecordRef, SyntaxError> {
-        let mut made = None;
-        let memo = txts[index].memo(|bytes| {
-            let parsed: Parsed = Record::parse(bytes);
-            made = Some(memo_weight(&parsed));
-            parsed
-        });
-        let memo = memo.map(|parsed| parsed.as_ref().map(|_| ()).map_err(Clone::clone));
-        if let Some(bytes) = made {
-            self.evaluator.lookup.memo_made(domain, &txts, bytes);
-        }
-        match memo {
+        match parse_into_memo(&self.evaluator.lookup, domain, &txts, index) {
             Some(Ok(())) => Ok(RecordRef::Cached(txts, index)),
             Some(Err(e)) => Err(e),
             // The memo holds something else: parse for this evaluation.
