@@ -115,10 +115,86 @@ pub enum MessageField {
     Url,
 }
 
+/// A piece of a parsed template: literal text, or a field filled in.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub enum MessagePart {
+pub enum Part<F> {
     Text(String),
-    Field(MessageField),
+    Field(F),
+}
+
+pub type MessagePart = Part<MessageField>;
+
+/// The fields of a template known by name, in order: `(name, field)`.
+type Named<F> = [(&'static str, F)];
+
+/// Parses a template whose fields are named in `known`; `what` names the
+/// template in the error (`the reason message`).
+fn parse_named<F: Copy>(s: &str, known: &Named<F>, what: &str) -> Result<Vec<Part<F>>, String> {
+    check_text(s)?;
+    split_template(s)?
+        .into_iter()
+        .map(|p| match p {
+            Piece::Text(t) => Ok(Part::Text(t)),
+            Piece::Field(name) => known
+                .iter()
+                .find(|(n, _)| *n == name)
+                .map(|(_, field)| Part::Field(*field))
+                .ok_or_else(|| {
+                    let names: Vec<String> =
+                        known.iter().map(|(n, _)| format!("{{{n}}}")).collect();
+                    let list = match names.split_last() {
+                        Some((last, [])) => last.clone(),
+                        Some((last, init)) => format!("{} and {last}", init.join(", ")),
+                        None => String::new(),
+                    };
+                    format!("unknown placeholder {{{name}}}: {what} knows {list}")
+                }),
+        })
+        .collect()
+}
+
+/// The template text of `parts`, each field written by `placeholder`
+/// (braces in text doubled), as the configuration writer prints it.
+fn write_parts<F: Copy>(
+    f: &mut fmt::Formatter<'_>,
+    parts: &[Part<F>],
+    placeholder: impl Fn(F) -> String,
+) -> fmt::Result {
+    for part in parts {
+        match part {
+            Part::Text(t) => escape_braces(f, t)?,
+            Part::Field(field) => write!(f, "{{{}}}", placeholder(*field))?,
+        }
+    }
+    Ok(())
+}
+
+/// `parts` filled in: each field's text from `value`.
+fn fill<'v, F: Copy>(parts: &[Part<F>], value: impl Fn(F) -> &'v str) -> String {
+    let mut out = String::new();
+    for part in parts {
+        match part {
+            Part::Text(t) => out.push_str(t),
+            Part::Field(field) => out.push_str(value(*field)),
+        }
+    }
+    out
+}
+
+/// The names of `Reason_Message`'s fields.
+const MESSAGE_FIELDS: &Named<MessageField> = &[
+    ("rejectdefer", MessageField::RejectDefer),
+    ("spf", MessageField::Spf),
+    ("url", MessageField::Url),
+];
+
+/// The name of a field in `known`.
+fn field_name<F: Copy + PartialEq>(known: &Named<F>, field: F) -> String {
+    known
+        .iter()
+        .find(|(_, f)| *f == field)
+        .map(|(n, _)| (*n).to_owned())
+        .unwrap_or_default()
 }
 
 /// `Reason_Message`, parsed at load: `{rejectdefer}`, `{spf}`, `{url}`.
@@ -151,21 +227,7 @@ impl FromStr for ReasonMessage {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, String> {
-        check_text(s)?;
-        let parts = split_template(s)?
-            .into_iter()
-            .map(|p| match p {
-                Piece::Text(t) => Ok(MessagePart::Text(t)),
-                Piece::Field(name) => match name.as_str() {
-                    "rejectdefer" => Ok(MessagePart::Field(MessageField::RejectDefer)),
-                    "spf" => Ok(MessagePart::Field(MessageField::Spf)),
-                    "url" => Ok(MessagePart::Field(MessageField::Url)),
-                    _ => Err(format!(
-                        "unknown placeholder {{{name}}}: the reason message knows {{rejectdefer}}, {{spf}} and {{url}}"
-                    )),
-                },
-            })
-            .collect::<Result<_, _>>()?;
+        let parts = parse_named(s, MESSAGE_FIELDS, "the reason message")?;
         Ok(ReasonMessage { parts })
     }
 }
@@ -188,15 +250,11 @@ impl ReasonMessage {
             parts = init;
             last_text = Some(kept);
         }
-        let mut out = String::new();
-        for part in parts {
-            match part {
-                MessagePart::Text(t) => out.push_str(t),
-                MessagePart::Field(MessageField::RejectDefer) => out.push_str(rejectdefer),
-                MessagePart::Field(MessageField::Spf) => out.push_str(spf),
-                MessagePart::Field(MessageField::Url) => out.push_str(url),
-            }
-        }
+        let mut out = fill(parts, |field| match field {
+            MessageField::RejectDefer => rejectdefer,
+            MessageField::Spf => spf,
+            MessageField::Url => url,
+        });
         out.push_str(last_text.unwrap_or_default());
         out
     }
@@ -204,15 +262,7 @@ impl ReasonMessage {
 
 impl fmt::Display for ReasonMessage {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for part in &self.parts {
-            match part {
-                MessagePart::Text(t) => escape_braces(f, t)?,
-                MessagePart::Field(MessageField::RejectDefer) => f.write_str("{rejectdefer}")?,
-                MessagePart::Field(MessageField::Spf) => f.write_str("{spf}")?,
-                MessagePart::Field(MessageField::Url) => f.write_str("{url}")?,
-            }
-        }
-        Ok(())
+        write_parts(f, &self.parts, |field| field_name(MESSAGE_FIELDS, field))
     }
 }
 
@@ -229,11 +279,10 @@ pub enum BlockField {
     Rule,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub enum BlockPart {
-    Text(String),
-    Field(BlockField),
-}
+pub type BlockPart = Part<BlockField>;
+
+/// The names of `[block] reply`'s fields.
+const BLOCK_FIELDS: &Named<BlockField> = &[("name", BlockField::Name), ("rule", BlockField::Rule)];
 
 /// `[block] reply`, parsed at load: `{name}` and `{rule}`, with the
 /// template syntax of `Reason_Message` (`{{` and `}}` for braces).
@@ -255,20 +304,7 @@ impl FromStr for BlockReply {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, String> {
-        check_text(s)?;
-        let parts = split_template(s)?
-            .into_iter()
-            .map(|p| match p {
-                Piece::Text(t) => Ok(BlockPart::Text(t)),
-                Piece::Field(name) => match name.as_str() {
-                    "name" => Ok(BlockPart::Field(BlockField::Name)),
-                    "rule" => Ok(BlockPart::Field(BlockField::Rule)),
-                    _ => Err(format!(
-                        "unknown placeholder {{{name}}}: the block reply knows {{name}} and {{rule}}"
-                    )),
-                },
-            })
-            .collect::<Result<_, _>>()?;
+        let parts = parse_named(s, BLOCK_FIELDS, "the block reply")?;
         Ok(BlockReply { parts })
     }
 }
@@ -276,28 +312,16 @@ impl FromStr for BlockReply {
 impl BlockReply {
     /// The text, not yet made safe ([`sanitize_reply`]).
     pub fn render(&self, name: &str, rule: &str) -> String {
-        let mut out = String::new();
-        for part in &self.parts {
-            match part {
-                BlockPart::Text(t) => out.push_str(t),
-                BlockPart::Field(BlockField::Name) => out.push_str(name),
-                BlockPart::Field(BlockField::Rule) => out.push_str(rule),
-            }
-        }
-        out
+        fill(&self.parts, |field| match field {
+            BlockField::Name => name,
+            BlockField::Rule => rule,
+        })
     }
 }
 
 impl fmt::Display for BlockReply {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for part in &self.parts {
-            match part {
-                BlockPart::Text(t) => escape_braces(f, t)?,
-                BlockPart::Field(BlockField::Name) => f.write_str("{name}")?,
-                BlockPart::Field(BlockField::Rule) => f.write_str("{rule}")?,
-            }
-        }
-        Ok(())
+        write_parts(f, &self.parts, |field| field_name(BLOCK_FIELDS, field))
     }
 }
 
@@ -314,11 +338,7 @@ pub enum UrlField {
     Receiver,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub enum UrlPart {
-    Text(String),
-    Field(UrlField),
-}
+pub type UrlPart = Part<UrlField>;
 
 /// `Reason_URL`, parsed at load: `{0}`–`{3}` (or `{}` numbered in order,
 /// as Python does).
@@ -392,26 +412,13 @@ impl FromStr for ReasonUrl {
 impl ReasonUrl {
     /// `values` are {0} to {3}.
     pub fn render(&self, values: [&str; 4]) -> String {
-        let mut out = String::new();
-        for part in &self.parts {
-            match part {
-                UrlPart::Text(t) => out.push_str(t),
-                UrlPart::Field(f) => out.push_str(values[*f as usize]),
-            }
-        }
-        out
+        fill(&self.parts, |field| values[field as usize])
     }
 }
 
 impl fmt::Display for ReasonUrl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for part in &self.parts {
-            match part {
-                UrlPart::Text(t) => escape_braces(f, t)?,
-                UrlPart::Field(field) => write!(f, "{{{}}}", *field as usize)?,
-            }
-        }
-        Ok(())
+        write_parts(f, &self.parts, |field| (field as usize).to_string())
     }
 }
 
