@@ -23,6 +23,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use super::dkim::TestKey;
 use super::postfix::MYHOSTNAME;
 use super::process::{Daemon, make_dir, read_lossy, tcp_listening, wait_until, write_file};
 
@@ -182,6 +183,19 @@ impl DkimKey {
             private_key,
             record,
         })
+    }
+
+    /// The same key for signing in Rust (mail-auth, `tests/common/dkim.rs`)
+    /// as `domain` with `selector`: no process per message.
+    pub fn test_key(&self, domain: &str, selector: &str) -> Result<TestKey, String> {
+        let pem = std::fs::read(&self.private_key)
+            .map_err(|e| format!("{}: {e}", self.private_key.display()))?;
+        let public = self
+            .record
+            .split(';')
+            .find_map(|tag| tag.trim().strip_prefix("p="))
+            .ok_or_else(|| format!("no p= in {:?}", self.record))?;
+        Ok(TestKey::rsa_from_pem(domain, selector, &pem, public))
     }
 
     /// `message` (CRLF line ends) signed by `domain` with `selector`

@@ -50,7 +50,7 @@ use super::dns::{Record, Zone};
 use super::forwarding::{SELECTOR, SIGNED_DOMAIN, dkim_result, signer_zone};
 use super::lab::{Lab, LabConfig};
 use super::milter::{MilterUnderTest, PolicydConf, TraceHeader, spf_header};
-use super::opendkim::OpenDkimConfig;
+use super::opendkim::{DkimKey, OpenDkimConfig};
 use super::postfix::{MYHOSTNAME, RCPT_DOMAIN};
 use super::process::{make_dir, run, wait_until};
 use super::smtp::{Message, Reply};
@@ -74,6 +74,8 @@ const NATIVE_CONFIG: &str = "[milter]\n\
      level = 1\n\
      [rescue]\n\
      methods = [\"dkim\"]\n";
+/// The selector of signed.test's Ed25519 key (its RSA key is [`SELECTOR`]).
+const ED25519_SELECTOR: &str = "ed";
 /// The stages of an SMTP transaction where the soak expects a reject.
 const MAIL_FROM: &str = "MAIL FROM";
 const END_OF_DATA: &str = "end of data";
@@ -267,8 +269,9 @@ fn scenario(id: usize) -> Scenario {
 /// soak.test: a provider include and one sender domain per message of
 /// cases 1 and 9, each `v=spf1 include:_spf.soak.test -all` with its own
 /// DMARC record (OpenDMARC without a public suffix list looks up the
-/// From: domain's `_dmarc` only); signed.test with `key` published.
-fn soak_zones(messages: usize, key: &TestKey) -> Vec<Zone> {
+/// From: domain's `_dmarc` only); signed.test with `keys` published (the
+/// first under [`SELECTOR`]).
+fn soak_zones(messages: usize, keys: &[TestKey]) -> Vec<Zone> {
     let mut zones = standard_zones();
     let parent = zones
         .iter_mut()
@@ -285,7 +288,14 @@ fn soak_zones(messages: usize, key: &TestKey) -> Vec<Zone> {
             .with(Record::txt(&format!("_dmarc.{label}"), DMARC_RECORD));
     }
     zones.push(soak);
-    delegate(&mut zones, signer_zone(&key.dns_txt()));
+    let mut signed = signer_zone(&keys[0].dns_txt());
+    for key in &keys[1..] {
+        signed = signed.with(Record::txt(
+            &format!("{}._domainkey", key.selector),
+            &key.dns_txt(),
+        ));
+    }
+    delegate(&mut zones, signed);
     zones
 }
 
@@ -332,15 +342,20 @@ pub fn soak(scratch: &Path, messages: usize) {
     // What the native configuration says, for the harness (which header
     // spfmilter writes).
     let conf = PolicydConf::reject_fail().set("debugLevel", "1");
-    // The author's key: made now, published in signed.test.
-    let key = TestKey::ed25519(SIGNED_DOMAIN, SELECTOR);
+    // The author's keys, made now and published in signed.test: RSA (made
+    // by dknewkey, quicker than unoptimized Rust), which most signers use,
+    // and Ed25519 (RFC 8463); the signatures alternate.
+    let rsa = DkimKey::generate(&scratch.join("keys"), "signed")
+        .and_then(|k| k.test_key(SIGNED_DOMAIN, SELECTOR))
+        .unwrap_or_else(|e| panic!("RSA key: {e}"));
+    let keys = [rsa, TestKey::ed25519(SIGNED_DOMAIN, ED25519_SELECTOR)];
     let mut config = LabConfig::new(&milter, conf.clone());
-    config.zones = soak_zones(messages, &key);
+    config.zones = soak_zones(messages, &keys);
     // OpenDKIM reads the key from a file: it cannot take concurrent mail
     // with its resolver configured for the lab (`OpenDkimConfig::keys`).
     // spfmilter and OpenDMARC use the lab's DNS.
     config.opendkim = Some(OpenDkimConfig {
-        keys: vec![(key.dns_name(), key.dns_txt())],
+        keys: keys.iter().map(|k| (k.dns_name(), k.dns_txt())).collect(),
         ..OpenDkimConfig::default()
     });
     let mailbox = scratch.join("mailbox");
@@ -350,8 +365,12 @@ pub fn soak(scratch: &Path, messages: usize) {
         .arg(&mailbox))
     .expect("chown the mailbox directory");
     deliver_to_maildir(&mut config, &mailbox);
+    // The messages are written while the lab starts: an RSA signature
+    // takes about 0.1 s unoptimized, too slow for the sending threads.
+    let texts = std::thread::spawn(move || message_texts(messages, &keys));
     let mut lab = Lab::start(scratch, config).unwrap_or_else(|e| panic!("lab: {e}"));
     let port = lab.postfix().port;
+    let texts = texts.join().expect("the message texts");
 
     let ledger = Mutex::new(Ledger {
         pending: (0..messages).map(|id| (id, Instant::now())).collect(),
@@ -363,7 +382,7 @@ pub fn soak(scratch: &Path, messages: usize) {
     let started = Instant::now();
     std::thread::scope(|s| {
         for _ in 0..WORKERS {
-            s.spawn(|| worker(port, messages, &key, &ledger, &finished));
+            s.spawn(|| worker(port, messages, &texts, &ledger, &finished));
         }
         // The restarts, at a third and two thirds of the run, under load.
         for (n, how) in [(1, "SIGTERM"), (2, "SIGKILL")] {
@@ -747,7 +766,7 @@ fn check_delivered(
 fn worker(
     port: u16,
     messages: usize,
-    key: &TestKey,
+    texts: &[String],
     ledger: &Mutex<Ledger>,
     finished: &AtomicUsize,
 ) {
@@ -763,7 +782,7 @@ fn worker(
             std::thread::sleep(Duration::from_millis(5));
             continue;
         }
-        let outcomes = send_session(port, key, &batch);
+        let outcomes = send_session(port, texts, &batch);
         let mut l = ledger.lock().expect("ledger");
         l.sessions += 1;
         for (id, outcome) in batch.into_iter().zip(outcomes) {
@@ -805,9 +824,9 @@ fn take_batch(pending: &mut VecDeque<(usize, Instant)>) -> Vec<usize> {
     batch
 }
 
-/// One SMTP session sending `ids` (signed with `key` where their scenario
-/// says so); one outcome per message.
-fn send_session(port: u16, key: &TestKey, ids: &[usize]) -> Vec<Outcome> {
+/// One SMTP session sending `ids`, whose texts are in `texts`; one outcome
+/// per message.
+fn send_session(port: u16, texts: &[String], ids: &[usize]) -> Vec<Outcome> {
     let first = scenario(ids[0]);
     let mut outcomes = Vec::with_capacity(ids.len());
     let mut smtp = match Smtp::open(port, first.client_ip, first.helo) {
@@ -817,7 +836,7 @@ fn send_session(port: u16, key: &TestKey, ids: &[usize]) -> Vec<Outcome> {
         }
     };
     for &id in ids {
-        let outcome = smtp.transaction(id, &scenario(id), key);
+        let outcome = smtp.transaction(id, &scenario(id), &texts[id]);
         let lost = matches!(outcome, Outcome::Broken { .. } | Outcome::Unknown { .. });
         outcomes.push(outcome);
         if lost {
@@ -892,8 +911,9 @@ impl Smtp {
         Ok(smtp)
     }
 
-    /// MAIL, RCPT, DATA and the message; RSET after a failed step.
-    fn transaction(&mut self, id: usize, s: &Scenario, key: &TestKey) -> Outcome {
+    /// MAIL, RCPT, DATA and the message `text` (ending with its
+    /// end-of-data line); RSET after a failed step.
+    fn transaction(&mut self, id: usize, s: &Scenario, text: &str) -> Outcome {
         let steps = [
             (MAIL_FROM, format!("MAIL FROM:<{}>", s.from), 250),
             ("RCPT TO", format!("RCPT TO:<user{id}@{RCPT_DOMAIN}>"), 250),
@@ -908,7 +928,7 @@ impl Smtp {
                 return outcome;
             }
         }
-        if let Err(e) = self.send(&message_text(id, s, key)) {
+        if let Err(e) = self.send(text) {
             return Outcome::Unknown {
                 error: format!("sending the message: {e}"),
             };
@@ -991,13 +1011,33 @@ fn io_error(e: &io::Error) -> StepError {
     StepError::Io(e.to_string())
 }
 
+/// The text of every message, made on every core: a message sent again
+/// is the same message, as a client MTA's would be.
+fn message_texts(messages: usize, keys: &[TestKey]) -> Vec<String> {
+    let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let mut texts = vec![String::new(); messages];
+    std::thread::scope(|s| {
+        for (n, chunk) in texts.chunks_mut(messages.div_ceil(threads)).enumerate() {
+            let first = n * messages.div_ceil(threads);
+            s.spawn(move || {
+                for (i, text) in chunk.iter_mut().enumerate() {
+                    let id = first + i;
+                    *text = message_text(id, &scenario(id), keys);
+                }
+            });
+        }
+    });
+    texts
+}
+
 /// The message text after DATA, with its end-of-data line. `From:` is the
 /// envelope sender (aligned for DMARC), or the HELO's postmaster for the
-/// null sender. A signed message carries a DKIM-Signature of `key` over
+/// null sender. A signed message carries a DKIM-Signature of one of `keys`
+/// (in turn, by cycle) over
 /// its From, To, Subject, Date and Message-ID (which name the message, so every
 /// signature differs) and its body; a broken one had its body changed
 /// after signing, as a forger replaying a signature would.
-fn message_text(id: usize, s: &Scenario, key: &TestKey) -> String {
+fn message_text(id: usize, s: &Scenario, keys: &[TestKey]) -> String {
     let from = if s.from.is_empty() {
         format!("postmaster@{}", s.helo)
     } else {
@@ -1028,6 +1068,7 @@ fn message_text(id: usize, s: &Scenario, key: &TestKey) -> String {
     let mut text = match s.signature {
         Signature::None => text,
         Signature::Valid | Signature::Broken => {
+            let key = &keys[(id / CYCLE) % keys.len()];
             let signed = String::from_utf8(key.sign(text.as_bytes())).expect("an ASCII message");
             if s.signature == Signature::Broken {
                 let changed = signed.replace(&body, &format!("Soak message {id}, changed.\r\n"));
