@@ -25,7 +25,7 @@
 //! | DNS forwarder (resolv.conf's `nameserver 127.0.0.1`) | 127.0.0.1:53 |
 //! | NSD, the test zones of `e2e/zones.rs` | 127.0.0.1:5300 |
 //! | the SPF milter under test | inet 127.0.0.1:8891 |
-//! | OpenDKIM (the tests of forwarded, signed mail) | inet 127.0.0.1:8892 |
+//! | OpenDKIM (the tests of forwarded, signed mail, and the soak) | inet 127.0.0.1:8892 |
 //! | OpenDMARC | inet 127.0.0.1:8893 |
 //! | Postfix smtpd, `myhostname = mx.test.example` | 127.0.0.1:25 |
 //!
