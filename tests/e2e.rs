@@ -25,7 +25,7 @@
 //! | DNS forwarder (resolv.conf's `nameserver 127.0.0.1`) | 127.0.0.1:53 |
 //! | NSD, the test zones of `e2e/zones.rs` | 127.0.0.1:5300 |
 //! | the SPF milter under test | inet 127.0.0.1:8891 |
-//! | OpenDKIM (the tests of forwarded, signed mail) | inet 127.0.0.1:8892 |
+//! | OpenDKIM (the tests of forwarded, signed mail, and the soak) | inet 127.0.0.1:8892 |
 //! | OpenDMARC | inet 127.0.0.1:8893 |
 //! | Postfix smtpd, `myhostname = mx.test.example` | 127.0.0.1:25 |
 //!
@@ -155,10 +155,12 @@ fn differential_against_reference() {
 // ---- the soak: many messages, two restarts ---------------------------------
 
 /// `SPFMILTER_SOAK_MESSAGES` messages (default 1,000) with mixed results
-/// through Postfix, spfmilter and OpenDMARC into a Maildir, spfmilter
-/// restarted twice (SIGTERM, then SIGKILL) under load: every message
-/// delivered once with the expected header or rejected as expected, none
-/// lost or duplicated (`e2e/soak.rs`). The full run:
+/// through Postfix, spfmilter (reject mode, rescue by DKIM), OpenDKIM and
+/// OpenDMARC into a Maildir, spfmilter restarted twice (SIGTERM, then
+/// SIGKILL) under load: every message delivered once with the expected
+/// headers or rejected as expected (held rejects at the end of DATA;
+/// forwarded mail signed by its author's domain rescued, the same changed
+/// after signing refused), none lost or duplicated (`e2e/soak.rs`). The full run:
 /// `SPFMILTER_SOAK_MESSAGES=10000 cargo test --features e2e --test e2e soak -- --nocapture`.
 #[test]
 fn spfmilter_soak() {

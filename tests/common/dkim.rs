@@ -32,7 +32,8 @@ use mail_auth::{
     AuthenticatedMessage, AuthenticationResults, MessageAuthenticator, Parameters, ResolverCache,
     Txt,
 };
-use rustls_pki_types::{PrivateKeyDer, PrivatePkcs1KeyDer};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{PrivateKeyDer, PrivatePkcs1KeyDer, PrivatePkcs8KeyDer};
 
 /// The header fields signed and sealed unless a test says otherwise.
 pub const SIGNED_HEADERS: [&str; 5] = ["From", "To", "Subject", "Date", "Message-ID"];
@@ -40,7 +41,10 @@ pub const SIGNED_HEADERS: [&str; 5] = ["From", "To", "Subject", "Date", "Message
 #[derive(Clone)]
 enum Private {
     Ed25519(Vec<u8>),
+    /// PKCS #1 DER.
     Rsa(Vec<u8>),
+    /// PKCS #8 DER.
+    RsaPkcs8(Vec<u8>),
 }
 
 /// A signing key of one domain and selector.
@@ -96,6 +100,36 @@ impl TestKey {
         }
     }
 
+    /// An RSA key made by another tool (dkimpy's `dknewkey`: quick, where
+    /// [`TestKey::rsa`] takes seconds unoptimized): the private key as PEM
+    /// (PKCS #8 or PKCS #1) and the `p=` of the key record the tool wrote.
+    pub fn rsa_from_pem(domain: &str, selector: &str, pem: &[u8], public_b64: &str) -> TestKey {
+        let private = match PrivateKeyDer::from_pem_slice(pem).expect("an RSA key in PEM") {
+            PrivateKeyDer::Pkcs1(der) => Private::Rsa(der.secret_pkcs1_der().to_vec()),
+            PrivateKeyDer::Pkcs8(der) => Private::RsaPkcs8(der.secret_pkcs8_der().to_vec()),
+            _ => panic!("not an RSA key (PKCS #1 or PKCS #8)"),
+        };
+        let key = TestKey {
+            domain: domain.to_string(),
+            selector: selector.to_string(),
+            private,
+            public_b64: public_b64.to_string(),
+        };
+        // Fails here, not at the first signature, if the PEM is no RSA key.
+        let _ = key.rsa_signing_key();
+        key
+    }
+
+    /// The private key for mail-auth's RSA signer (RSA keys only).
+    fn rsa_signing_key(&self) -> RsaKey<Sha256> {
+        let der = match &self.private {
+            Private::Rsa(der) => PrivateKeyDer::Pkcs1(PrivatePkcs1KeyDer::from(der.clone())),
+            Private::RsaPkcs8(der) => PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(der.clone())),
+            Private::Ed25519(_) => panic!("not an RSA key"),
+        };
+        RsaKey::<Sha256>::from_key_der(der).expect("RSA key")
+    }
+
     /// The name of the key's TXT record, `selector._domainkey.domain`
     /// (RFC 6376 §3.6.2.1), without the trailing dot.
     pub fn dns_name(&self) -> String {
@@ -106,7 +140,9 @@ impl TestKey {
     pub fn dns_txt(&self) -> String {
         match self.private {
             Private::Ed25519(_) => format!("v=DKIM1; k=ed25519; p={}", self.public_b64),
-            Private::Rsa(_) => format!("v=DKIM1; k=rsa; p={}", self.public_b64),
+            Private::Rsa(_) | Private::RsaPkcs8(_) => {
+                format!("v=DKIM1; k=rsa; p={}", self.public_b64)
+            }
         }
     }
 
@@ -132,7 +168,7 @@ impl TestKey {
         }
         let header = match &self.private {
             Private::Ed25519(der) => sign!(Ed25519Key::from_pkcs8_der(der).expect("Ed25519 key")),
-            Private::Rsa(der) => sign!(rsa_key(der)),
+            Private::Rsa(_) | Private::RsaPkcs8(_) => sign!(self.rsa_signing_key()),
         };
         [header.as_bytes(), message].concat()
     }
@@ -179,15 +215,10 @@ impl TestKey {
         }
         let sealed = match &self.private {
             Private::Ed25519(der) => seal!(Ed25519Key::from_pkcs8_der(der).expect("Ed25519 key")),
-            Private::Rsa(der) => seal!(rsa_key(der)),
+            Private::Rsa(_) | Private::RsaPkcs8(_) => seal!(self.rsa_signing_key()),
         };
         [sealed.as_bytes(), message].concat()
     }
-}
-
-fn rsa_key(der: &[u8]) -> RsaKey<Sha256> {
-    RsaKey::<Sha256>::from_key_der(PrivateKeyDer::Pkcs1(PrivatePkcs1KeyDer::from(der.to_vec())))
-        .expect("RSA key")
 }
 
 /// A plain message from `from` (an address) with CRLF line ends.

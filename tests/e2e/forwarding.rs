@@ -29,14 +29,18 @@ pub const SELECTOR: &str = "sel";
 /// The standard zones plus signed.test with `key` published.
 pub fn zones_with_signer(key: &DkimKey) -> Vec<Zone> {
     let mut zones = standard_zones();
-    delegate(
-        &mut zones,
-        Zone::new(SIGNED_DOMAIN)
-            .with(Record::txt("@", "v=spf1 ip4:203.0.113.0/24 -all"))
-            .with(Record::txt("_dmarc", DMARC_RECORD))
-            .with(Record::txt(&format!("{SELECTOR}._domainkey"), &key.record)),
-    );
+    delegate(&mut zones, signer_zone(&key.record));
     zones
+}
+
+/// signed.test: SPF for 203.0.113.0/24 only, DMARC `p=reject`, and the
+/// key record `key_record` (`v=DKIM1; k=...; p=...`) at
+/// `sel._domainkey.signed.test`.
+pub fn signer_zone(key_record: &str) -> Zone {
+    Zone::new(SIGNED_DOMAIN)
+        .with(Record::txt("@", "v=spf1 ip4:203.0.113.0/24 -all"))
+        .with(Record::txt("_dmarc", DMARC_RECORD))
+        .with(Record::txt(&format!("{SELECTOR}._domainkey"), key_record))
 }
 
 /// A message from alice@signed.test, CRLF line ends, with `body`.

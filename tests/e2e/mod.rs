@@ -9,8 +9,9 @@
 //! | `syslog` | the `/dev/log` receiver (milters and OpenDMARC log to syslog) |
 //! | `dns`, `zones` | NSD with zones written from Rust data, a query-logging forwarder that can time out |
 //! | `postfix` | the Postfix instance (`postfix -c DIR`), maillog, `postcat` |
-//! | `opendkim` | OpenDKIM (verify mode) before the SPF milter; test-time DKIM keys and signatures with dkimpy |
-//! | `opendmarc` | OpenDMARC as the second milter |
+//! | `opendkim` | OpenDKIM (verify mode) after the SPF milter; test-time DKIM keys and signatures with dkimpy |
+//! | `dkim` | `tests/common/dkim.rs`: DKIM signing in Rust with mail-auth (the soak signs a message per message) |
+//! | `opendmarc` | OpenDMARC, the last milter |
 //! | `milter` | the SPF milter under test (pyspf-milter today, `spfmilter run` later), its `policyd-spf.conf`, reading its header |
 //! | `smtp` | swaks, transcripts, replies, stored messages |
 //! | `lab` | all of it together |
@@ -23,6 +24,8 @@
 #![allow(dead_code)]
 
 pub mod differential;
+#[path = "../common/dkim.rs"]
+pub mod dkim;
 pub mod dns;
 pub mod forwarding;
 pub mod lab;

@@ -23,6 +23,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use super::dkim::TestKey;
 use super::postfix::MYHOSTNAME;
 use super::process::{Daemon, make_dir, read_lossy, tcp_listening, wait_until, write_file};
 
@@ -32,6 +33,16 @@ pub struct OpenDkimConfig {
     pub port: u16,
     /// `AuthservID`: the authserv-id of its Authentication-Results.
     pub authserv_id: String,
+    /// Empty: the keys are looked up in the lab's DNS. Otherwise the key
+    /// records OpenDKIM reads instead of asking any DNS, as (name, TXT
+    /// text) (`TestDNSData`, opendkim.conf(5)), for mail sent
+    /// concurrently: with a resolver configuration file, OpenDKIM 2.11
+    /// (built with VBR, as Debian's is) has libunbound parse that file
+    /// again for each message, from the message's thread, and libunbound's
+    /// parser is not reentrant — under a few concurrent messages OpenDKIM
+    /// exits ("fatal flex scanner internal error--end of buffer missed",
+    /// after "can't set VBR resolver configuration"), seen in the soak.
+    pub keys: Vec<(String, String)>,
 }
 
 impl Default for OpenDkimConfig {
@@ -39,6 +50,7 @@ impl Default for OpenDkimConfig {
         Self {
             port: 8892,
             authserv_id: MYHOSTNAME.to_string(),
+            keys: Vec::new(),
         }
     }
 }
@@ -53,37 +65,30 @@ impl OpenDkim {
     pub fn start(dir: &Path, config: &OpenDkimConfig) -> Result<Self, String> {
         let dir = make_dir(dir)?;
         let conf = dir.join("opendkim.conf");
-        // OpenDKIM resolves with libunbound, which never queries a
-        // loopback address unless told so, and answers NXDOMAIN itself for
-        // the special-use `test.` (RFC 6761) unless told otherwise: forward
-        // everything to the lab's resolver (127.0.0.1:53, the forwarder in
-        // front of NSD). No DNSSEC trust anchor, so the test zones are
-        // insecure, not bogus.
-        let unbound = dir.join("unbound.conf");
-        write_file(
-            &unbound,
-            "server:\n\
-             \tdo-not-query-localhost: no\n\
-             \tlocal-zone: \"test.\" nodefault\n\
-             forward-zone:\n\
-             \tname: \".\"\n\
-             \tforward-addr: 127.0.0.1\n",
-        )?;
+        let resolver = if config.keys.is_empty() {
+            Self::resolver_settings(&dir)?
+        } else {
+            let data = dir.join("keys");
+            let lines: String = config
+                .keys
+                .iter()
+                .map(|(name, txt)| format!("{name}\t{txt}\n"))
+                .collect();
+            write_file(&data, &lines)?;
+            format!("TestDNSData file:{}\n", data.display())
+        };
         let text = format!(
             "Socket inet:{}@127.0.0.1\n\
              Mode v\n\
              AuthservID {}\n\
-             Nameservers 127.0.0.1\n\
-             ResolverConfiguration {}\n\
+             {resolver}\
              Syslog yes\n\
              SyslogFacility mail\n\
              SyslogSuccess yes\n\
              LogWhy yes\n\
              SoftwareHeader no\n\
              UserID opendkim\n",
-            config.port,
-            config.authserv_id,
-            unbound.display()
+            config.port, config.authserv_id,
         );
         write_file(&conf, &text)?;
         let log = dir.join("opendkim.stderr");
@@ -102,6 +107,31 @@ impl OpenDkim {
             return Err(format!("opendkim did not start:\n{}", read_lossy(&log)));
         }
         Ok(Self { port, daemon })
+    }
+
+    /// The settings that make OpenDKIM ask the lab's DNS, with the
+    /// libunbound configuration file they name, written in `dir`.
+    fn resolver_settings(dir: &Path) -> Result<String, String> {
+        // OpenDKIM resolves with libunbound, which never queries a
+        // loopback address unless told so, and answers NXDOMAIN itself for
+        // the special-use `test.` (RFC 6761) unless told otherwise: forward
+        // everything to the lab's resolver (127.0.0.1:53, the forwarder in
+        // front of NSD). No DNSSEC trust anchor, so the test zones are
+        // insecure, not bogus.
+        let unbound = dir.join("unbound.conf");
+        write_file(
+            &unbound,
+            "server:\n\
+             \tdo-not-query-localhost: no\n\
+             \tlocal-zone: \"test.\" nodefault\n\
+             forward-zone:\n\
+             \tname: \".\"\n\
+             \tforward-addr: 127.0.0.1\n",
+        )?;
+        Ok(format!(
+            "Nameservers 127.0.0.1\nResolverConfiguration {}\n",
+            unbound.display()
+        ))
     }
 
     pub fn daemon(&mut self) -> &mut Daemon {
@@ -153,6 +183,19 @@ impl DkimKey {
             private_key,
             record,
         })
+    }
+
+    /// The same key for signing in Rust (mail-auth, `tests/common/dkim.rs`)
+    /// as `domain` with `selector`: no process per message.
+    pub fn test_key(&self, domain: &str, selector: &str) -> Result<TestKey, String> {
+        let pem = std::fs::read(&self.private_key)
+            .map_err(|e| format!("{}: {e}", self.private_key.display()))?;
+        let public = self
+            .record
+            .split(';')
+            .find_map(|tag| tag.trim().strip_prefix("p="))
+            .ok_or_else(|| format!("no p= in {:?}", self.record))?;
+        Ok(TestKey::rsa_from_pem(domain, selector, &pem, public))
     }
 
     /// `message` (CRLF line ends) signed by `domain` with `selector`

@@ -1,19 +1,28 @@
 //! The soak (docs/design.md): many messages with mixed SPF results through
-//! the whole chain — Postfix's smtpd, spfmilter, OpenDMARC, cleanup, qmgr
-//! and the `virtual` delivery agent writing a Maildir — while spfmilter is
-//! restarted twice: once stopped with SIGTERM, once killed with SIGKILL
-//! (a crash), each time started again. Then every message is accounted
-//! for:
+//! the whole chain — Postfix's smtpd, spfmilter, OpenDKIM, OpenDMARC,
+//! cleanup, qmgr and the `virtual` delivery agent writing a Maildir —
+//! while spfmilter is restarted twice: once stopped with SIGTERM, once
+//! killed with SIGKILL (a crash), each time started again. spfmilter
+//! rejects SPF fail (HELO and MAIL FROM) with the rescue by DKIM on
+//! ([`NATIVE_CONFIG`]): every reject is held to the end of DATA, where a
+//! forwarded message signed by its author's domain (signed.test, a key the
+//! test makes, a signature per message) is let through and the rest is
+//! refused. Then every message is accounted for:
 //!
 //! * accepted (`250 2.0.0 Ok: queued as ID`): delivered exactly once, with
 //!   exactly one `Received-SPF` (spfmilter's, above Postfix's `Received:`)
-//!   carrying the expected result and identity, and OpenDMARC's expected
-//!   verdict;
-//! * rejected: the expected `550 5.7.23` at MAIL FROM, and never delivered;
+//!   carrying the expected result and identity (`Fail` for a rescued
+//!   message: the rescue cancels the reject, never the result), OpenDKIM's
+//!   and OpenDMARC's expected verdicts; a rescued message is logged by
+//!   spfmilter with its queue ID;
+//! * rejected: the expected `550 5.7.23` at the expected stage (the end of
+//!   DATA for a held reject), and never delivered;
 //! * answered 4xx: Postfix's `milter_default_action = tempfail` while
-//!   spfmilter is down (`451 4.7.1`), sent again later as a client MTA
-//!   would. A 4xx is allowed only around the restarts: anywhere else it
-//!   would be spfmilter failing, hidden by the retries.
+//!   spfmilter is down (`451 4.7.1`), or spfmilter's own `451 4.3.2` for a
+//!   check or a held message it was stopped in the middle of, sent again
+//!   later as a client MTA would. A 4xx is allowed only around the
+//!   restarts: anywhere else it would be spfmilter failing, hidden by the
+//!   retries.
 //!
 //! None lost, none delivered twice, nothing left in Postfix's queue, no
 //! SMTP session cut after the end of data (a message whose fate the client
@@ -36,16 +45,42 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use super::dkim::TestKey;
 use super::dns::{Record, Zone};
+use super::forwarding::{SELECTOR, SIGNED_DOMAIN, dkim_result, signer_zone};
 use super::lab::{Lab, LabConfig};
 use super::milter::{MilterUnderTest, PolicydConf, TraceHeader, spf_header};
+use super::opendkim::{DkimKey, OpenDkimConfig};
 use super::postfix::{MYHOSTNAME, RCPT_DOMAIN};
 use super::process::{make_dir, run, wait_until};
 use super::smtp::{Message, Reply};
-use super::zones::{CLIENT_IP, DMARC_RECORD, STRANGER_IP, standard_zones};
+use super::zones::{CLIENT_IP, DMARC_RECORD, STRANGER_IP, delegate, standard_zones};
 
 /// Messages in a CI run.
 pub const DEFAULT_MESSAGES: usize = 1000;
+/// The scenarios of [`scenario`], one message each in turn.
+const CYCLE: usize = 12;
+/// spfmilter's configuration (`run --config`): the native form of
+/// `PolicydConf::reject_fail()` with `debugLevel = 1` (one line per
+/// message, not three), and the rescue by DKIM.
+const NATIVE_CONFIG: &str = "[milter]\n\
+     authserv_id = \"mx.test.example\"\n\
+     [policy]\n\
+     helo_reject = \"Fail\"\n\
+     mail_from_reject = \"Fail\"\n\
+     [spf]\n\
+     lookup_time = 4\n\
+     [log]\n\
+     level = 1\n\
+     [rescue]\n\
+     methods = [\"dkim\"]\n";
+/// Signed with the RSA key: the messages of one cycle in this many.
+const RSA_EVERY: usize = 8;
+/// The selector of signed.test's Ed25519 key (its RSA key is [`SELECTOR`]).
+const ED25519_SELECTOR: &str = "ed";
+/// The stages of an SMTP transaction where the soak expects a reject.
+const MAIL_FROM: &str = "MAIL FROM";
+const END_OF_DATA: &str = "end of data";
 /// Concurrent SMTP clients.
 pub const WORKERS: usize = 8;
 /// Most messages in one SMTP session.
@@ -78,15 +113,31 @@ pub fn time_limit(messages: usize) -> Duration {
 /// What must happen to a message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Expect {
-    /// Delivered with spfmilter's `Received-SPF: <spf>` for `identity`, and
-    /// OpenDMARC's `dmarc=` verdict (if one is checked).
+    /// Delivered with spfmilter's `Received-SPF: <spf>` for `identity`,
+    /// OpenDMARC's `dmarc=` verdict and OpenDKIM's `dkim=` one (each if
+    /// checked); `rescued`: let through at the end of DATA by a DKIM
+    /// signature of signed.test, which spfmilter logs.
     Delivered {
         spf: &'static str,
         identity: &'static str,
         dmarc: Option<&'static str>,
+        dkim: Option<&'static str>,
+        rescued: bool,
     },
-    /// `550 5.7.23` at MAIL FROM (Mail_From_reject / HELO_reject = Fail).
-    Rejected,
+    /// `550 5.7.23` (Mail_From_reject / HELO_reject = Fail) at `stage`:
+    /// [`MAIL_FROM`], or [`END_OF_DATA`] for a reject held for the rescue
+    /// (every SPF reject, with [`NATIVE_CONFIG`]).
+    Rejected { stage: &'static str },
+}
+
+/// The DKIM signature a message carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Signature {
+    None,
+    /// signed.test's, over the message as sent.
+    Valid,
+    /// signed.test's, but the body was changed after signing.
+    Broken,
 }
 
 /// One message of the soak.
@@ -100,6 +151,7 @@ struct Scenario {
     /// `Authentication-Results` under Postfix's host name, which must
     /// both be gone (docs/dmarc-safety.md).
     forged: bool,
+    signature: Signature,
     expect: Expect,
 }
 
@@ -110,23 +162,31 @@ fn soak_domain(id: usize) -> String {
     format!("d{id}.soak.test")
 }
 
-/// Message `id`'s scenario: a cycle of ten. The results follow from the
-/// zones (`zones.rs` and [`soak_zones`]), RFC 7208 and the policyd-spf
-/// decisions of docs/policyd-spf-compatibility.md §3 under `HELO_reject = Mail_From_reject = Fail`.
+/// Message `id`'s scenario: a cycle of [`CYCLE`]. The results follow from
+/// the zones (`zones.rs`, [`soak_zones`] and `forwarding.rs`), RFC 7208,
+/// the policyd-spf decisions of docs/policyd-spf-compatibility.md §3 under
+/// `HELO_reject = Mail_From_reject = Fail`, and the rescue (README.md,
+/// "reject without losing forwarded mail"): every one of those rejects is
+/// held to the end of DATA, and only a valid DKIM signature aligned with
+/// the From or MAIL FROM domain cancels it.
 fn scenario(id: usize) -> Scenario {
     let pass_helo = |from: String, expect: Expect| Scenario {
         client_ip: CLIENT_IP,
         helo: "mx.pass.test",
         from,
         forged: false,
+        signature: Signature::None,
         expect,
     };
     let delivered = |spf, identity, dmarc| Expect::Delivered {
         spf,
         identity,
         dmarc,
+        dkim: None,
+        rescued: false,
     };
-    match id % 10 {
+    let held = Expect::Rejected { stage: END_OF_DATA };
+    match id % CYCLE {
         // ip4:192.0.2.0/24 covers the client; aligned From: → dmarc=pass.
         0 => pass_helo(
             format!("alice{id}@pass.test"),
@@ -161,23 +221,49 @@ fn scenario(id: usize) -> Scenario {
             format!("frank{id}@permerror.test"),
             delivered("permerror", "mailfrom", Some("fail")),
         ),
-        // -all: 550 at MAIL FROM.
-        6 => pass_helo(format!("mallory{id}@fail.test"), Expect::Rejected),
+        // -all: a reject, held; unsigned, refused at the end of DATA.
+        6 => pass_helo(format!("mallory{id}@fail.test"), held),
         // The null sender: the HELO identity (RFC 7208 §2.4), header
         // identity=helo. DMARC not checked (From: is the HELO's
         // postmaster).
         7 => pass_helo(String::new(), delivered("pass", "helo", None)),
-        // HELO fail rejects before MAIL FROM counts (docs/policyd-spf-compatibility.md §3).
+        // HELO fail rejects before MAIL FROM counts (docs/policyd-spf-compatibility.md §3);
+        // held too, and unsigned.
         8 => Scenario {
             helo: "mx.fail.test",
-            ..pass_helo(format!("alice{id}@pass.test"), Expect::Rejected)
+            ..pass_helo(format!("alice{id}@pass.test"), held)
         },
         // A cold soak.test domain from a client outside the provider's
-        // networks: -all, 550 (HELO mx.none.test has no SPF: none).
-        _ => Scenario {
+        // networks: -all, held and refused (HELO mx.none.test has no SPF:
+        // none).
+        9 => Scenario {
             client_ip: STRANGER_IP,
             helo: "mx.none.test",
-            ..pass_helo(format!("eve@{}", soak_domain(id)), Expect::Rejected)
+            ..pass_helo(format!("eve@{}", soak_domain(id)), held)
+        },
+        // Forwarded: signed.test lists 203.0.113.0/24 only, so SPF fails
+        // for the forwarder; the message is intact and signed by its
+        // author's domain, aligned with From: rescued, with the true
+        // result (Fail), OpenDKIM's dkim=pass and OpenDMARC's dmarc=pass
+        // through DKIM.
+        10 => Scenario {
+            signature: Signature::Valid,
+            ..pass_helo(
+                format!("alice{id}@{SIGNED_DOMAIN}"),
+                Expect::Delivered {
+                    spf: "fail",
+                    identity: "mailfrom",
+                    dmarc: Some("pass"),
+                    dkim: Some("pass"),
+                    rescued: true,
+                },
+            )
+        },
+        // The same, changed after signing: the signature fails, nothing
+        // rescues it, refused at the end of DATA.
+        _ => Scenario {
+            signature: Signature::Broken,
+            ..pass_helo(format!("alice{id}@{SIGNED_DOMAIN}"), held)
         },
     }
 }
@@ -185,8 +271,9 @@ fn scenario(id: usize) -> Scenario {
 /// soak.test: a provider include and one sender domain per message of
 /// cases 1 and 9, each `v=spf1 include:_spf.soak.test -all` with its own
 /// DMARC record (OpenDMARC without a public suffix list looks up the
-/// From: domain's `_dmarc` only).
-fn soak_zones(messages: usize) -> Vec<Zone> {
+/// From: domain's `_dmarc` only); signed.test with `keys` published (the
+/// first under [`SELECTOR`]).
+fn soak_zones(messages: usize, keys: &[TestKey]) -> Vec<Zone> {
     let mut zones = standard_zones();
     let parent = zones
         .iter_mut()
@@ -195,7 +282,7 @@ fn soak_zones(messages: usize) -> Vec<Zone> {
     parent.records.push(Record::ns("soak", "ns.soak.test."));
     parent.records.push(Record::a("ns.soak", "127.0.0.1"));
     let mut soak = Zone::new("soak.test").with(Record::txt("_spf", "v=spf1 ip4:192.0.2.0/24 -all"));
-    for id in (0..messages).filter(|id| matches!(id % 10, 1 | 9)) {
+    for id in (0..messages).filter(|id| matches!(id % CYCLE, 1 | 9)) {
         let name = soak_domain(id);
         let label = name.trim_end_matches(".soak.test");
         soak = soak
@@ -203,6 +290,14 @@ fn soak_zones(messages: usize) -> Vec<Zone> {
             .with(Record::txt(&format!("_dmarc.{label}"), DMARC_RECORD));
     }
     zones.push(soak);
+    let mut signed = signer_zone(&keys[0].dns_txt());
+    for key in &keys[1..] {
+        signed = signed.with(Record::txt(
+            &format!("{}._domainkey", key.selector),
+            &key.dns_txt(),
+        ));
+    }
+    delegate(&mut zones, signed);
     zones
 }
 
@@ -245,11 +340,26 @@ struct Ledger {
 
 /// Runs the soak with `messages` messages.
 pub fn soak(scratch: &Path, messages: usize) {
-    let milter = MilterUnderTest::spfmilter();
-    // debugLevel 1: one line per message, not three.
+    let milter = MilterUnderTest::spfmilter().with_native_config(NATIVE_CONFIG);
+    // What the native configuration says, for the harness (which header
+    // spfmilter writes).
     let conf = PolicydConf::reject_fail().set("debugLevel", "1");
+    // The author's keys, made now and published in signed.test: RSA (made
+    // by dknewkey, quicker than unoptimized Rust), which most signers use,
+    // and Ed25519 (RFC 8463); see [`signing_key`].
+    let rsa = DkimKey::generate(&scratch.join("keys"), "signed")
+        .and_then(|k| k.test_key(SIGNED_DOMAIN, SELECTOR))
+        .unwrap_or_else(|e| panic!("RSA key: {e}"));
+    let keys = [rsa, TestKey::ed25519(SIGNED_DOMAIN, ED25519_SELECTOR)];
     let mut config = LabConfig::new(&milter, conf.clone());
-    config.zones = soak_zones(messages);
+    config.zones = soak_zones(messages, &keys);
+    // OpenDKIM reads the key from a file: it cannot take concurrent mail
+    // with its resolver configured for the lab (`OpenDkimConfig::keys`).
+    // spfmilter and OpenDMARC use the lab's DNS.
+    config.opendkim = Some(OpenDkimConfig {
+        keys: keys.iter().map(|k| (k.dns_name(), k.dns_txt())).collect(),
+        ..OpenDkimConfig::default()
+    });
     let mailbox = scratch.join("mailbox");
     make_dir(&mailbox).expect("mailbox directory");
     run(std::process::Command::new("chown")
@@ -257,8 +367,20 @@ pub fn soak(scratch: &Path, messages: usize) {
         .arg(&mailbox))
     .expect("chown the mailbox directory");
     deliver_to_maildir(&mut config, &mailbox);
+    // The messages are written while the lab starts: an RSA signature
+    // takes about 0.1 s unoptimized, too slow for the sending threads.
+    let writing = Instant::now();
+    let texts = std::thread::spawn(move || {
+        let texts = message_texts(messages, &keys);
+        eprintln!(
+            "soak: {messages} messages written in {:?}",
+            writing.elapsed()
+        );
+        texts
+    });
     let mut lab = Lab::start(scratch, config).unwrap_or_else(|e| panic!("lab: {e}"));
     let port = lab.postfix().port;
+    let texts = texts.join().expect("the message texts");
 
     let ledger = Mutex::new(Ledger {
         pending: (0..messages).map(|id| (id, Instant::now())).collect(),
@@ -270,7 +392,7 @@ pub fn soak(scratch: &Path, messages: usize) {
     let started = Instant::now();
     std::thread::scope(|s| {
         for _ in 0..WORKERS {
-            s.spawn(|| worker(port, messages, &ledger, &finished));
+            s.spawn(|| worker(port, messages, &texts, &ledger, &finished));
         }
         // The restarts, at a third and two thirds of the run, under load.
         for (n, how) in [(1, "SIGTERM"), (2, "SIGKILL")] {
@@ -305,6 +427,8 @@ pub fn soak(scratch: &Path, messages: usize) {
     let mut accepted: HashMap<usize, String> = HashMap::new();
     let mut rejected = 0;
     let mut deferred = 0;
+    // "451 4.7.1 at MAIL FROM" → how many.
+    let mut deferred_by: HashMap<String, usize> = HashMap::new();
     let mut broken = 0;
     let mut failures = Vec::new();
     let near_restart = |at: &Instant| {
@@ -322,13 +446,26 @@ pub fn soak(scratch: &Path, messages: usize) {
             match outcome {
                 Outcome::Deferred { stage, reply } => {
                     deferred += 1;
-                    if !near_restart(at)
-                        || reply.code != 451
-                        || reply.enhanced.as_deref() != Some("4.7.1")
-                    {
+                    *deferred_by
+                        .entry(format!(
+                            "{} {} at {stage}",
+                            reply.code,
+                            reply.enhanced.as_deref().unwrap_or("-")
+                        ))
+                        .or_default() += 1;
+                    // Postfix's tempfail while spfmilter is down, or
+                    // spfmilter's reply when a stop interrupts a check at
+                    // MAIL FROM or a held message at the end of DATA.
+                    let restart_reply = reply.code == 451
+                        && match reply.enhanced.as_deref() {
+                            Some("4.7.1") => true,
+                            Some("4.3.2") => [MAIL_FROM, END_OF_DATA].contains(stage),
+                            _ => false,
+                        };
+                    if !near_restart(at) || !restart_reply {
                         failures.push(format!(
                             "message {id}: {reply} at {stage}, {:?} into the run, not \
-                             Postfix's tempfail around a restart ({restarts:?})",
+                             a tempfail around a restart ({restarts:?})",
                             at.duration_since(started)
                         ));
                     }
@@ -347,9 +484,9 @@ pub fn soak(scratch: &Path, messages: usize) {
             (Outcome::Accepted { queue_id }, Expect::Delivered { .. }) => {
                 accepted.insert(id, queue_id.clone());
             }
-            (Outcome::Rejected { stage, reply }, Expect::Rejected) => {
+            (Outcome::Rejected { stage, reply }, Expect::Rejected { stage: want }) => {
                 rejected += 1;
-                if *stage != "MAIL FROM"
+                if *stage != want
                     || reply.code != 550
                     || reply.enhanced.as_deref() != Some("5.7.23")
                 {
@@ -393,6 +530,38 @@ pub fn soak(scratch: &Path, messages: usize) {
             .unwrap_or_default()
         ));
     }
+    // spfmilter logs each rescue with the queue ID Postfix gave the
+    // client: every rescued message's, and no other accepted message's.
+    let rescue = format!("rescued by dkim d={SIGNED_DOMAIN} aligned with From");
+    let is_rescued =
+        |id: usize| matches!(scenario(id).expect, Expect::Delivered { rescued: true, .. });
+    let mut logged: HashMap<String, String> = HashMap::new();
+    let all_logged = wait_until(
+        Duration::from_secs(30),
+        "spfmilter to log every rescue",
+        || {
+            logged = rescue_lines(&lab.milter_log());
+            accepted
+                .iter()
+                .filter(|(id, _)| is_rescued(**id))
+                .all(|(_, queue_id)| logged.contains_key(queue_id))
+        },
+    );
+    let mut rescues = 0;
+    for (&id, queue_id) in &accepted {
+        match (is_rescued(id), logged.get(queue_id)) {
+            (true, Some(what)) if *what == rescue => rescues += 1,
+            (false, None) => {}
+            (true, what) => failures.push(format!(
+                "message {id} ({queue_id}) accepted; spfmilter logged {what:?}, not {rescue:?} \
+                 ({all_logged:?})"
+            )),
+            (false, Some(what)) => failures.push(format!(
+                "message {id} ({queue_id}) logged as rescued: {what}"
+            )),
+        }
+    }
+
     let mut copies: HashMap<usize, usize> = HashMap::new();
     let mut results: HashMap<String, usize> = HashMap::new();
     for dir in ["new", "cur"] {
@@ -435,17 +604,21 @@ pub fn soak(scratch: &Path, messages: usize) {
     let attempts: usize = ledger.attempts.values().map(Vec::len).sum();
     let mut results: Vec<_> = results.into_iter().collect();
     results.sort();
+    let mut deferred_by: Vec<_> = deferred_by.into_iter().collect();
+    deferred_by.sort();
     eprintln!(
         "soak: {messages} messages in {} SMTP sessions ({attempts} attempts) by {WORKERS} clients; \
          sent in {:.1} s ({:.0} messages/s), all delivered after {:.1} s; restarts: {}; \
-         outcomes: {} delivered {results:?}, {rejected} rejected 550, {deferred} answered 451 \
-         and sent again, {broken} connections lost and sent again",
+         outcomes: {} delivered {results:?} ({rescues} rescued by DKIM), {rejected} rejected \
+         550, {deferred} answered 451 and sent again {deferred_by:?}, {broken} connections lost and \
+         sent again; checked after {:.1} s",
         ledger.sessions,
         sent_in.as_secs_f64(),
         messages as f64 / sent_in.as_secs_f64(),
         delivered_in.as_secs_f64(),
         restarts.len(),
         accepted.len(),
+        started.elapsed().as_secs_f64(),
     );
     if !failures.is_empty() {
         let shown: Vec<_> = failures.iter().take(30).collect();
@@ -462,6 +635,18 @@ pub fn soak(scratch: &Path, messages: usize) {
     assert_eq!(restarts.len(), 2, "two restarts");
     lab.shutdown()
         .unwrap_or_else(|e| panic!("unclean shutdown: {e}"));
+}
+
+/// The rescues in spfmilter's `log`: queue ID → what rescued the message
+/// (`QUEUEID: rescued by dkim d=... aligned with From`).
+fn rescue_lines(log: &[String]) -> HashMap<String, String> {
+    log.iter()
+        .filter_map(|line| {
+            let at = line.find(": rescued by ")?;
+            let queue_id = line[..at].rsplit([' ', ':']).next()?;
+            Some((queue_id.to_string(), line[at + 2..].to_string()))
+        })
+        .collect()
 }
 
 /// Postfix delivers `rcpt.example` with `virtual` into the Maildir
@@ -515,6 +700,8 @@ fn check_delivered(
         spf,
         identity,
         dmarc,
+        dkim,
+        rescued: _,
     } = scenario(id).expect
     else {
         return Err("delivered, but it should have been rejected".into());
@@ -563,6 +750,15 @@ fn check_delivered(
             message.header_text()
         ));
     }
+    if let Some(dkim) = dkim {
+        let got = dkim_result(message);
+        if got.as_deref() != Some(dkim) {
+            return Err(format!(
+                "dkim={got:?}, expected {dkim}:\n{}",
+                message.header_text()
+            ));
+        }
+    }
     if let Some(dmarc) = dmarc {
         let got = message.auth_result(MYHOSTNAME, "dmarc");
         if got.as_deref() != Some(dmarc) {
@@ -578,7 +774,13 @@ fn check_delivered(
 /// A sending thread: takes up to [`PER_SESSION`] pending messages of one
 /// client and HELO, sends them in one SMTP session, records what
 /// happened, puts deferred ones back.
-fn worker(port: u16, messages: usize, ledger: &Mutex<Ledger>, finished: &AtomicUsize) {
+fn worker(
+    port: u16,
+    messages: usize,
+    texts: &[String],
+    ledger: &Mutex<Ledger>,
+    finished: &AtomicUsize,
+) {
     loop {
         if finished.load(Ordering::Relaxed) >= messages {
             return;
@@ -591,7 +793,7 @@ fn worker(port: u16, messages: usize, ledger: &Mutex<Ledger>, finished: &AtomicU
             std::thread::sleep(Duration::from_millis(5));
             continue;
         }
-        let outcomes = send_session(port, &batch);
+        let outcomes = send_session(port, texts, &batch);
         let mut l = ledger.lock().expect("ledger");
         l.sessions += 1;
         for (id, outcome) in batch.into_iter().zip(outcomes) {
@@ -633,8 +835,9 @@ fn take_batch(pending: &mut VecDeque<(usize, Instant)>) -> Vec<usize> {
     batch
 }
 
-/// One SMTP session sending `ids`; one outcome per message.
-fn send_session(port: u16, ids: &[usize]) -> Vec<Outcome> {
+/// One SMTP session sending `ids`, whose texts are in `texts`; one outcome
+/// per message.
+fn send_session(port: u16, texts: &[String], ids: &[usize]) -> Vec<Outcome> {
     let first = scenario(ids[0]);
     let mut outcomes = Vec::with_capacity(ids.len());
     let mut smtp = match Smtp::open(port, first.client_ip, first.helo) {
@@ -644,7 +847,7 @@ fn send_session(port: u16, ids: &[usize]) -> Vec<Outcome> {
         }
     };
     for &id in ids {
-        let outcome = smtp.transaction(id, &scenario(id));
+        let outcome = smtp.transaction(id, &scenario(id), &texts[id]);
         let lost = matches!(outcome, Outcome::Broken { .. } | Outcome::Unknown { .. });
         outcomes.push(outcome);
         if lost {
@@ -719,10 +922,11 @@ impl Smtp {
         Ok(smtp)
     }
 
-    /// MAIL, RCPT, DATA and the message; RSET after a failed step.
-    fn transaction(&mut self, id: usize, s: &Scenario) -> Outcome {
+    /// MAIL, RCPT, DATA and the message `text` (ending with its
+    /// end-of-data line); RSET after a failed step.
+    fn transaction(&mut self, id: usize, s: &Scenario, text: &str) -> Outcome {
         let steps = [
-            ("MAIL FROM", format!("MAIL FROM:<{}>", s.from), 250),
+            (MAIL_FROM, format!("MAIL FROM:<{}>", s.from), 250),
             ("RCPT TO", format!("RCPT TO:<user{id}@{RCPT_DOMAIN}>"), 250),
             ("DATA", "DATA".to_string(), 354),
         ];
@@ -735,7 +939,7 @@ impl Smtp {
                 return outcome;
             }
         }
-        if let Err(e) = self.send(&message_text(id, s)) {
+        if let Err(e) = self.send(text) {
             return Outcome::Unknown {
                 error: format!("sending the message: {e}"),
             };
@@ -749,7 +953,7 @@ impl Smtp {
                     error: format!("250 without a queue ID: {reply}"),
                 },
             },
-            Ok(reply) => StepError::Reply(reply).into_outcome("end of data"),
+            Ok(reply) => StepError::Reply(reply).into_outcome(END_OF_DATA),
             Err(e) => Outcome::Unknown {
                 error: format!("reading the reply to the end of data: {e}"),
             },
@@ -818,10 +1022,44 @@ fn io_error(e: &io::Error) -> StepError {
     StepError::Io(e.to_string())
 }
 
+/// The key that signs message `id`: the RSA key (`keys[0]`) in one cycle
+/// of [`RSA_EVERY`], spread over the run, else the Ed25519 key. An RSA
+/// signature costs ~0.1 s of CPU unoptimized, an Ed25519 one under 1 ms;
+/// both algorithms go through OpenDKIM and spfmilter either way.
+fn signing_key(id: usize, keys: &[TestKey]) -> &TestKey {
+    if (id / CYCLE).is_multiple_of(RSA_EVERY) {
+        &keys[0]
+    } else {
+        &keys[keys.len() - 1]
+    }
+}
+
+/// The text of every message, made on every core: a message sent again
+/// is the same message, as a client MTA's would be.
+fn message_texts(messages: usize, keys: &[TestKey]) -> Vec<String> {
+    let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let mut texts = vec![String::new(); messages];
+    std::thread::scope(|s| {
+        for (n, chunk) in texts.chunks_mut(messages.div_ceil(threads)).enumerate() {
+            let first = n * messages.div_ceil(threads);
+            s.spawn(move || {
+                for (i, text) in chunk.iter_mut().enumerate() {
+                    let id = first + i;
+                    *text = message_text(id, &scenario(id), keys);
+                }
+            });
+        }
+    });
+    texts
+}
+
 /// The message text after DATA, with its end-of-data line. `From:` is the
 /// envelope sender (aligned for DMARC), or the HELO's postmaster for the
-/// null sender.
-fn message_text(id: usize, s: &Scenario) -> String {
+/// null sender. A signed message carries a DKIM-Signature of
+/// [`signing_key`] over its From, To, Subject, Date and Message-ID (which
+/// name the message, so every signature differs) and its body; a broken one had its body changed
+/// after signing, as a forger replaying a signature would.
+fn message_text(id: usize, s: &Scenario, keys: &[TestKey]) -> String {
     let from = if s.from.is_empty() {
         format!("postmaster@{}", s.helo)
     } else {
@@ -840,10 +1078,29 @@ fn message_text(id: usize, s: &Scenario) -> String {
         text.push_str(&forged_spf);
         text.push_str(&forged_ar);
     }
+    // A Date of its own: the signature covers Date, present or not
+    // (mail-auth signs the names of SIGNED_HEADERS), and Postfix adds a
+    // missing one, which would break it.
+    let body = format!("Soak message {id}.\r\n");
     text.push_str(&format!(
         "From: <{from}>\r\nTo: <user{id}@{RCPT_DOMAIN}>\r\nSubject: soak message {id}\r\n\
-         Message-ID: <soak-{id}@soak.client.example>\r\nX-Soak-Id: {id}\r\n\r\n\
-         Soak message {id}.\r\n.\r\n"
+         Date: Wed, 02 Dec 2026 06:00:00 +0000\r\n\
+         Message-ID: <soak-{id}@soak.client.example>\r\nX-Soak-Id: {id}\r\n\r\n{body}"
     ));
+    let mut text = match s.signature {
+        Signature::None => text,
+        Signature::Valid | Signature::Broken => {
+            let key = signing_key(id, keys);
+            let signed = String::from_utf8(key.sign(text.as_bytes())).expect("an ASCII message");
+            if s.signature == Signature::Broken {
+                let changed = signed.replace(&body, &format!("Soak message {id}, changed.\r\n"));
+                assert_ne!(changed, signed, "message {id}: the body to change");
+                changed
+            } else {
+                signed
+            }
+        }
+    };
+    text.push_str(".\r\n");
     text
 }

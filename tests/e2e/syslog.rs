@@ -29,7 +29,7 @@ pub fn start(path: &Path) {
                 Some((_, rest)) => rest,
                 None => text,
             };
-            let text = if text.len() > 16 && text.as_bytes()[15] == b' ' {
+            let text = if has_timestamp(text) {
                 &text[16..]
             } else {
                 text
@@ -37,6 +37,24 @@ pub fn start(path: &Path) {
             lines().lock().unwrap().push(text.to_string());
         }
     });
+}
+
+/// Whether `text` begins with an RFC 3164 timestamp, `Mmm dd hh:mm:ss `
+/// (libc's syslog writes one; spfmilter leaves it to the daemon). Not
+/// just a space at index 15: `spfmilter[123]: ` has one there too.
+fn has_timestamp(text: &str) -> bool {
+    let b = text.as_bytes();
+    b.len() > 16
+        && b[..3].iter().all(u8::is_ascii_alphabetic)
+        && b[3] == b' '
+        && b[4..6].iter().all(|c| *c == b' ' || c.is_ascii_digit())
+        && b[6] == b' '
+        && [7, 8, 10, 11, 13, 14]
+            .iter()
+            .all(|&i| b[i].is_ascii_digit())
+        && b[9] == b':'
+        && b[12] == b':'
+        && b[15] == b' '
 }
 
 fn lines() -> &'static Mutex<Vec<String>> {
@@ -75,4 +93,16 @@ pub fn wait_for(mark: usize, needle: &str, timeout: Duration) -> Result<String, 
         },
     )?;
     Ok(found.unwrap_or_default())
+}
+
+#[test]
+fn syslog_timestamp_is_told_from_a_tag() {
+    // RFC 3164 §4.1.2: "Mmm dd hh:mm:ss ", the day padded with a space.
+    assert!(has_timestamp("Dec  2 06:45:11 opendkim[47]: starting"));
+    assert!(has_timestamp("Dec 12 06:45:11 opendkim[47]: starting"));
+    // spfmilter sends no timestamp; a three-digit pid puts a space at 15.
+    assert!(!has_timestamp(
+        "spfmilter[123]: 4C7C598CD71: rescued by dkim"
+    ));
+    assert!(!has_timestamp("spfmilter[44]: stopping"));
 }
