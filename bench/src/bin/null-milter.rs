@@ -172,3 +172,94 @@ async fn main() -> ExitCode {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use milter_codec::{
+        C_BODY, C_CONNECT, C_EOM, C_MAIL, C_OPTNEG, C_QUIT, C_RCPT, R_CONTINUE, R_INSHEADER,
+        R_SKIP, append_cstr, optneg, packet, read_packet,
+    };
+    use std::io::Write;
+
+    // Protocol flags of libmilter's mfdef.h.
+    const NOBODY: u32 = 0x10;
+    const SKIP: u32 = 0x400;
+    const HDR_LEADSPC: u32 = 0x100000;
+
+    /// Negotiates with the null milter in mode `body` as Postfix does
+    /// (every step and flag offered), sends one message with a body, and
+    /// returns the protocol flags it chose and the commands it answered
+    /// the body chunk (if it asked for one) and the end of message with.
+    async fn session(body: Body, name: &str) -> (u32, Option<u8>, Vec<u8>) {
+        let path =
+            std::env::temp_dir().join(format!("null-milter-{}-{name}.sock", std::process::id()));
+        let _ = std::fs::remove_file(&path);
+        let listener = tokio::net::UnixListener::bind(&path).unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(indymilter::run(
+            listener,
+            callbacks(body),
+            indymilter::Config::default(),
+            async {
+                let _ = stopped.await;
+            },
+        ));
+        let client_path = path.clone();
+        let result = tokio::task::spawn_blocking(move || {
+            let mut s = std::os::unix::net::UnixStream::connect(client_path).unwrap();
+            s.write_all(&optneg()).unwrap();
+            let (c, p) = read_packet(&mut s).unwrap();
+            assert_eq!(c, C_OPTNEG);
+            let flags = u32::from_be_bytes(p[8..12].try_into().unwrap());
+            let mut connect = Vec::new();
+            append_cstr(&mut connect, b"client.test");
+            connect.push(b'4');
+            connect.extend_from_slice(&25u16.to_be_bytes());
+            append_cstr(&mut connect, b"192.0.2.10");
+            s.write_all(&packet(C_CONNECT, &connect)).unwrap();
+            assert_eq!(read_packet(&mut s).unwrap().0, R_CONTINUE);
+            s.write_all(&packet(C_MAIL, b"<a@example.org>\0")).unwrap();
+            assert_eq!(read_packet(&mut s).unwrap().0, R_CONTINUE);
+            s.write_all(&packet(C_RCPT, b"<b@example.org>\0")).unwrap();
+            assert_eq!(read_packet(&mut s).unwrap().0, R_CONTINUE);
+            let body_reply = (flags & NOBODY == 0).then(|| {
+                s.write_all(&packet(C_BODY, b"text\r\n")).unwrap();
+                read_packet(&mut s).unwrap().0
+            });
+            s.write_all(&packet(C_EOM, b"")).unwrap();
+            let eom = vec![
+                read_packet(&mut s).unwrap().0,
+                read_packet(&mut s).unwrap().0,
+            ];
+            s.write_all(&packet(C_QUIT, b"")).unwrap();
+            (flags, body_reply, eom)
+        })
+        .await
+        .unwrap();
+        let _ = stop.send(());
+        server.await.unwrap().unwrap();
+        let _ = std::fs::remove_file(&path);
+        result
+    }
+
+    #[tokio::test]
+    async fn the_body_modes_negotiate_and_answer_as_spfmilter_does() {
+        // Without --body: no body step (spfmilter without [rescue]).
+        let (flags, body, eom) = session(Body::None, "none").await;
+        assert_ne!(flags & NOBODY, 0);
+        assert_eq!(body, None);
+        assert_eq!(eom, [R_INSHEADER, R_CONTINUE]);
+        // --body skip: the body step, SKIP and the leading space, and
+        // SMFIS_SKIP to the chunk (spfmilter with [rescue], not held).
+        let (flags, body, eom) = session(Body::Skip, "skip").await;
+        assert_eq!(flags & (NOBODY | SKIP | HDR_LEADSPC), SKIP | HDR_LEADSPC);
+        assert_eq!(body, Some(R_SKIP));
+        assert_eq!(eom, [R_INSHEADER, R_CONTINUE]);
+        // --body read: the same steps, every chunk read (a held message).
+        let (flags, body, eom) = session(Body::Read, "read").await;
+        assert_eq!(flags & (NOBODY | SKIP | HDR_LEADSPC), SKIP | HDR_LEADSPC);
+        assert_eq!(body, Some(R_CONTINUE));
+        assert_eq!(eom, [R_INSHEADER, R_CONTINUE]);
+    }
+}
