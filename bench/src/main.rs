@@ -133,8 +133,17 @@ struct LoadArgs {
     /// contains TEXT),
     /// `reject[:STAGE]` (5xx), `tempfail[:STAGE]` (4xx); STAGE is
     /// connect, helo, mail, rcpt, data, header, eoh, body or eom.
+    /// Given once per `--message`, the i-th is that message's verdict.
     #[arg(long, default_value = "accept")]
-    expect: String,
+    expect: Vec<String>,
+    /// Send this message's header fields and body instead of the default
+    /// ones: a file in RFC 5322 form with CRLF line ends (a header, an
+    /// empty line, the body), e.g. as a DKIM signer wrote it. Each field
+    /// goes as Postfix sends it (after Postfix's own Received), the body
+    /// byte for byte in chunks of 65,535 bytes. Repeatable: message n is
+    /// the file n mod the number of files.
+    #[arg(long = "message")]
+    message_files: Vec<std::path::PathBuf>,
     /// The milter's process id: its CPU time and peak RSS are reported.
     #[arg(long)]
     pid: Option<u32>,
@@ -333,6 +342,8 @@ struct Message<'a> {
     n: u64,
     sender: String,
     rcpt: &'a str,
+    /// Its header fields and body (`--message`), or None: the defaults.
+    content: Option<&'a Content>,
 }
 
 /// Per-connection constants.
@@ -341,6 +352,9 @@ struct Client<'a> {
     rcpt: &'a str,
     sender_template: &'a str,
     timeout: Duration,
+    /// The messages of `--message` (message n is number n mod their
+    /// count); empty: the default header and body.
+    contents: &'a [Content],
 }
 
 impl Client<'_> {
@@ -349,9 +363,63 @@ impl Client<'_> {
             n,
             sender: self.sender_template.replace("{n}", &n.to_string()),
             rcpt: self.rcpt,
+            content: pick(self.contents, n),
         }
     }
 }
+
+/// Item n mod the slice's length (None if empty).
+fn pick<T>(items: &[T], n: u64) -> Option<&T> {
+    let len = u64::try_from(items.len()).ok().filter(|&l| l > 0)?;
+    items.get(usize::try_from(n % len).ok()?)
+}
+
+/// A message of `--message`: its header fields, each value as in the file
+/// after the colon (leading white space kept; a fold's CRLF as LF, the
+/// way Postfix keeps a header and hands it to a milter), and its body as
+/// in the file (CRLF line ends: what Postfix sends a milter).
+#[derive(Debug, PartialEq, Eq)]
+struct Content {
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+impl Content {
+    fn parse(bytes: &[u8]) -> Result<Content, String> {
+        let end = bytes
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .ok_or("no empty line (CRLF CRLF) after the header: CRLF line ends expected")?;
+        let head = std::str::from_utf8(&bytes[..end + 2])
+            .map_err(|e| format!("the header is not UTF-8: {e}"))?;
+        let mut headers: Vec<(String, String)> = Vec::new();
+        for line in head.split_terminator("\r\n") {
+            if line.contains(['\r', '\n']) {
+                return Err(format!("bare CR or LF in the header: {line:?}"));
+            }
+            if line.starts_with([' ', '\t']) {
+                let (_, value) = headers
+                    .last_mut()
+                    .ok_or("the header starts with a continuation line")?;
+                value.push('\n');
+                value.push_str(line);
+            } else {
+                let (name, value) = line
+                    .split_once(':')
+                    .ok_or_else(|| format!("not a header field: {line:?}"))?;
+                headers.push((name.to_owned(), value.to_owned()));
+            }
+        }
+        Ok(Content {
+            headers,
+            body: bytes[end + 4..].to_vec(),
+        })
+    }
+}
+
+/// Postfix's body chunks to a milter are at most this long (its
+/// MILTER_CHUNK_SIZE).
+const BODY_CHUNK: usize = 65535;
 
 fn domain_of(addr: &str) -> &str {
     addr.rsplit_once('@').map_or("", |(_, d)| d)
@@ -443,6 +511,8 @@ struct Conn<R, W> {
     payload: Vec<u8>,
     timeout: Duration,
     last: u8,
+    /// The current message's body was answered with SMFIR_SKIP.
+    skipped: bool,
 }
 
 impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Conn<R, W> {
@@ -650,6 +720,7 @@ async fn transaction<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
             }
         };
     }
+    c.skipped = false;
     if !neg.has(proto::P_NOMAIL) {
         macros(&mut c.buf, neg, Stage::Mail, client, Some(msg));
         append_packet(&mut c.buf, proto::C_MAIL, |b| {
@@ -670,15 +741,31 @@ async fn transaction<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
         step!(proto::P_NR_DATA, Step::Data);
     }
     if !neg.has(proto::P_NOHDRS) {
-        let lead = if neg.has(proto::P_HDR_LEADSPC) {
-            " "
-        } else {
-            ""
-        };
-        for (name, value) in headers(client, msg) {
+        let leading_space = neg.has(proto::P_HDR_LEADSPC);
+        let lead = if leading_space { " " } else { "" };
+        let mut defaults = headers(client, msg);
+        // A message of its own: Postfix's Received, then its fields.
+        if msg.content.is_some() {
+            defaults.truncate(1);
+        }
+        for (name, value) in defaults {
             append_packet(&mut c.buf, proto::C_HEADER, |b| {
                 append_cstr(b, name.as_bytes());
                 b.extend_from_slice(lead.as_bytes());
+                append_cstr(b, value.as_bytes());
+            });
+            step!(proto::P_NR_HDR, Step::Header);
+        }
+        for (name, value) in msg.content.map_or(&[][..], |m| &m.headers[..]) {
+            // Postfix drops the white space after the colon unless the
+            // milter asked for it (SMFIP_HDR_LEADSPC).
+            let value = if leading_space {
+                value.as_str()
+            } else {
+                value.trim_start_matches([' ', '\t'])
+            };
+            append_packet(&mut c.buf, proto::C_HEADER, |b| {
+                append_cstr(b, name.as_bytes());
                 append_cstr(b, value.as_bytes());
             });
             step!(proto::P_NR_HDR, Step::Header);
@@ -690,15 +777,23 @@ async fn transaction<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
         step!(proto::P_NR_EOH, Step::Eoh);
     }
     if !neg.has(proto::P_NOBODY) {
-        append_packet(&mut c.buf, proto::C_BODY, |b| b.extend_from_slice(BODY));
-        if !neg.has(proto::P_NR_BODY) {
-            c.send().await?;
-            match c.reply().await? {
-                // SMFIR_SKIP: no more body chunks; there is only one.
-                Reply::Skip => {}
-                r => {
-                    if let Some(o) = verdict(&r, Step::Body) {
-                        return Ok((o, Step::Body));
+        let body = msg.content.map_or(BODY, |m| &m.body[..]);
+        for chunk in body.chunks(BODY_CHUNK) {
+            append_packet(&mut c.buf, proto::C_BODY, |b| b.extend_from_slice(chunk));
+            // Without a reply awaited, the chunk waits in the buffer for
+            // the next step that has one, as in Postfix's stream.
+            if !neg.has(proto::P_NR_BODY) {
+                c.send().await?;
+                match c.reply().await? {
+                    // SMFIR_SKIP: no more body chunks.
+                    Reply::Skip => {
+                        c.skipped = true;
+                        break;
+                    }
+                    r => {
+                        if let Some(o) = verdict(&r, Step::Body) {
+                            return Ok((o, Step::Body));
+                        }
                     }
                 }
             }
@@ -732,6 +827,8 @@ struct Tally {
     discarded: u64,
     errors: u64,
     mismatches: u64,
+    /// Messages whose body the milter answered with SMFIR_SKIP.
+    body_skipped: u64,
     sessions: u64,
     /// By outcome description, the first few mismatches / errors.
     samples: BTreeMap<String, u64>,
@@ -748,6 +845,7 @@ impl Tally {
         self.discarded += o.discarded;
         self.errors += o.errors;
         self.mismatches += o.mismatches;
+        self.body_skipped += o.body_skipped;
         self.sessions += o.sessions;
         for (k, v) in o.samples {
             *self.samples.entry(k).or_default() += v;
@@ -837,6 +935,7 @@ macro_rules! with_conn {
                         payload: Vec::with_capacity(512),
                         timeout: $timeout,
                         last: 0,
+                        skipped: false,
                     };
                     Ok($body)
                 }
@@ -852,6 +951,7 @@ macro_rules! with_conn {
                         payload: Vec::with_capacity(512),
                         timeout: $timeout,
                         last: 0,
+                        skipped: false,
                     };
                     Ok($body)
                 }
@@ -868,7 +968,7 @@ async fn run_session<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
     client: &Client<'_>,
     plan: &Plan,
     per_session: u64,
-    expect: &Expect,
+    expects: &[Expect],
     first: u64,
     tally: &mut Tally,
 ) {
@@ -896,8 +996,11 @@ async fn run_session<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
         let done = Instant::now();
         match result {
             Ok((outcome, step)) => {
-                if plan.counts(done) {
+                if plan.counts(done)
+                    && let Some(expect) = pick(expects, i)
+                {
                     tally.record(&outcome, expect, done - t0);
+                    tally.body_skipped += u64::from(c.skipped);
                 }
                 // A transaction that ended before its end: the client
                 // starts over (RSET), and Postfix aborts the milter's.
@@ -934,7 +1037,8 @@ async fn worker(
     endpoint: Arc<Endpoint>,
     args: Arc<LoadArgs>,
     plan: Arc<Plan>,
-    expect: Arc<Expect>,
+    expects: Arc<Vec<Expect>>,
+    contents: Arc<Vec<Content>>,
 ) -> Tally {
     let mut tally = Tally::default();
     let timeout = Duration::from_secs_f64(args.session.timeout);
@@ -943,6 +1047,7 @@ async fn worker(
         rcpt: &args.rcpt,
         sender_template: &args.sender,
         timeout,
+        contents: &contents,
     };
     while let Some(first) = plan.claim() {
         let r: Result<(), String> = with_conn!(&*endpoint, client.s, client.timeout, |c| {
@@ -951,7 +1056,7 @@ async fn worker(
                 &client,
                 &plan,
                 args.per_session,
-                &expect,
+                &expects,
                 first,
                 &mut tally,
             )
@@ -995,7 +1100,28 @@ fn percentile(sorted: &[u64], p: f64) -> f64 {
 
 async fn load(args: LoadArgs) -> Result<ExitCode, String> {
     let endpoint = Arc::new(Endpoint::parse(&args.session.socket)?);
-    let expect = Arc::new(Expect::parse(&args.expect)?);
+    let expects = args
+        .expect
+        .iter()
+        .map(|e| Expect::parse(e))
+        .collect::<Result<Vec<_>, _>>()?;
+    let expects = Arc::new(expects);
+    let mut contents = Vec::new();
+    for path in &args.message_files {
+        let bytes =
+            std::fs::read(path).map_err(|e| format!("--message {}: {e}", path.display()))?;
+        contents.push(
+            Content::parse(&bytes).map_err(|e| format!("--message {}: {e}", path.display()))?,
+        );
+    }
+    let contents = Arc::new(contents);
+    if expects.len() != 1 && expects.len() != contents.len() {
+        return Err(format!(
+            "{} --expect for {} --message: give one, or one per message",
+            expects.len(),
+            contents.len()
+        ));
+    }
     if args.concurrency == 0 || args.per_session == 0 {
         return Err("--concurrency and --per-session must be at least 1".to_owned());
     }
@@ -1021,7 +1147,8 @@ async fn load(args: LoadArgs) -> Result<ExitCode, String> {
             Arc::clone(&endpoint),
             Arc::clone(&args),
             Arc::clone(&plan),
-            Arc::clone(&expect),
+            Arc::clone(&expects),
+            Arc::clone(&contents),
         )));
     }
     // CPU at the start of the measured window.
@@ -1087,8 +1214,9 @@ async fn load(args: LoadArgs) -> Result<ExitCode, String> {
             "discard": tally.discarded,
             "errors": tally.errors,
         },
-        "expect": args.expect,
+        "expect": args.expect.join(" / "),
         "mismatches": tally.mismatches,
+        "body_skipped": tally.body_skipped,
         "milter_cpu_s_per_1000": cpu_per_1000,
         "milter_peak_rss_kib": hwm,
         "generator_cpu_s_per_1000": gen_cpu_per_1000,
@@ -1141,6 +1269,7 @@ fn print_text(r: &Value) {
         r["expect"].as_str().unwrap_or(""),
         r["mismatches"]
     );
+    println!("  bodies answered with SMFIR_SKIP: {}", r["body_skipped"]);
     println!(
         "  milter CPU s/1000 messages {}, peak RSS {} KiB; generator CPU s/1000 {}",
         f(&r["milter_cpu_s_per_1000"]),
@@ -1164,6 +1293,7 @@ async fn idle(args: IdleArgs) -> Result<ExitCode, String> {
         rcpt: "postmaster@mx.bench.test",
         sender_template: "user@w1.bench.test",
         timeout,
+        contents: &[],
     };
     let rss_before = args.pid.and_then(|p| vm_kib(p, "VmRSS:"));
     let started = Instant::now();
@@ -1184,6 +1314,7 @@ async fn idle(args: IdleArgs) -> Result<ExitCode, String> {
                 rcpt: "postmaster@mx.bench.test",
                 sender_template: "user@w1.bench.test",
                 timeout,
+                contents: &[],
             };
             let r: Result<(), String> = with_conn!(&*endpoint, client.s, timeout, |c| {
                 match open(&mut c, &client).await {
@@ -1392,6 +1523,7 @@ mod tests {
             rcpt: "postmaster@mx.bench.test",
             sender_template: "user@w1.bench.test",
             timeout: Duration::from_secs(5),
+            contents: &[],
         };
         let script = tokio::spawn(async move {
             let (mut r, mut w) = tokio::io::split(milter);
@@ -1475,6 +1607,7 @@ mod tests {
             payload: Vec::new(),
             timeout: Duration::from_secs(5),
             last: 0,
+            skipped: false,
         };
         let (neg, ended) = open(&mut c, &client).await.unwrap();
         assert!(ended.is_none());
@@ -1497,5 +1630,117 @@ mod tests {
         c.w.shutdown().await.unwrap();
         drop(c);
         assert!(script.await.unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_message_file_is_split_into_fields_and_body_as_postfix_keeps_them() {
+        let m = Content::parse(
+            b"DKIM-Signature: v=1; a=rsa-sha256;\r\n\td=fail.bench.test; s=bench\r\n\
+              From:<a@fail.bench.test>\r\n\r\nline 1\r\n\r\nline 3\r\n",
+        )
+        .unwrap();
+        assert_eq!(
+            m.headers,
+            [
+                (
+                    "DKIM-Signature".to_owned(),
+                    " v=1; a=rsa-sha256;\n\td=fail.bench.test; s=bench".to_owned()
+                ),
+                ("From".to_owned(), "<a@fail.bench.test>".to_owned()),
+            ]
+        );
+        assert_eq!(m.body, b"line 1\r\n\r\nline 3\r\n");
+        // LF line ends, a field without a colon, a fold first: refused.
+        assert!(Content::parse(b"From: a@b\n\nbody\n").is_err());
+        assert!(Content::parse(b"From a@b\r\n\r\nbody\r\n").is_err());
+        assert!(Content::parse(b" x\r\nFrom: a@b\r\n\r\n").is_err());
+        assert!(Content::parse(b"From: a@b\nTo: c@d\r\n\r\n").is_err());
+    }
+
+    /// `--message`: Postfix's Received, then the file's fields without
+    /// their leading space (no SMFIP_HDR_LEADSPC asked), the body in
+    /// 65,535-byte chunks, and none after an SMFIR_SKIP.
+    #[tokio::test]
+    async fn sends_a_message_file_and_stops_the_body_at_skip() {
+        let mut file = b"From: <user@fail.bench.test>\r\nSubject: two\r\n\tlines\r\n\r\n".to_vec();
+        let body: Vec<u8> = (0..70_000u32)
+            .map(|i| b"abcdefg\r\n"[i as usize % 9])
+            .collect();
+        file.extend_from_slice(&body);
+        let content = Content::parse(&file).unwrap();
+        let (mta, milter) = tokio::io::duplex(1 << 20);
+        let (mr, mw) = tokio::io::split(mta);
+        let s = session();
+        let contents = [content];
+        let client = Client {
+            s: &s,
+            rcpt: "postmaster@mx.bench.test",
+            sender_template: "user@fail.bench.test",
+            timeout: Duration::from_secs(5),
+            contents: &contents,
+        };
+        let expected_first_chunk = body[..BODY_CHUNK].to_vec();
+        let script = tokio::spawn(async move {
+            let (mut r, mut w) = tokio::io::split(milter);
+            let (c, _) = next(&mut r).await;
+            assert_eq!(c, proto::C_OPTNEG);
+            // Every step, replies to all, SMFIP_SKIP; no macros of its own.
+            let mut o = Vec::new();
+            o.extend_from_slice(&6u32.to_be_bytes());
+            o.extend_from_slice(&0x1u32.to_be_bytes());
+            // SMFIP_SKIP (libmilter's mfdef.h).
+            o.extend_from_slice(&0x400u32.to_be_bytes());
+            reply(&mut w, proto::C_OPTNEG, &o).await;
+            let mut fields = Vec::new();
+            let mut chunks = Vec::new();
+            loop {
+                let (c, p) = next(&mut r).await;
+                match c {
+                    proto::C_MACRO => continue,
+                    proto::C_HEADER => {
+                        let parts = proto::cstrings(&p);
+                        fields.push((parts[0].to_vec(), parts[1].to_vec()));
+                    }
+                    proto::C_BODY => {
+                        chunks.push(p);
+                        reply(&mut w, proto::R_SKIP, b"").await;
+                        continue;
+                    }
+                    proto::C_EOM => {
+                        reply(&mut w, proto::R_CONTINUE, b"").await;
+                        break;
+                    }
+                    _ => {}
+                }
+                reply(&mut w, proto::R_CONTINUE, b"").await;
+            }
+            (fields, chunks)
+        });
+        let mut c = Conn {
+            r: BufReader::new(mr),
+            w: mw,
+            buf: Vec::new(),
+            payload: Vec::new(),
+            timeout: Duration::from_secs(5),
+            last: 0,
+            skipped: false,
+        };
+        let (neg, ended) = open(&mut c, &client).await.unwrap();
+        assert!(ended.is_none());
+        let (outcome, step) = transaction(&mut c, &neg, &client, &client.message(7))
+            .await
+            .unwrap();
+        assert_eq!(
+            (outcome, step),
+            (Outcome::Accepted { headers: vec![] }, Step::Eom)
+        );
+        assert!(c.skipped);
+        let (fields, chunks) = script.await.unwrap();
+        let names: Vec<&[u8]> = fields.iter().map(|(n, _)| &n[..]).collect();
+        assert_eq!(names, [&b"Received"[..], b"From", b"Subject"]);
+        assert_eq!(fields[1].1, b"<user@fail.bench.test>");
+        assert_eq!(fields[2].1, b"two\n\tlines");
+        // One chunk of 65,535 bytes, then nothing more: SMFIR_SKIP.
+        assert_eq!(chunks, [expected_first_chunk]);
     }
 }
