@@ -209,18 +209,7 @@ const MAX_CACHE_SIZE: u64 = 64 << 30;
 /// optional unit (K, M, G, also written KiB, MiB, GiB; binary multiples).
 /// 0 (no cache), or from [`MIN_CACHE_SIZE`] to 64 GiB.
 pub(crate) fn byte_size(raw: Raw<'_>, cx: &mut Cx<'_>) -> Option<usize> {
-    let (bytes, shown) = match raw {
-        Raw::Toml(toml::Value::Integer(n)) => (u64::try_from(*n).ok(), n.to_string()),
-        Raw::Toml(toml::Value::String(s)) => (parse_byte_size(s), format!("{s:?}")),
-        Raw::Legacy(s) => (parse_byte_size(s), format!("{s:?}")),
-        Raw::Toml(v) => {
-            cx.error(format_args!(
-                "expected bytes or a string such as \"64M\", found {}",
-                type_name(v)
-            ));
-            return None;
-        }
-    };
+    let (bytes, shown) = read_size(raw, cx, "64M")?;
     match bytes {
         Some(n) if n == 0 || (MIN_CACHE_SIZE as u64..=MAX_CACHE_SIZE).contains(&n) => {
             usize::try_from(n).ok().or_else(|| {
@@ -243,6 +232,24 @@ pub(crate) fn byte_size(raw: Raw<'_>, cx: &mut Cx<'_>) -> Option<usize> {
     }
 }
 
+/// A size's value as written: its bytes (`None` if it is no size) and how
+/// an error shows it; `None` (an error reported) for a value of another
+/// type. `example` is a size shown in that error.
+fn read_size(raw: Raw<'_>, cx: &mut Cx<'_>, example: &str) -> Option<(Option<u64>, String)> {
+    match raw {
+        Raw::Toml(toml::Value::Integer(n)) => Some((u64::try_from(*n).ok(), n.to_string())),
+        Raw::Toml(toml::Value::String(s)) => Some((parse_byte_size(s), format!("{s:?}"))),
+        Raw::Legacy(s) => Some((parse_byte_size(s), format!("{s:?}"))),
+        Raw::Toml(v) => {
+            cx.error(format_args!(
+                "expected bytes or a string such as \"{example}\", found {}",
+                type_name(v)
+            ));
+            None
+        }
+    }
+}
+
 /// The smallest `max_message_size` / `max_held_bytes` (64 KiB): less
 /// holds no real message.
 pub(crate) const MIN_HELD_MESSAGE: usize = 64 << 10;
@@ -252,18 +259,7 @@ pub(crate) const MAX_HELD_BYTES: usize = 64 << 30;
 
 /// A memory size as [`byte_size`] reads it, from `min` to `max` bytes.
 pub(crate) fn size_in(raw: Raw<'_>, cx: &mut Cx<'_>, min: usize, max: usize) -> Option<usize> {
-    let (bytes, shown) = match raw {
-        Raw::Toml(toml::Value::Integer(n)) => (u64::try_from(*n).ok(), n.to_string()),
-        Raw::Toml(toml::Value::String(s)) => (parse_byte_size(s), format!("{s:?}")),
-        Raw::Legacy(s) => (parse_byte_size(s), format!("{s:?}")),
-        Raw::Toml(v) => {
-            cx.error(format_args!(
-                "expected bytes or a string such as \"10M\", found {}",
-                type_name(v)
-            ));
-            return None;
-        }
-    };
+    let (bytes, shown) = read_size(raw, cx, "10M")?;
     let Some(n) = bytes else {
         cx.error(format_args!(
             "{shown} is not a size (bytes, or a number with K, M or G: \"10M\")"

@@ -720,15 +720,9 @@ impl<'a, L: Lookup> Eval<'a, L> {
             0
         };
         let ctx = MacroContext {
-            sender: self.parts.sender(),
-            local_part: self.parts.local_part(),
-            sender_domain: self.parts.domain(),
-            domain,
-            ip: self.ip,
-            helo: self.helo,
-            receiver: self.receiver,
             validated_ptr: ptr.as_deref(),
             timestamp,
+            ..macro_context(self.parts, self.ip, self.helo, self.receiver, domain)
         };
         macros.expand(&ctx)
     }
@@ -772,6 +766,29 @@ fn preferred_ptr(names: &[String], domain: &str) -> Option<String> {
         .or_else(|| names.iter().find(|n| is_same_or_subdomain(n, domain)))
         .or_else(|| names.first())
         .cloned()
+}
+
+/// The macro values of one evaluation of `domain` (RFC 7208 §7.3) without
+/// `p` and `t`, which cost a lookup or change with time: the caller adds
+/// them where the string uses them.
+pub(super) fn macro_context<'a>(
+    parts: &'a SenderParts,
+    ip: IpAddr,
+    helo: &'a str,
+    receiver: &'a str,
+    domain: &'a str,
+) -> MacroContext<'a> {
+    MacroContext {
+        sender: parts.sender(),
+        local_part: parts.local_part(),
+        sender_domain: parts.domain(),
+        domain,
+        ip,
+        helo,
+        receiver,
+        validated_ptr: None,
+        timestamp: 0,
+    }
 }
 
 #[cfg(test)]

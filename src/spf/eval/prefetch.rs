@@ -54,10 +54,10 @@ use std::task::{Context, Poll};
 
 use crate::dns::{Answer, Lookup, Mx, Txt};
 use crate::spf::identity::{self, SenderParts};
-use crate::spf::macros::{MacroContext, MacroLetter};
+use crate::spf::macros::MacroLetter;
 use crate::spf::record::{DomainSpec, Mechanism, Record, is_spf1};
 
-use super::{Limits, Parsed, parse_into_memo};
+use super::{Limits, Parsed, macro_context, parse_into_memo};
 
 /// At most this many prefetch queries in flight in the whole process (all
 /// evaluations of one evaluator together). Twenty per evaluation at most,
@@ -332,17 +332,7 @@ impl<'e, L: Lookup> Prefetcher<'e, L> {
         if macros.uses(MacroLetter::ValidatedPtr) || macros.uses(MacroLetter::Timestamp) {
             return None;
         }
-        let ctx = MacroContext {
-            sender: self.parts.sender(),
-            local_part: self.parts.local_part(),
-            sender_domain: self.parts.domain(),
-            domain,
-            ip: self.ip,
-            helo: self.helo,
-            receiver: self.receiver,
-            validated_ptr: None,
-            timestamp: 0,
-        };
+        let ctx = macro_context(self.parts, self.ip, self.helo, self.receiver, domain);
         identity::query_name(&macros.expand(&ctx))
     }
 
