@@ -22,17 +22,68 @@ use spfmilter::dns::{CachingLookup, HickoryLookup, ResolverOptions};
 use spfmilter::spf::Evaluator;
 
 /// Short, so the suite's TIMEOUT cases take little time; loopback answers
-/// come back in well under a millisecond.
+/// come back in well under a millisecond on an idle machine.
 const QUERY_TIMEOUT: Duration = Duration::from_millis(300);
 
-fn resolver(server: &TestDnsServer) -> HickoryLookup {
+/// A case that fails with [`QUERY_TIMEOUT`] is run again with this one:
+/// on a loaded machine a loopback answer can take longer than 300 ms, and
+/// the case would fail for the machine, not for spfmilter. Only a case
+/// that also fails with this timeout is a failure.
+const PATIENT_TIMEOUT: Duration = Duration::from_secs(5);
+
+fn resolver(server: &TestDnsServer, timeout: Duration) -> HickoryLookup {
     HickoryLookup::new(&ResolverOptions {
         nameservers: vec![server.addr()],
-        timeout: QUERY_TIMEOUT,
+        timeout,
         attempts: 1,
         ..ResolverOptions::default()
     })
     .expect("resolver for the test server")
+}
+
+/// Evaluators through the production cache, with prefetch off and on.
+fn cached(resolver: &Arc<HickoryLookup>) -> [Evaluator<CachingLookup<Arc<HickoryLookup>>>; 2] {
+    [false, true].map(|prefetch| {
+        Evaluator::new(CachingLookup::new(
+            Arc::clone(resolver),
+            CacheOptions::default(),
+        ))
+        .with_prefetch(prefetch)
+    })
+}
+
+/// Runs `case` every way: uncached (every query over the wire), through
+/// `shared` caches (prefetch off and on; a cold pass, then a warm one
+/// served from cached positive and negative answers) and through a cache
+/// of its own (every record over the wire, starting prefetches). Returns
+/// what failed.
+async fn run_every_way(
+    resolver: &Arc<HickoryLookup>,
+    shared: &[Evaluator<CachingLookup<Arc<HickoryLookup>>>; 2],
+    case: &suite::Case,
+) -> Vec<String> {
+    let mut failures = Vec::new();
+    let direct = Evaluator::new(Arc::clone(resolver));
+    if let Err(why) = run_case(&direct, case).await {
+        failures.push(format!("wire: {why}"));
+    }
+    for evaluator in shared {
+        let prefetch = evaluator.prefetches();
+        for pass in ["cold", "warm"] {
+            if let Err(why) = run_case(evaluator, case).await {
+                failures.push(format!("cached ({pass}, prefetch {prefetch}): {why}"));
+            }
+        }
+    }
+    let cold = Evaluator::new(CachingLookup::new(
+        Arc::clone(resolver),
+        CacheOptions::default(),
+    ))
+    .with_prefetch(true);
+    if let Err(why) = run_case(&cold, case).await {
+        failures.push(format!("own cache, prefetch true: {why}"));
+    }
+    failures
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -42,43 +93,23 @@ async fn the_whole_suite_passes_over_the_wire() {
     let mut total = 0;
     for scenario in &scenarios {
         let server = TestDnsServer::start(Arc::new(scenario.zone.clone()));
-        // Uncached: every case goes over the wire.
-        let direct = Evaluator::new(resolver(&server));
-        // Through the production cache, twice, so the second pass is served
-        // from cached positive and negative answers.
-        // With prefetch off and on (through a cache shared by the
-        // scenario's cases, as in the daemon).
-        let resolver = Arc::new(resolver(&server));
-        let cached = [false, true].map(|prefetch| {
-            Evaluator::new(CachingLookup::new(
-                Arc::clone(&resolver),
-                CacheOptions::default(),
-            ))
-            .with_prefetch(prefetch)
-        });
+        // The caches are shared by the scenario's cases, as in the daemon.
+        let quick = Arc::new(resolver(&server, QUERY_TIMEOUT));
+        let shared = cached(&quick);
         for case in &scenario.cases {
             total += 1;
-            if let Err(why) = run_case(&direct, case).await {
-                failures.push(format!("wire: {why}"));
+            if run_every_way(&quick, &shared, case).await.is_empty() {
+                continue;
             }
-            for evaluator in &cached {
-                let prefetch = evaluator.prefetches();
-                for pass in ["cold", "warm"] {
-                    if let Err(why) = run_case(evaluator, case).await {
-                        failures.push(format!("cached ({pass}, prefetch {prefetch}): {why}"));
-                    }
-                }
-            }
-            // And on a cache of its own, so that every record of the case
-            // comes over the wire and starts prefetches.
-            let cold = Evaluator::new(CachingLookup::new(
-                Arc::clone(&resolver),
-                CacheOptions::default(),
-            ))
-            .with_prefetch(true);
-            if let Err(why) = run_case(&cold, case).await {
-                failures.push(format!("own cache, prefetch true: {why}"));
-            }
+            // Again, patiently, on caches of its own (a cache shared with
+            // the failed run could hold its time-outs' consequences).
+            let patient = Arc::new(resolver(&server, PATIENT_TIMEOUT));
+            let again = run_every_way(&patient, &cached(&patient), case).await;
+            failures.extend(
+                again
+                    .into_iter()
+                    .map(|why| format!("{why} (with a {PATIENT_TIMEOUT:?} query timeout too)")),
+            );
         }
         assert!(
             server.queries() > 0,
