@@ -516,6 +516,19 @@ struct Conn<R, W> {
 }
 
 impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Conn<R, W> {
+    /// A connection over the two halves of a stream, nothing sent yet.
+    fn new(r: R, w: W, timeout: Duration) -> Self {
+        Conn {
+            r: BufReader::new(r),
+            w,
+            buf: Vec::with_capacity(2048),
+            payload: Vec::with_capacity(512),
+            timeout,
+            last: 0,
+            skipped: false,
+        }
+    }
+
     async fn send(&mut self) -> Result<(), String> {
         // The last command written, for error messages.
         let mut rest = &self.buf[..];
@@ -928,15 +941,7 @@ macro_rules! with_conn {
                         let _ = stream.set_nodelay(true);
                     }
                     let (r, w) = stream.into_split();
-                    let mut $c = Conn {
-                        r: BufReader::new(r),
-                        w,
-                        buf: Vec::with_capacity(2048),
-                        payload: Vec::with_capacity(512),
-                        timeout: $timeout,
-                        last: 0,
-                        skipped: false,
-                    };
+                    let mut $c = Conn::new(r, w, $timeout);
                     Ok($body)
                 }
                 Err(e) => Err(format!("connect {addr}: {e}")),
@@ -944,15 +949,7 @@ macro_rules! with_conn {
             Endpoint::Unix(path) => match tokio::net::UnixStream::connect(path.as_str()).await {
                 Ok(stream) => {
                     let (r, w) = stream.into_split();
-                    let mut $c = Conn {
-                        r: BufReader::new(r),
-                        w,
-                        buf: Vec::with_capacity(2048),
-                        payload: Vec::with_capacity(512),
-                        timeout: $timeout,
-                        last: 0,
-                        skipped: false,
-                    };
+                    let mut $c = Conn::new(r, w, $timeout);
                     Ok($body)
                 }
                 Err(e) => Err(format!("connect {path}: {e}")),
@@ -1600,15 +1597,7 @@ mod tests {
             r.read_to_end(&mut rest).await.unwrap();
             rest
         });
-        let mut c = Conn {
-            r: BufReader::new(mr),
-            w: mw,
-            buf: Vec::new(),
-            payload: Vec::new(),
-            timeout: Duration::from_secs(5),
-            last: 0,
-            skipped: false,
-        };
+        let mut c = Conn::new(mr, mw, Duration::from_secs(5));
         let (neg, ended) = open(&mut c, &client).await.unwrap();
         assert!(ended.is_none());
         let (outcome, step) = transaction(&mut c, &neg, &client, &client.message(0))
@@ -1716,15 +1705,7 @@ mod tests {
             }
             (fields, chunks)
         });
-        let mut c = Conn {
-            r: BufReader::new(mr),
-            w: mw,
-            buf: Vec::new(),
-            payload: Vec::new(),
-            timeout: Duration::from_secs(5),
-            last: 0,
-            skipped: false,
-        };
+        let mut c = Conn::new(mr, mw, Duration::from_secs(5));
         let (neg, ended) = open(&mut c, &client).await.unwrap();
         assert!(ended.is_none());
         let (outcome, step) = transaction(&mut c, &neg, &client, &client.message(7))
